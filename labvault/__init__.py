@@ -1,0 +1,174 @@
+"""labvault: keep everything an ML experiment produces behind one API with pluggable storage.
+
+    import labvault
+    with labvault.open() as vault:                     # ./labvault-data (SQLite + local blobs)
+        exp = vault.experiment("mnist")
+        with exp.start_run(params={"lr": 0.1}) as run:
+            run.log_metric("loss", 0.3, step=1)
+
+``import labvault`` is cheap: numpy, SQLAlchemy, pandas and every driver load on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from labvault import errors
+from labvault.errors import (
+    AlreadyExistsError,
+    AuthenticationError,
+    BackendUnavailableError,
+    ConflictError,
+    CorruptDataError,
+    InvalidArgumentError,
+    LabvaultError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsupportedOperationError,
+)
+
+if TYPE_CHECKING:
+    from labvault.api import Experiment, Run, RunList, Vault
+    from labvault.backends.base import Backend, BlobStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_URI",
+    "AlreadyExistsError",
+    "AuthenticationError",
+    "BackendUnavailableError",
+    "ConflictError",
+    "CorruptDataError",
+    "Experiment",
+    "InvalidArgumentError",
+    "LabvaultError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Run",
+    "RunList",
+    "UnsupportedOperationError",
+    "Vault",
+    "__version__",
+    "errors",
+    "open",
+    "open_backend",
+]
+
+#: Where ``labvault.open()`` keeps data when neither a URI nor ``$LABVAULT_URI`` is given.
+DEFAULT_URI = "./labvault-data"
+#: Inside a directory, this file marks the embedded default layout (SQLite metadata + local blobs).
+EMBEDDED_DB_NAME = "labvault.db"
+
+_LAZY = {"Vault": "labvault.api", "Experiment": "labvault.api", "Run": "labvault.api",
+         "RunList": "labvault.api"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'labvault' has no attribute {name!r}")
+
+
+def _resolve_uri(uri: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """Return (scheme, uri) for what the user passed, applying the defaults."""
+    from pathlib import Path
+
+    if uri is None:
+        uri = os.environ.get("LABVAULT_URI") or None
+    if uri is None:
+        return "sqlite", _embedded_sqlite_uri(Path(DEFAULT_URI))
+    if isinstance(uri, os.PathLike):
+        uri = os.fspath(uri)
+    if not isinstance(uri, str):
+        raise InvalidArgumentError(f"uri must be a string or a path, got {type(uri).__name__}")
+    if not uri or uri.strip() != uri or "\x00" in uri:
+        raise InvalidArgumentError(f"invalid vault URI {uri!r}: empty, padded or containing NUL")
+    if "://" not in uri:
+        if ":" in uri.split("/", 1)[0] and len(uri.split(":", 1)[0]) > 1:
+            raise InvalidArgumentError(
+                f"invalid vault URI {uri!r}: write scheme://..., e.g. sqlite:///path.db or file://dir"
+            )
+        path = Path(uri).expanduser()
+        if (path / EMBEDDED_DB_NAME).is_file():
+            return "sqlite", _embedded_sqlite_uri(path)
+        return "file", uri
+    scheme = uri.split("://", 1)[0].lower()
+    if not scheme or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        raise InvalidArgumentError(f"invalid vault URI {uri!r}: bad scheme {scheme!r}")
+    return scheme, uri
+
+
+def _embedded_sqlite_uri(directory: Any) -> str:
+    return f"sqlite:///{directory / EMBEDDED_DB_NAME}"
+
+
+def open_backend(
+    uri: str | os.PathLike[str] | None = None,
+    *,
+    artifacts: str | BlobStore | None = None,
+    config: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Backend:
+    """Build the ``Backend`` a URI or config names, without wrapping it in a ``Vault``."""
+    from labvault.backends import registry
+    from labvault.backends.base import BlobStore
+
+    blob_store: BlobStore | None
+    if artifacts is None or isinstance(artifacts, BlobStore):
+        blob_store = artifacts
+    else:
+        blob_store = open_blob_store(artifacts)
+    if config is not None:
+        if uri is not None:
+            raise InvalidArgumentError("pass either uri or config, not both")
+        return registry.backend_from_config(config, blob_store)
+    scheme, resolved = _resolve_uri(uri)
+    cls = registry.backend_class(scheme)
+    return cls.from_uri(resolved, artifacts=blob_store, **options)
+
+
+def open_blob_store(url: str) -> BlobStore:
+    """Open a blob store by URL (``file:///path``, a bare path, ``memory://``)."""
+    from labvault.backends import registry
+
+    if not isinstance(url, str) or not url:
+        raise InvalidArgumentError(f"artifacts must be a blob store URL, got {url!r}")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    cls = registry.blob_store_class(scheme)
+    from_url = getattr(cls, "from_url", None)
+    if from_url is None:
+        raise InvalidArgumentError(f"blob store {cls.__name__} cannot be opened from a URL")
+    store: BlobStore = from_url(url)
+    return store
+
+
+def open(
+    uri: str | os.PathLike[str] | None = None,
+    *,
+    artifacts: str | BlobStore | None = None,
+    token: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    flush_interval: float = 1.0,
+    heartbeat_timeout: float = 120.0,
+    **options: Any,
+) -> Vault:
+    """Open a vault.
+
+    ``uri`` picks the backend: ``None`` uses ``$LABVAULT_URI`` or else the embedded default
+    ``./labvault-data`` (SQLite + local blobs, no server); ``"./dir"`` or ``"file://dir"`` is the file
+    backend; ``"sqlite:///path.db"``; ``"memory://"``. ``artifacts`` puts blobs in another store.
+    ``config={"backend": "sqlite", "uri": ...}`` or ``{"module": "pkg.mod", ...}`` selects a backend by
+    configuration (validated by JSON schema). ``flush_interval`` bounds how long a logged metric point
+    stays in memory before it is written (seconds).
+    """
+    from labvault.api import Vault
+
+    if token is not None:
+        options["token"] = token
+    backend = open_backend(uri, artifacts=artifacts, config=config, **options)
+    return Vault(backend, flush_interval=flush_interval, heartbeat_timeout=heartbeat_timeout)

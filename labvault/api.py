@@ -1,0 +1,633 @@
+"""The domain API: ``Vault`` > ``Experiment`` > ``Run``, over any ``Backend``.
+
+Metric logging is buffered: ``Run.log_metric`` appends to an in-memory buffer and a background thread
+writes buffers to the backend every ``flush_interval`` seconds (default 1 s). ``Run.flush()``, leaving a
+``with`` block, ``Vault.close()`` and normal interpreter exit (``atexit``) write everything; a process
+killed with SIGKILL loses at most the points logged in the last ``flush_interval``. Params, tags,
+results and artifacts are written through immediately.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+
+import numpy as np
+
+from labvault.domain import TERMINAL_STATUSES, ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
+from labvault.domain import validation as v
+from labvault.errors import InvalidArgumentError, NotFoundError, UnsupportedOperationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from labvault.backends.base import Backend, BlobSource
+
+DeleteMode = Literal["local", "remote", "all"]
+
+_open_vaults: weakref.WeakSet[Vault] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all_at_exit() -> None:
+    for vault in list(_open_vaults):
+        try:
+            vault.close()
+        except Exception:
+            traceback.print_exc()
+
+
+class Vault:
+    """An open labvault store. Use ``labvault.open(...)`` to get one; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        flush_interval: float = 1.0,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 120.0,
+    ) -> None:
+        if not (isinstance(flush_interval, int | float) and 0 < flush_interval <= 3600):
+            raise InvalidArgumentError(f"flush_interval must be in (0, 3600] seconds, got {flush_interval!r}")
+        if not (isinstance(heartbeat_timeout, int | float) and heartbeat_timeout > 0):
+            raise InvalidArgumentError(f"heartbeat_timeout must be > 0 seconds, got {heartbeat_timeout!r}")
+        self.backend = backend
+        self.flush_interval = float(flush_interval)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self._active: dict[str, Run] = {}
+        self._active_lock = threading.Lock()
+        self._closed = False
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        _open_vaults.add(self)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    @property
+    def uri(self) -> str:
+        """The URI the vault was opened with."""
+        return self.backend.uri
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<labvault.Vault {self.backend.uri!r}>"
+
+    def close(self) -> None:
+        """Flush every buffered point, stop the background flusher and release the backend."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join(timeout=5)
+        self.backend.close()
+        _open_vaults.discard(self)
+
+    def flush(self) -> None:
+        """Write the metric buffers of every active run to the backend now."""
+        with self._active_lock:
+            runs = list(self._active.values())
+        for run in runs:
+            run.flush()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgumentError(f"vault {self.backend.uri!r} is closed")
+
+    def _register_active(self, run: Run) -> None:
+        with self._active_lock:
+            self._active[run.id] = run
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="labvault-flusher", daemon=True
+                )
+                self._flusher.start()
+
+    def _unregister_active(self, run: Run) -> None:
+        with self._active_lock:
+            self._active.pop(run.id, None)
+
+    def _flush_loop(self) -> None:
+        last_beat = time.monotonic()
+        while not self._closed:
+            self._wake.wait(self.flush_interval)
+            if self._closed:
+                return
+            beat = time.monotonic() - last_beat >= self.heartbeat_interval
+            with self._active_lock:
+                runs = list(self._active.values())
+            for run in runs:
+                try:
+                    run.flush()
+                    if beat:
+                        self.backend.update_run(run.id, heartbeat=now())
+                except Exception:
+                    run._flush_error = traceback.format_exc()
+            if beat:
+                last_beat = time.monotonic()
+
+    # -- experiments ----------------------------------------------------------------------------------------
+    def experiment(self, name: str, project: str = "default") -> Experiment:
+        """Get the experiment ``name`` in ``project``, creating it if it does not exist."""
+        self._check_open()
+        return Experiment(self, self.backend.ensure_experiment(name, project))
+
+    def experiments(self, project: str | None = None) -> list[Experiment]:
+        """All experiments (of one project when given), oldest first."""
+        self._check_open()
+        return [Experiment(self, e) for e in self.backend.list_experiments(project)]
+
+    def _find_experiment(self, name: str, project: str | None = None) -> ExperimentInfo:
+        return self.backend.find_experiment(name, project)
+
+    def delete_experiment(self, name: str, mode: DeleteMode = "local", project: str | None = None) -> None:
+        """Delete an experiment and all its runs.
+
+        ``mode`` is ``"local"`` (this vault), ``"remote"`` (the vault's remote) or ``"all"`` (both).
+        Blobs stay until garbage collection, since other runs may share them.
+        """
+        self._check_open()
+        if mode not in ("local", "remote", "all"):
+            raise InvalidArgumentError(f"mode must be 'local', 'remote' or 'all', got {mode!r}")
+        if mode != "local":
+            raise UnsupportedOperationError(
+                f"delete_experiment(mode={mode!r}) needs a remote, and vault {self.uri!r} has none"
+            )
+        info = self._find_experiment(name, project)
+        with self._active_lock:
+            active = [r for r in self._active.values() if r.experiment.id == info.id]
+        for run in active:
+            run._discard_buffer()
+            self._unregister_active(run)
+        self.backend.delete_experiment(info.id)
+
+    # -- runs -----------------------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id, from any experiment; ``NotFoundError`` if there is none."""
+        self._check_open()
+        with self._active_lock:
+            active = self._active.get(run_id)
+        if active is not None:
+            return active
+        info = self.backend.get_run(run_id)
+        return Run(self, self._experiment_by_id(info.experiment_id), info)
+
+    def _experiment_by_id(self, experiment_id: str) -> Experiment:
+        for e in self.backend.list_experiments():
+            if e.id == experiment_id:
+                return Experiment(self, e)
+        raise NotFoundError(f"experiment {experiment_id} not found")
+
+    def search_runs(
+        self,
+        experiments: str | Experiment | Sequence[str | Experiment] | None = None,
+        filter: str | None = None,
+        order_by: Sequence[str] | str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        project: str | None = None,
+    ) -> RunList:
+        """Runs of the named experiments (all when ``None``) matching ``filter``, sorted and paged.
+
+        ``filter`` uses the labvault query language, e.g.
+        ``"params.lr > 0.01 and metrics.acc >= 0.9 and tags.team = 'vision'"``; ``order_by`` takes keys
+        like ``["metrics.acc desc", "params.lr"]`` (missing values last); the default order is run number.
+        """
+        from labvault import query
+
+        self._check_open()
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise InvalidArgumentError(f"offset must be a non-negative integer, got {offset!r}")
+        expr = query.parse(filter)
+        order = query.parse_order_by(order_by)
+        infos = self._resolve_experiments(experiments, project)
+        self.flush()
+        found = self.backend.search_runs([e.id for e in infos], expr, order, limit, offset)
+        by_id = {e.id: Experiment(self, e) for e in infos}
+        return RunList(Run(self, by_id[r.experiment_id], r) for r in found)
+
+    def _resolve_experiments(
+        self, experiments: str | Experiment | Sequence[str | Experiment] | None, project: str | None
+    ) -> list[ExperimentInfo]:
+        if experiments is None:
+            return self.backend.list_experiments(project)
+        items: Sequence[str | Experiment] = (
+            [experiments] if isinstance(experiments, str | Experiment) else experiments
+        )
+        out: list[ExperimentInfo] = []
+        for item in items:
+            if isinstance(item, Experiment):
+                out.append(item.info)
+            else:
+                out.append(self._find_experiment(item, project))
+        return out
+
+
+class Experiment:
+    """A named group of runs. Get one with ``vault.experiment(name)``."""
+
+    def __init__(self, vault: Vault, info: ExperimentInfo) -> None:
+        self.vault = vault
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        """The experiment's unique id."""
+        return self.info.id
+
+    @property
+    def name(self) -> str:
+        """The experiment's name, unique within its project."""
+        return self.info.name
+
+    @property
+    def project(self) -> str:
+        """The project the experiment belongs to."""
+        return self.info.project
+
+    @property
+    def created_at(self) -> float:
+        """Creation time in epoch seconds."""
+        return self.info.created_at
+
+    def __repr__(self) -> str:
+        return f"<labvault.Experiment {self.project}/{self.name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Experiment) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def start_run(
+        self,
+        name: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        parent: Run | str | None = None,
+    ) -> Run:
+        """Start a run (status ``running``) with the next run number; use it as a context manager.
+
+        Leaving the ``with`` block normally marks the run ``finished``; an exception marks it ``failed``,
+        records the error, and propagates. ``parent`` nests the run under another (a run or its id).
+        """
+        self.vault._check_open()
+        parent_id = parent.id if isinstance(parent, Run) else parent
+        info = self.vault.backend.create_run(
+            self.id, name=name, parent_id=parent_id, start_time=now(),
+            params=params or {}, tags=tags or {},
+        )
+        run = Run(self.vault, self, info, active=True)
+        self.vault._register_active(run)
+        return run
+
+    def runs(self) -> RunList:
+        """Every run of the experiment, by run number."""
+        return self.vault.search_runs([self])
+
+    def get_run(self, number: int) -> Run:
+        """The run with this run number."""
+        for run in self.runs():
+            if run.number == number:
+                return run
+        raise NotFoundError(f"experiment {self.name!r} has no run number {number!r}")
+
+
+class Run:
+    """One trial of an experiment: params, tags, metrics, results and artifacts."""
+
+    def __init__(self, vault: Vault, experiment: Experiment, info: RunInfo, *, active: bool = False) -> None:
+        self.vault = vault
+        self.experiment = experiment
+        self._snapshot = info
+        self._active = active
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[tuple[float, int, float]]] = {}
+        self._next_step: dict[str, int] = {}
+        self._known_keys: set[str] = set()
+        self._flush_error: str | None = None
+
+    # -- identity -------------------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """The run's unique id (stable across stores)."""
+        return self._snapshot.id
+
+    @property
+    def number(self) -> int:
+        """1, 2, 3 ... within the experiment."""
+        return self._snapshot.number
+
+    @property
+    def name(self) -> str | None:
+        """The optional run name."""
+        return self._snapshot.name
+
+    @property
+    def parent_id(self) -> str | None:
+        """The id of the parent run, for nested runs."""
+        return self._snapshot.parent_id
+
+    def __repr__(self) -> str:
+        return f"<labvault.Run {self.experiment.name}#{self.number} {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- state ----------------------------------------------------------------------------------------------
+    @property
+    def info(self) -> RunInfo:
+        """A fresh copy of the stored run (after writing this run's own buffered points).
+
+        A ``running`` run whose heartbeat is older than the vault's ``heartbeat_timeout`` belongs to a
+        process that died: it is marked ``killed`` here.
+        """
+        self.flush()
+        info = self.vault.backend.get_run(self.id)
+        if (
+            info.status == "running"
+            and not self._active
+            and info.heartbeat is not None
+            and now() - info.heartbeat > self.vault.heartbeat_timeout
+        ):
+            self.vault.backend.update_run(
+                self.id, status="killed", end_time=info.heartbeat, error="heartbeat stopped"
+            )
+            info.status, info.end_time, info.error = "killed", info.heartbeat, "heartbeat stopped"
+        self._snapshot = info
+        return info
+
+    @property
+    def status(self) -> str:
+        """``running``, ``finished``, ``failed`` or ``killed``."""
+        return self.info.status
+
+    @property
+    def start_time(self) -> float:
+        """Start time in epoch seconds."""
+        return self._snapshot.start_time
+
+    @property
+    def end_time(self) -> float | None:
+        """End time in epoch seconds, None while running."""
+        return self.info.end_time
+
+    @property
+    def error(self) -> str | None:
+        """The error text of a failed run."""
+        return self.info.error
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Parameters (write-once)."""
+        return self.info.params
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """Tags (last write wins)."""
+        return self.info.tags
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Named results."""
+        return self.info.results
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest logged value of each metric."""
+        return self.info.metrics
+
+    # -- logging --------------------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        self.vault._check_open()
+
+    def log_param(self, key: str, value: Any) -> None:
+        """Log one parameter. Params are write-once: a different value raises ``ConflictError``."""
+        self.log_params({key: value})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log several parameters at once (validated together: nothing is written if one is bad)."""
+        self._check_writable()
+        self.vault.backend.log_params(self.id, params)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set a tag; the last write wins."""
+        self.set_tags({key: value})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set several tags."""
+        self._check_writable()
+        self.vault.backend.set_tags(self.id, tags)
+
+    def log_result(self, name: str, value: Any) -> None:
+        """Record a named output (any JSON value: numbers, lists, dicts); a new value replaces it."""
+        self._check_writable()
+        self.vault.backend.log_results(self.id, {name: value})
+
+    def log_metric(self, key: str, value: float, step: int | None = None, timestamp: float | None = None) -> None:
+        """Append one point to a metric. ``step`` defaults to the key's previous step + 1 (from 0).
+
+        The point is buffered and written within ``flush_interval`` seconds (or on ``flush()``).
+        NaN and infinities are stored as they are.
+        """
+        if key not in self._known_keys:
+            self._check_writable()
+            v.validate_key(key, "metric key")
+        if value.__class__ is not float:
+            value = v.validate_metric_value(key, value)
+        with self._lock:
+            if step is None:
+                step = self._next_step.get(key, 0)
+            elif step.__class__ is not int or step < 0:
+                step = v.validate_step(key, step)
+            if timestamp is None:
+                timestamp = time.time()
+            elif timestamp.__class__ is not float or not math.isfinite(timestamp):
+                timestamp = v.validate_timestamp(key, timestamp)
+            self._next_step[key] = step + 1
+            bucket = self._pending.get(key)
+            if bucket is None:
+                self._known_keys.add(key)
+                self._pending[key] = [(value, step, timestamp)]
+            else:
+                bucket.append((value, step, timestamp))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None,
+                    timestamp: float | None = None) -> None:
+        """Append one point to each of several metrics (validated together first)."""
+        if not isinstance(metrics, Mapping):
+            raise InvalidArgumentError(f"metrics must be a mapping, got {type(metrics).__name__}")
+        checked = {v.validate_key(k, "metric key"): v.validate_metric_value(k, x) for k, x in metrics.items()}
+        if step is not None:
+            v.validate_step(next(iter(checked), "metric"), step)
+        if timestamp is not None:
+            v.validate_timestamp(next(iter(checked), "metric"), timestamp)
+        ts = time.time() if timestamp is None else float(timestamp)
+        for key, value in checked.items():
+            self.log_metric(key, value, step, ts)
+
+    def log_metric_series(self, key: str, values: Iterable[float] | np.ndarray[Any, Any],
+                          steps: Iterable[int] | np.ndarray[Any, Any] | None = None,
+                          timestamps: Iterable[float] | np.ndarray[Any, Any] | None = None) -> None:
+        """Append many points of one metric at once from arrays (the fastest way to log)."""
+        self._check_writable()
+        v.validate_key(key, "metric key")
+        vals = np.asarray(values, dtype=np.float64).reshape(-1)
+        n = vals.shape[0]
+        self.flush_key(key)
+        if steps is None:
+            start = self._next_step.get(key, 0)
+            st = np.arange(start, start + n, dtype=np.int64)
+        else:
+            raw = np.asarray(steps)
+            if raw.shape != (n,) or not np.issubdtype(raw.dtype, np.integer):
+                raise InvalidArgumentError(f"metric {key!r}: steps must be {n} integers")
+            st = raw.astype(np.int64)
+        ts = (np.full(n, time.time()) if timestamps is None
+              else np.asarray(timestamps, dtype=np.float64).reshape(-1))
+        if ts.shape != (n,):
+            raise InvalidArgumentError(f"metric {key!r}: timestamps must have {n} entries")
+        self.vault.backend.log_metrics(self.id, [MetricSeries(key, st, vals, ts)])
+        if n:
+            self._next_step[key] = int(st[-1]) + 1
+
+    def flush_key(self, key: str) -> None:
+        """Write the buffered points of one metric (keeps ordering with direct array writes)."""
+        with self._lock:
+            bucket = self._pending.pop(key, None)
+        if bucket:
+            self.vault.backend.log_metrics(self.id, [_to_series(key, bucket)])
+
+    def flush(self) -> None:
+        """Write every buffered metric point of this run to the backend now."""
+        if not self._pending:
+            return
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if pending:
+            batch = [_to_series(k, pts) for k, pts in pending.items()]
+            try:
+                self.vault.backend.log_metrics(self.id, batch)
+            except BaseException:
+                with self._lock:  # put the points back so nothing is lost on a transient failure
+                    for k, pts in pending.items():
+                        pts.extend(self._pending.get(k, []))
+                        self._pending[k] = pts
+                raise
+
+    def _discard_buffer(self) -> None:
+        with self._lock:
+            self._pending = {}
+
+    def log_artifact(self, key: str, data: BlobSource) -> ArtifactInfo:
+        """Store a file under ``key`` (a relative path like ``"plots/roc.png"``).
+
+        ``data`` is bytes, a filesystem path, or a binary file object; it is streamed, content-addressed
+        (identical files are stored once) and replaces an earlier artifact of the same key.
+        """
+        self._check_writable()
+        v.validate_artifact_key(key)
+        digest, size = self.vault.backend.blobs.put_content(data)
+        info = ArtifactInfo(key=key, size=size, digest=digest, created_at=now())
+        self.vault.backend.add_artifact(self.id, info)
+        return info
+
+    def get_artifact(self, key: str) -> bytes:
+        """The whole content of an artifact, digest-verified."""
+        info = self.vault.backend.get_artifact_info(self.id, key)
+        return self.vault.backend.blobs.get_content(info.digest)
+
+    def open_artifact(self, key: str) -> BinaryIO:
+        """A binary file for streaming an artifact; reading to the end verifies its digest."""
+        info = self.vault.backend.get_artifact_info(self.id, key)
+        return self.vault.backend.blobs.open_content(info.digest)
+
+    def list_artifacts(self, prefix: str = "") -> list[ArtifactInfo]:
+        """The run's artifacts under ``prefix``, sorted by key."""
+        return self.vault.backend.list_artifacts(self.id, prefix)
+
+    def metric_history(self, key: str) -> MetricSeries:
+        """Every point of a metric as numpy arrays: ``.steps``, ``.values``, ``.timestamps``."""
+        self.flush()
+        return self.vault.backend.metric_history(self.id, key)
+
+    # -- ending ---------------------------------------------------------------------------------------------
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """Flush and mark the run ended with ``status`` (``finished``, ``failed`` or ``killed``)."""
+        if status not in TERMINAL_STATUSES:
+            raise InvalidArgumentError(f"a run ends as one of {sorted(TERMINAL_STATUSES)}, not {status!r}")
+        try:
+            self.flush()
+        finally:
+            self.vault._unregister_active(self)
+            self._active = False
+            self.vault.backend.update_run(self.id, status=status, end_time=now(), error=error)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.end("finished")
+        else:
+            text = "".join(traceback.format_exception_only(exc)).strip()
+            self.end("killed" if isinstance(exc, KeyboardInterrupt) else "failed", error=text)
+
+
+def _to_series(key: str, points: list[tuple[float, int, float]]) -> MetricSeries:
+    arr = np.array(points, dtype=np.float64)
+    return MetricSeries(key, arr[:, 1].astype(np.int64), np.ascontiguousarray(arr[:, 0]),
+                        np.ascontiguousarray(arr[:, 2]))
+
+
+class RunList(list[Run]):
+    """A list of runs that turns into a pandas DataFrame with ``to_frame()``."""
+
+    def __init__(self, runs: Iterable[Run] = ()) -> None:
+        super().__init__(runs)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per run: id, experiment, number, name, status, times, then params.*, metrics.*, tags.*."""
+        import pandas as pd
+
+        rows: list[dict[str, Any]] = []
+        for run in self:
+            info = run._snapshot
+            row: dict[str, Any] = {
+                "id": info.id, "experiment": run.experiment.name, "number": info.number,
+                "name": info.name, "parent_id": info.parent_id, "status": info.status,
+                "start_time": pd.Timestamp(info.start_time, unit="s"),
+                "end_time": None if info.end_time is None else pd.Timestamp(info.end_time, unit="s"),
+            }
+            for prefix, values in (("params", info.params), ("metrics", info.metrics), ("tags", info.tags)):
+                for key, value in values.items():
+                    row[f"{prefix}.{key}"] = value
+            rows.append(row)
+        base = ["id", "experiment", "number", "name", "parent_id", "status", "start_time", "end_time"]
+        frame = pd.DataFrame(rows, columns=None if rows else base)
+        extra = sorted(c for c in frame.columns if c not in base)
+        return frame[base + extra]
+
+    def __iter__(self) -> Iterator[Run]:
+        return super().__iter__()

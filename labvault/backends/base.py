@@ -1,0 +1,522 @@
+"""The storage contract: ``Backend`` (metadata) and ``BlobStore`` (bytes).
+
+Public methods validate their arguments and then call a private ``_hook`` that a backend implements, so
+every backend gets the same checks and error messages for free and implementations read top to bottom.
+Capabilities are class attributes that callers and the conformance suite read; nobody checks
+``isinstance`` on a backend class. Construction does no I/O: a backend connects, creates its store or
+imports its driver on first use.
+
+A backend registers itself under a URI scheme by subclassing with a keyword, as fsspec and
+statisfactory do::
+
+    class MyBackend(Backend, scheme="mine"):
+        ...
+
+after which ``labvault.open("mine://...")`` constructs it with ``MyBackend.from_uri(uri, ...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, Union
+
+import numpy as np
+
+from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo
+from labvault.domain import validation as v
+from labvault.errors import CorruptDataError, InvalidArgumentError, NotFoundError
+
+if TYPE_CHECKING:
+    from labvault.query import Expr, OrderKey
+
+#: What ``log_artifact`` and ``BlobStore.put`` accept: bytes, a filesystem path, or a binary file object.
+BlobSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", IO[bytes]]
+
+CHUNK_SIZE = 1024 * 1024
+
+
+def iter_source(data: BlobSource, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield the bytes of ``data`` in chunks without ever holding a large file in memory."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        for start in range(0, len(view), chunk_size):
+            yield bytes(view[start : start + chunk_size])
+        return
+    if isinstance(data, str | os.PathLike):
+        path = Path(data)
+        if not path.is_file():
+            raise InvalidArgumentError(f"artifact source {str(path)!r} is not a readable file")
+        with path.open("rb") as fh:
+            while chunk := fh.read(chunk_size):
+                yield chunk
+        return
+    read = getattr(data, "read", None)
+    if not callable(read):
+        raise InvalidArgumentError(
+            f"artifact data must be bytes, a path or a binary file object, got {type(data).__name__}"
+        )
+    while True:
+        chunk = read(chunk_size)
+        if not chunk:
+            return
+        if not isinstance(chunk, bytes | bytearray):
+            raise InvalidArgumentError("artifact file object must be opened in binary mode ('rb')")
+        yield bytes(chunk)
+
+
+class VerifyingReader(io.RawIOBase):
+    """A read-only file over a blob that checks its sha256 digest when the end is reached.
+
+    A mismatch raises ``CorruptDataError`` from the read that hits end of file, so a corrupted blob can
+    never be read to the end silently.
+    """
+
+    def __init__(self, raw: BinaryIO, digest: str, name: str) -> None:
+        self._raw = raw
+        self._expected = digest
+        self._hash = hashlib.sha256()
+        self._name = name
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        if n:
+            self._hash.update(memoryview(buffer)[:n])
+        elif not self._done:
+            self._done = True
+            actual = self._hash.hexdigest()
+            if actual != self._expected:
+                raise CorruptDataError(
+                    f"blob {self._name!r} is corrupt: sha256 {actual} does not match {self._expected}"
+                )
+        return n or 0
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class BlobStore(ABC):
+    """Bytes under keys, streamed both ways. Backends keep artifacts in one, content-addressed."""
+
+    scheme: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, scheme: str | None = None, replace: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if scheme is not None:
+            from labvault.backends import registry
+
+            cls.scheme = scheme
+            registry.register_blob_store(scheme, cls, replace=replace)
+
+    # -- bytes by key ---------------------------------------------------------------------------------
+    @abstractmethod
+    def _put(self, key: str, chunks: Iterator[bytes]) -> int:
+        """Store the chunks under key atomically (never a partial object visible); return the size."""
+
+    @abstractmethod
+    def _open(self, key: str) -> BinaryIO:
+        """Open key for reading; raise NotFoundError when absent."""
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterator[str]: ...
+
+    def put(self, key: str, data: BlobSource) -> int:
+        """Store ``data`` (bytes, a path or a binary file object) under ``key``; return its size."""
+        return self._put(self._check_key(key), iter_source(data))
+
+    def get(self, key: str) -> bytes:
+        """Return the whole content of ``key``."""
+        with self._open(self._check_key(key)) as fh:
+            return fh.read()
+
+    def open(self, key: str) -> BinaryIO:
+        """Open ``key`` for streaming reads."""
+        return self._open(self._check_key(key))
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored."""
+        return self._exists(self._check_key(key))
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+        self._delete(self._check_key(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix``, sorted."""
+        return sorted(self._list(v.validate_prefix(prefix)))
+
+    def close(self) -> None:
+        """Release connections; the default has nothing to release."""
+
+    @staticmethod
+    def _check_key(key: str) -> str:
+        return v.validate_artifact_key(key)
+
+    # -- content addressing -----------------------------------------------------------------------------
+    @staticmethod
+    def digest_key(digest: str) -> str:
+        """Where a content-addressed blob lives: ``sha256/ab/cd/<digest>``."""
+        return f"sha256/{digest[:2]}/{digest[2:4]}/{digest}"
+
+    def put_content(self, data: BlobSource) -> tuple[str, int]:
+        """Store ``data`` by its sha256 digest (once, however often it is put); return (digest, size).
+
+        The default spools to a temporary file while hashing, so memory stays flat for any size; stores
+        that can rename (the file store) override this to write in one pass.
+        """
+        sha = hashlib.sha256()
+        size = 0
+        with tempfile.TemporaryFile() as spool:
+            for chunk in iter_source(data):
+                sha.update(chunk)
+                size += len(chunk)
+                spool.write(chunk)
+            digest = sha.hexdigest()
+            key = self.digest_key(digest)
+            if not self._exists(key):
+                spool.seek(0)
+                self._put(key, iter_source(spool))
+        return digest, size
+
+    def open_content(self, digest: str) -> BinaryIO:
+        """Open a content-addressed blob; reading it to the end verifies the digest."""
+        try:
+            raw = self._open(self.digest_key(digest))
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"blob {digest} is missing from the blob store") from exc
+        return io.BufferedReader(VerifyingReader(raw, digest, digest), CHUNK_SIZE)  # type: ignore[arg-type]
+
+    def get_content(self, digest: str) -> bytes:
+        """Read a content-addressed blob whole and verify its digest."""
+        with self._open(self.digest_key(digest)) as fh:
+            data = fh.read()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise CorruptDataError(f"blob {digest} is corrupt: its sha256 is {actual}")
+        return data
+
+
+class Backend(ABC):
+    """Where a vault's metadata lives: experiments, runs, params, tags, metrics, results, artifact index.
+
+    Subclasses implement the ``_hooks``; the public methods validate and delegate. ``blobs`` is the
+    ``BlobStore`` holding artifact bytes, chosen by the backend or given with ``artifacts=``.
+    """
+
+    scheme: ClassVar[str | None] = None
+    #: JSON schema for ``labvault.open(config={...})`` options beyond ``module`` / ``backend``.
+    config_schema: ClassVar[Mapping[str, Any]] = {"type": "object"}
+    #: The store survives the process (so several processes can share it).
+    persistent: ClassVar[bool] = True
+    #: Several processes may write at once.
+    multiprocess: ClassVar[bool] = True
+    supports_events: ClassVar[bool] = False
+    supports_branches: ClassVar[bool] = False
+
+    def __init_subclass__(cls, scheme: str | None = None, replace: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if scheme is not None:
+            from labvault.backends import registry
+
+            cls.scheme = scheme
+            registry.register_backend(scheme, cls, replace=replace)
+
+    def __init__(self, uri: str, blobs: BlobStore | None = None) -> None:
+        self.uri = uri
+        self._blobs = blobs
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_uri(cls, uri: str, *, artifacts: BlobStore | None = None, **options: Any) -> Backend:
+        """Build the backend from a URI; do no I/O yet."""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, artifacts: BlobStore | None = None) -> Backend:
+        """Build the backend from a validated config mapping (its ``uri`` or ``url`` key by default)."""
+        uri = config.get("uri") or config.get("url")
+        if not isinstance(uri, str):
+            raise InvalidArgumentError(f"config for {cls.__name__} needs a 'uri' string")
+        options = {k: val for k, val in config.items() if k not in ("uri", "url", "module", "backend")}
+        return cls.from_uri(uri, artifacts=artifacts, **options)
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The blob store holding this backend's artifact bytes."""
+        if self._blobs is None:
+            self._blobs = self._default_blobs()
+        return self._blobs
+
+    @abstractmethod
+    def _default_blobs(self) -> BlobStore:
+        """The blob store used when none was given with ``artifacts=``."""
+
+    def close(self) -> None:
+        """Release connections and file handles. Safe to call twice."""
+        if self._blobs is not None:
+            self._blobs.close()
+
+    # -- experiments --------------------------------------------------------------------------------------
+    def ensure_experiment(self, name: str, project: str) -> ExperimentInfo:
+        """Get the experiment, creating it when absent (safe when several processes race)."""
+        return self._ensure_experiment(v.validate_name(name, "experiment name"),
+                                       v.validate_name(project, "project name"))
+
+    def list_experiments(self, project: str | None = None) -> list[ExperimentInfo]:
+        """Experiments, optionally of one project, ordered by creation time."""
+        if project is not None:
+            v.validate_name(project, "project name")
+        return sorted(self._list_experiments(project), key=lambda e: (e.created_at, e.name))
+
+    def find_experiment(self, name: str, project: str | None = None) -> ExperimentInfo:
+        """The experiment named ``name`` (in ``project`` when given), or ``NotFoundError``."""
+        v.validate_name(name, "experiment name")
+        matches = [e for e in self.list_experiments(project) if e.name == name]
+        if not matches:
+            where = f" in project {project!r}" if project else ""
+            raise NotFoundError(f"experiment {name!r} not found{where}")
+        if len(matches) > 1:
+            raise InvalidArgumentError(
+                f"experiment {name!r} exists in several projects "
+                f"({', '.join(sorted(e.project for e in matches))}): pass project="
+            )
+        return matches[0]
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        """Delete an experiment with its runs, metrics and artifact index (blobs stay for gc)."""
+        self._delete_experiment(_check_id(experiment_id, "experiment id"))
+
+    # -- runs ---------------------------------------------------------------------------------------------
+    def create_run(
+        self,
+        experiment_id: str,
+        *,
+        name: str | None,
+        parent_id: str | None,
+        start_time: float,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+    ) -> RunInfo:
+        """Create a running run with the next dense run number of its experiment."""
+        if name is not None:
+            v.validate_name(name, "run name")
+        if parent_id is not None:
+            _check_id(parent_id, "parent run id")
+        return self._create_run(
+            _check_id(experiment_id, "experiment id"), name, parent_id, start_time,
+            v.validate_params(params), v.validate_tags(tags),
+        )
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """The run with params, tags, results and latest metric values; ``NotFoundError`` if absent."""
+        return self._get_run(_check_id(run_id, "run id"))
+
+    def list_runs(self, experiment_ids: Sequence[str]) -> list[RunInfo]:
+        """All runs of the experiments, with params, tags, results and latest metrics."""
+        return self._list_runs([_check_id(i, "experiment id") for i in experiment_ids])
+
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str],
+        expr: Expr,
+        order: Sequence[OrderKey],
+        limit: int | None,
+        offset: int,
+    ) -> list[RunInfo]:
+        """Runs matching a parsed filter, sorted and paged. SQL backends compile the query."""
+        return self._search_runs([_check_id(i, "experiment id") for i in experiment_ids],
+                                 expr, order, limit, offset)
+
+    def _search_runs(
+        self,
+        experiment_ids: list[str],
+        expr: Expr,
+        order: Sequence[OrderKey],
+        limit: int | None,
+        offset: int,
+    ) -> list[RunInfo]:
+        from labvault import query
+
+        runs = query.sort_runs(query.filter_runs(expr, self._list_runs(experiment_ids)), order)
+        end = None if limit is None else offset + limit
+        return runs[offset:end]
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: str | None = None,
+        end_time: float | None = None,
+        error: str | None = None,
+        heartbeat: float | None = None,
+    ) -> None:
+        """Change a run's status, end time, error text or heartbeat."""
+        from labvault.domain import RUN_STATUSES
+
+        if status is not None and status not in RUN_STATUSES:
+            raise InvalidArgumentError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        fields: dict[str, Any] = {}
+        for key, val in (("status", status), ("end_time", end_time), ("error", error),
+                         ("heartbeat", heartbeat)):
+            if val is not None:
+                fields[key] = val
+        if fields:
+            self._update_run(_check_id(run_id, "run id"), fields)
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Write-once params: an equal value again is a no-op, a different one raises ``ConflictError``."""
+        checked = v.validate_params(params)
+        if checked:
+            self._log_params(_check_id(run_id, "run id"), checked)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Tags: the last write wins."""
+        checked = v.validate_tags(tags)
+        if checked:
+            self._set_tags(_check_id(run_id, "run id"), checked)
+
+    def log_results(self, run_id: str, results: Mapping[str, Any]) -> None:
+        """Named outputs; logging a name again replaces its value."""
+        checked = v.validate_params(results, "result")
+        if checked:
+            self._log_results(_check_id(run_id, "run id"), checked)
+
+    def log_metrics(self, run_id: str, series: Sequence[MetricSeries]) -> None:
+        """Append batches of points; each series holds one key's steps, values and timestamps."""
+        batch = []
+        for s in series:
+            v.validate_key(s.key, "metric key")
+            n = len(s.values)
+            if not (len(s.steps) == n == len(s.timestamps)):
+                raise InvalidArgumentError(f"metric {s.key!r}: steps, values and timestamps differ in length")
+            if n == 0:
+                continue
+            if s.steps.dtype != np.int64 or s.values.dtype != np.float64 or s.timestamps.dtype != np.float64:
+                raise InvalidArgumentError(f"metric {s.key!r}: arrays must be int64 / float64 / float64")
+            if n and (int(s.steps.min()) < 0 or not np.isfinite(s.timestamps).all()):
+                raise InvalidArgumentError(
+                    f"metric {s.key!r}: steps must be >= 0 and timestamps finite"
+                )
+            batch.append(s)
+        if batch:
+            self._log_metrics(_check_id(run_id, "run id"), batch)
+
+    def metric_history(self, run_id: str, key: str) -> MetricSeries:
+        """All points of one metric in logging order; empty when the key was never logged."""
+        return self._metric_history(_check_id(run_id, "run id"), v.validate_key(key, "metric key"))
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        """Keys of the metrics a run has logged."""
+        return sorted(self.get_run(run_id).metrics)
+
+    # -- artifacts ----------------------------------------------------------------------------------------
+    def add_artifact(self, run_id: str, info: ArtifactInfo) -> None:
+        """Record that a run's artifact ``info.key`` has the blob ``info.digest`` (replaces the key)."""
+        v.validate_artifact_key(info.key)
+        self._add_artifact(_check_id(run_id, "run id"), info)
+
+    def list_artifacts(self, run_id: str, prefix: str = "") -> list[ArtifactInfo]:
+        """A run's artifacts whose key starts with ``prefix``, sorted by key."""
+        prefix = v.validate_prefix(prefix)
+        items = self._list_artifacts(_check_id(run_id, "run id"), prefix)
+        return sorted((a for a in items if a.key.startswith(prefix)), key=lambda a: a.key)
+
+    def get_artifact_info(self, run_id: str, key: str) -> ArtifactInfo:
+        """One artifact's index entry, or ``NotFoundError``."""
+        v.validate_artifact_key(key)
+        for info in self._list_artifacts(_check_id(run_id, "run id"), key):
+            if info.key == key:
+                return info
+        raise NotFoundError(f"run {run_id} has no artifact {key!r}")
+
+    # -- hooks (implemented by each backend) --------------------------------------------------------------
+    @abstractmethod
+    def _ensure_experiment(self, name: str, project: str) -> ExperimentInfo: ...
+
+    @abstractmethod
+    def _list_experiments(self, project: str | None) -> list[ExperimentInfo]: ...
+
+    @abstractmethod
+    def _delete_experiment(self, experiment_id: str) -> None: ...
+
+    @abstractmethod
+    def _create_run(
+        self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
+        params: dict[str, Any], tags: dict[str, str],
+    ) -> RunInfo: ...
+
+    @abstractmethod
+    def _get_run(self, run_id: str) -> RunInfo: ...
+
+    @abstractmethod
+    def _list_runs(self, experiment_ids: list[str]) -> list[RunInfo]: ...
+
+    @abstractmethod
+    def _update_run(self, run_id: str, fields: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def _set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
+
+    @abstractmethod
+    def _log_results(self, run_id: str, results: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None: ...
+
+    @abstractmethod
+    def _metric_history(self, run_id: str, key: str) -> MetricSeries: ...
+
+    @abstractmethod
+    def _add_artifact(self, run_id: str, info: ArtifactInfo) -> None: ...
+
+    @abstractmethod
+    def _list_artifacts(self, run_id: str, prefix: str) -> list[ArtifactInfo]: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+def _check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 64 or not value.isalnum() or not value.isascii():
+        raise InvalidArgumentError(f"{what} {value!r} is not a valid labvault id")
+    return value
+
+
+def check_params_conflict(run_id: str, stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Raise ``ConflictError`` naming every param whose new value differs from the stored one."""
+    from labvault.errors import ConflictError
+
+    clashes = [k for k, val in new.items() if k in stored and not _same_json(stored[k], val)]
+    if clashes:
+        detail = ", ".join(f"{k!r}: stored {stored[k]!r}, new {new[k]!r}" for k in clashes)
+        raise ConflictError(f"params are write-once; run {run_id} already has {detail}")
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b if not isinstance(a, int | float) or isinstance(a, bool) \
+        else (isinstance(b, int | float) and not isinstance(b, bool) and a == b)
+
+
+def copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy one binary file to another in large chunks."""
+    shutil.copyfileobj(src, dst, CHUNK_SIZE)

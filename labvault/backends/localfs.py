@@ -1,0 +1,164 @@
+"""Local-filesystem helpers shared by the file and SQLite backends: atomic writes and ``FileBlobStore``.
+
+Every write goes to a temporary file in the destination directory, is fsynced, then renamed over the
+target, and the directory is fsynced: a crash leaves either the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from labvault.backends.base import CHUNK_SIZE, BlobSource, BlobStore, iter_source
+from labvault.errors import BackendUnavailableError, InvalidArgumentError, NotFoundError
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """Open a temporary file next to ``target``; on success rename it over ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        if durable:
+            fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``target`` with ``data`` atomically."""
+    with atomic_writer(target, durable=durable) as fh:
+        fh.write(data)
+
+
+def path_from_uri(uri: str, scheme: str) -> Path:
+    """The local path of ``file://dir``, ``file:///abs`` or a bare path."""
+    if "://" not in uri:
+        return Path(uri).expanduser()
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in (scheme, "file"):
+        raise InvalidArgumentError(f"{uri!r} is not a {scheme}:// URI")
+    raw = unquote(parts.netloc + parts.path)
+    if not raw:
+        raise InvalidArgumentError(f"{uri!r} names no directory")
+    if "\x00" in raw:
+        raise InvalidArgumentError(f"{uri!r} contains a NUL character")
+    return Path(raw).expanduser()
+
+
+class FileBlobStore(BlobStore, scheme="file"):
+    """Blobs as files under a root directory; parents created on demand, writes atomic."""
+
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.root = Path(root)
+        self.durable = durable
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> FileBlobStore:
+        """``file:///path`` or a bare path."""
+        return cls(path_from_uri(url, "file"), **options)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/"))
+
+    def _put(self, key: str, chunks: Iterator[bytes]) -> int:
+        size = 0
+        try:
+            with atomic_writer(self._path(key), durable=self.durable) as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                    size += len(chunk)
+        except PermissionError as exc:
+            raise BackendUnavailableError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
+        return size
+
+    def _open(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise NotFoundError(f"no blob {key!r} in {self.root}") from exc
+
+    def _exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in files:
+                if name.startswith("."):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    yield key
+
+    def put_content(self, data: BlobSource) -> tuple[str, int]:
+        """Hash while writing a temp file in the store, then rename it to its digest: one pass."""
+        tmpdir = self.root / "tmp"
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        sha = hashlib.sha256()
+        size = 0
+        if isinstance(data, str | os.PathLike) and Path(data).is_file():
+            # Fast path for paths: hash first (page cache), then copy only when the blob is new.
+            with Path(data).open("rb") as src:
+                digest = hashlib.file_digest(src, "sha256").hexdigest()
+            target = self._path(self.digest_key(digest))
+            if target.is_file():
+                return digest, target.stat().st_size
+            with atomic_writer(target, durable=self.durable) as fh, Path(data).open("rb") as src:
+                shutil.copyfileobj(src, fh, CHUNK_SIZE)
+                size = fh.tell()
+            return digest, size
+        fd, tmp = tempfile.mkstemp(dir=tmpdir, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in iter_source(data):
+                    sha.update(chunk)
+                    size += len(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                if self.durable:
+                    os.fsync(fh.fileno())
+            digest = sha.hexdigest()
+            target = self._path(self.digest_key(digest))
+            if target.is_file():
+                os.unlink(tmp)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+                if self.durable:
+                    fsync_dir(target.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return digest, size

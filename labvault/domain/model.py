@@ -1,0 +1,103 @@
+"""Plain records that cross the boundary between the domain API and the storage backends."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+RunStatus = Literal["running", "finished", "failed", "killed"]
+RUN_STATUSES: tuple[str, ...] = ("running", "finished", "failed", "killed")
+TERMINAL_STATUSES: frozenset[str] = frozenset({"finished", "failed", "killed"})
+
+
+def now() -> float:
+    """Wall-clock time in epoch seconds, the unit of every timestamp labvault stores."""
+    return time.time()
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    """An experiment as stored: a named group of runs inside a project."""
+
+    id: str
+    name: str
+    project: str
+    created_at: float
+
+
+@dataclass
+class RunInfo:
+    """A run's stored state. ``metrics`` holds the latest value of each metric key."""
+
+    id: str
+    experiment_id: str
+    number: int
+    name: str | None
+    parent_id: str | None
+    status: str
+    start_time: float
+    end_time: float | None = None
+    error: str | None = None
+    heartbeat: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MetricSeries:
+    """One metric's points: parallel numpy arrays of steps, values and timestamps.
+
+    Returned by ``Run.metric_history`` and used to move batches of points to a backend.
+    """
+
+    key: str
+    steps: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    timestamps: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    @classmethod
+    def empty(cls, key: str) -> MetricSeries:
+        """A series with no points."""
+        return cls(
+            key,
+            np.empty(0, dtype=np.int64),
+            np.empty(0, dtype=np.float64),
+            np.empty(0, dtype=np.float64),
+        )
+
+    @classmethod
+    def concat(cls, key: str, parts: list[MetricSeries]) -> MetricSeries:
+        """Join several series of the same key in order."""
+        if not parts:
+            return cls.empty(key)
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            key,
+            np.concatenate([p.steps for p in parts]),
+            np.concatenate([p.values for p in parts]),
+            np.concatenate([p.timestamps for p in parts]),
+        )
+
+    def last(self) -> tuple[float, int, float]:
+        """(value, step, timestamp) of the last point; the series must not be empty."""
+        return float(self.values[-1]), int(self.steps[-1]), float(self.timestamps[-1])
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """A file logged to a run: its key (a relative path), size in bytes and sha256 digest."""
+
+    key: str
+    size: int
+    digest: str
+    created_at: float
