@@ -128,7 +128,10 @@ def open_backend(
             raise InvalidArgumentError("pass either uri or config, not both")
         return registry.backend_from_config(config, blob_store)
     scheme, resolved = _resolve_uri(uri)
-    cls = registry.backend_class(scheme)
+    try:
+        cls = registry.backend_class(scheme)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"cannot open vault {resolved!r}: {exc}") from exc
     return cls.from_uri(resolved, artifacts=blob_store, **options)
 
 

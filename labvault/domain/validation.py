@@ -104,7 +104,7 @@ def validate_prefix(value: object) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidArgumentError(f"prefix must be a string, got {type(value).__name__}")
-    validate_artifact_key(value.rstrip("/") or "x/" if value == "/" else value.rstrip("/"))
+    validate_artifact_key(value[:-1] if value.endswith("/") else value)
     return value
 
 
@@ -187,7 +187,7 @@ def validate_tags(tags: Mapping[str, Any]) -> dict[str, str]:
                 f"tag {k!r} must be a string, number or bool, got {type(v).__name__} {_show(v)}"
             )
         if "\x00" in text:
-            raise InvalidArgumentError(f"tag {k!r} value contains a NUL character")
+            raise InvalidArgumentError(f"tag {k!r} value {_show(text)} contains a NUL character")
         if len(text) > MAX_TAG_VALUE_LENGTH:
             raise InvalidArgumentError(f"tag {k!r} value is longer than {MAX_TAG_VALUE_LENGTH} characters")
         out[k] = text

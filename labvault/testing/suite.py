@@ -1,0 +1,678 @@
+"""``BackendTests``: the behaviour every labvault backend must show, written once.
+
+The memory backend is the reference model; every other backend runs exactly these tests. Capabilities
+(``persistent``, ``multiprocess``) are read from the backend class, never guessed from its type. Heavy
+cases (the 300 MB artifact) run only where ``heavy = True`` is set, once per backend family.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import labvault
+from labvault.api import Run, Vault
+from labvault.errors import (
+    ConflictError,
+    CorruptDataError,
+    InvalidArgumentError,
+    LabvaultError,
+    NotFoundError,
+    UnsupportedOperationError,
+)
+
+
+def _run_worker(func: str, *args: Any, timeout: float = 60) -> str:
+    """Run a function of ``labvault.testing._workers`` in a fresh interpreter; return its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "labvault.testing._workers", func, json.dumps(list(args))],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"worker {func} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def _start_runs_worker(args: tuple[str, str, int, str]) -> list[int]:
+    from labvault.testing._workers import start_runs
+
+    return start_runs(*args)
+
+
+class BackendTests:
+    """Subclass and provide a ``uri`` fixture returning the URI of a fresh, empty store."""
+
+    #: Run the heavy cases (300 MB artifact) for this backend. Set on one class per backend family.
+    heavy: bool = False
+
+    @pytest.fixture
+    def uri(self) -> str:
+        raise NotImplementedError("a BackendTests subclass must provide a 'uri' fixture")
+
+    @pytest.fixture
+    def vault(self, uri: str) -> Iterator[Vault]:
+        with labvault.open(uri) as vault:
+            yield vault
+
+    @staticmethod
+    def _capability(vault: Vault, name: str) -> bool:
+        return bool(getattr(type(vault.backend), name))
+
+    # ----------------------------------------------------------------------------------------------
+    # experiments
+    def test_experiment_get_or_create(self, vault: Vault) -> None:
+        a = vault.experiment("exp-a")
+        again = vault.experiment("exp-a")
+        assert a.id == again.id and a.name == "exp-a" and a.project == "default"
+        other = vault.experiment("exp-a", project="other")
+        assert other.id != a.id and other.project == "other"
+        names = [(e.project, e.name) for e in vault.experiments()]
+        assert sorted(names) == [("default", "exp-a"), ("other", "exp-a")]
+        assert [e.name for e in vault.experiments(project="other")] == ["exp-a"]
+        assert vault.experiments(project="nobody") == []
+
+    def test_delete_experiment_removes_runs(self, vault: Vault) -> None:
+        exp = vault.experiment("doomed")
+        keep = vault.experiment("kept")
+        with exp.start_run(params={"a": 1}) as run:
+            run.log_metric("m", 1.0)
+            run.log_artifact("f.txt", b"x")
+        with keep.start_run() as kept_run:
+            kept_run.log_metric("m", 2.0)
+        vault.delete_experiment("doomed")
+        assert [e.name for e in vault.experiments()] == ["kept"]
+        with pytest.raises(NotFoundError):
+            vault.get_run(run.id)
+        assert vault.get_run(kept_run.id).metrics == {"m": 2.0}
+        with pytest.raises(NotFoundError, match="doomed"):
+            vault.delete_experiment("doomed")
+        # Re-creating gives a fresh experiment whose numbering starts again.
+        with vault.experiment("doomed").start_run() as fresh:
+            assert fresh.number == 1
+
+    def test_delete_experiment_modes(self, vault: Vault) -> None:
+        vault.experiment("e")
+        with pytest.raises(InvalidArgumentError, match="sideways"):
+            vault.delete_experiment("e", mode="sideways")  # type: ignore[arg-type]
+        with pytest.raises(UnsupportedOperationError, match="remote"):
+            vault.delete_experiment("e", mode="remote")
+        assert [e.name for e in vault.experiments()] == ["e"]
+
+    # ----------------------------------------------------------------------------------------------
+    # run lifecycle
+    def test_run_lifecycle_finished(self, vault: Vault) -> None:
+        exp = vault.experiment("life")
+        before = time.time()
+        with exp.start_run(name="first", params={"lr": 0.1}, tags={"team": "a"}) as run:
+            assert run.status == "running"
+            assert run.number == 1 and run.name == "first"
+        assert run.status == "finished"
+        assert run.end_time is not None and before - 1 <= run.start_time <= run.end_time <= time.time() + 1
+        assert run.error is None
+        fetched = vault.get_run(run.id)
+        assert (fetched.id, fetched.number, fetched.name) == (run.id, 1, "first")
+        assert fetched.params == {"lr": 0.1} and fetched.tags == {"team": "a"}
+        assert fetched.experiment.name == "life"
+
+    def test_run_lifecycle_failed_reraises(self, vault: Vault) -> None:
+        exp = vault.experiment("life")
+        with pytest.raises(ZeroDivisionError), exp.start_run() as run:
+            run.log_metric("before", 1.0)
+            _ = 1 / 0
+        assert run.status == "failed"
+        assert run.error is not None and "ZeroDivisionError" in run.error and "division" in run.error
+        assert run.metric_history("before").values.tolist() == [1.0]
+
+    def test_run_numbers_and_nesting(self, vault: Vault) -> None:
+        exp = vault.experiment("nest")
+        with exp.start_run(name="parent") as parent:
+            children = []
+            for _ in range(3):
+                with exp.start_run(parent=parent) as child:
+                    children.append(child)
+            with exp.start_run(parent=children[0].id) as grandchild:
+                pass
+        assert [r.number for r in exp.runs()] == [1, 2, 3, 4, 5]
+        assert [c.parent_id for c in children] == [parent.id] * 3
+        assert vault.get_run(grandchild.id).parent_id == children[0].id
+        assert parent.parent_id is None
+        other = vault.experiment("nest-2")
+        with other.start_run() as r:
+            assert r.number == 1
+        with pytest.raises(NotFoundError):
+            exp.start_run(parent="0" * 32)
+
+    def test_get_run_missing(self, vault: Vault) -> None:
+        with pytest.raises(NotFoundError):
+            vault.get_run("f" * 32)
+
+    def test_manual_end_and_status_values(self, vault: Vault) -> None:
+        run = vault.experiment("manual").start_run()
+        run.end("killed", error="stopped by user")
+        assert (run.status, run.error) == ("killed", "stopped by user")
+        with pytest.raises(InvalidArgumentError, match="running"):
+            vault.experiment("manual").start_run().end("running")
+
+    # ----------------------------------------------------------------------------------------------
+    # params, tags, results
+    def test_params_write_once(self, vault: Vault) -> None:
+        with vault.experiment("p").start_run(params={"lr": 0.1}) as run:
+            run.log_param("lr", 0.1)  # same value: no-op
+            run.log_params({"layers": [64, 32], "opt": {"name": "adam", "beta": 0.9}, "flag": True})
+            with pytest.raises(ConflictError, match="lr"):
+                run.log_param("lr", 0.2)
+            with pytest.raises(ConflictError, match="layers"):
+                run.log_params({"new_key": 1, "layers": [64]})
+            assert "new_key" not in run.params  # nothing from the conflicting call was written
+            with pytest.raises(ConflictError):
+                run.log_param("flag", 1)  # True and 1 are different values
+        assert run.params == {"lr": 0.1, "layers": [64, 32], "opt": {"name": "adam", "beta": 0.9},
+                              "flag": True}
+
+    def test_param_types_roundtrip(self, vault: Vault) -> None:
+        values = {"i": 3, "f": 2.5, "s": "text with spaces", "b": False, "n": None, "l": [1, "a", None],
+                  "d": {"k": [1.5]}, "big": 2**53 + 1, "neg": -7, "uni": "héllo ☃", "e": 1e-12}
+        with vault.experiment("p").start_run(params=values) as run:
+            pass
+        got = vault.get_run(run.id).params
+        assert got == values
+        assert type(got["i"]) is int and type(got["f"]) is float and type(got["b"]) is bool
+
+    def test_numpy_scalars_accepted(self, vault: Vault) -> None:
+        with vault.experiment("np").start_run() as run:
+            run.log_params({"a": np.int64(3), "b": np.float32(0.5)})
+            run.log_metric("m", np.float64(1.5), step=np.int64(2))
+        assert run.params == {"a": 3, "b": 0.5}
+        hist = run.metric_history("m")
+        assert hist.values.tolist() == [1.5] and hist.steps.tolist() == [2]
+
+    def test_tags_last_write_wins(self, vault: Vault) -> None:
+        with vault.experiment("t").start_run(tags={"stage": "dev"}) as run:
+            run.set_tag("stage", "prod")
+            run.set_tags({"stage": "final", "owner": "ana", "n": 3, "ok": True})
+        assert run.tags == {"stage": "final", "owner": "ana", "n": "3", "ok": "true"}
+
+    def test_results(self, vault: Vault) -> None:
+        with vault.experiment("r").start_run() as run:
+            run.log_result("confusion", [[1, 0], [0, 1]])
+            run.log_result("score", 0.5)
+            run.log_result("score", 0.75)  # results are keyed by name: replaced
+            run.log_result("summary", {"best_epoch": 3, "notes": "ok"})
+        assert vault.get_run(run.id).results == {
+            "confusion": [[1, 0], [0, 1]], "score": 0.75, "summary": {"best_epoch": 3, "notes": "ok"}}
+
+    # ----------------------------------------------------------------------------------------------
+    # metrics
+    def test_metrics_append_only_with_steps_and_timestamps(self, vault: Vault) -> None:
+        with vault.experiment("m").start_run() as run:
+            run.log_metric("loss", 0.9, step=1, timestamp=1000.0)
+            run.log_metric("loss", 0.7, step=2, timestamp=1001.5)
+            run.log_metric("loss", 0.8, step=2, timestamp=1002.0)  # same step again: appended, not replaced
+            run.log_metrics({"acc": 0.5, "f1": 0.4}, step=7)
+            run.log_metric("auto", 1.0)
+            run.log_metric("auto", 2.0)
+            run.log_metric("auto", 3.0, step=10)
+            run.log_metric("auto", 4.0)
+        hist = run.metric_history("loss")
+        assert hist.steps.dtype == np.int64 and hist.values.dtype == np.float64
+        assert hist.timestamps.dtype == np.float64
+        assert hist.steps.tolist() == [1, 2, 2]
+        assert hist.values.tolist() == [0.9, 0.7, 0.8]
+        assert hist.timestamps.tolist() == [1000.0, 1001.5, 1002.0]
+        assert len(hist) == 3
+        assert run.metric_history("auto").steps.tolist() == [0, 1, 10, 11]
+        assert run.metrics == {"loss": 0.8, "acc": 0.5, "f1": 0.4, "auto": 4.0}
+        assert len(run.metric_history("never-logged")) == 0
+
+    def test_metrics_nonfinite_are_data(self, vault: Vault) -> None:
+        with vault.experiment("m").start_run() as run:
+            for x in (1.0, math.nan, math.inf, -math.inf):
+                run.log_metric("diverge", x)
+        vals = run.metric_history("diverge").values
+        assert vals[0] == 1.0 and math.isnan(vals[1]) and vals[2] == math.inf and vals[3] == -math.inf
+
+    def test_metric_history_100k_points(self, vault: Vault) -> None:
+        n = 100_000
+        with vault.experiment("m").start_run() as run:
+            for i in range(n):
+                run.log_metric("x", i * 0.5, step=i)
+            run.log_metric_series("y", np.arange(n, dtype=np.float64))
+        hist = run.metric_history("x")
+        assert len(hist) == n
+        np.testing.assert_array_equal(hist.steps, np.arange(n))
+        np.testing.assert_array_equal(hist.values, np.arange(n) * 0.5)
+        assert np.all(np.diff(hist.timestamps) >= 0)
+        y = run.metric_history("y")
+        np.testing.assert_array_equal(y.values, np.arange(n, dtype=np.float64))
+        np.testing.assert_array_equal(y.steps, np.arange(n))
+        assert run.metrics["x"] == (n - 1) * 0.5
+
+    def test_background_flush_within_interval(self, uri: str) -> None:
+        with labvault.open(uri, flush_interval=0.1) as writer:
+            run = writer.experiment("bg").start_run()
+            run.log_metric("x", 1.0)
+            deadline = time.time() + 5
+            seen = 0
+            while time.time() < deadline:
+                # Read through the backend directly: Run.metric_history would flush the buffer itself.
+                seen = len(writer.backend.metric_history(run.id, "x"))
+                if seen:
+                    break
+                time.sleep(0.02)
+            assert seen == 1, "the background flusher did not write the buffered point"
+            run.end()
+
+    def test_metrics_latest_value_in_info(self, vault: Vault) -> None:
+        with vault.experiment("m").start_run() as run:
+            for step, value in enumerate([0.3, 0.2, 0.25]):
+                run.log_metric("loss", value, step=step)
+        assert vault.get_run(run.id).metrics == {"loss": 0.25}
+
+    # ----------------------------------------------------------------------------------------------
+    # artifacts
+    def test_artifacts_from_bytes_path_and_file(self, vault: Vault, tmp_path: Path) -> None:
+        src = tmp_path / "weights.bin"
+        src.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+        with vault.experiment("a").start_run() as run:
+            run.log_artifact("notes.txt", b"hello")
+            run.log_artifact("model/weights.bin", src)
+            run.log_artifact("model/weights-str.bin", str(src))
+            with src.open("rb") as fh:
+                run.log_artifact("model/copy.bin", fh)
+            run.log_artifact("plots/deep/roc.png", io.BytesIO(b"\x89PNG..."))
+            run.log_artifact("empty.txt", b"")
+        assert run.get_artifact("notes.txt") == b"hello"
+        assert run.get_artifact("model/weights.bin") == src.read_bytes()
+        assert run.get_artifact("model/copy.bin") == src.read_bytes()
+        assert run.get_artifact("empty.txt") == b""
+        with run.open_artifact("model/weights.bin") as fh:
+            assert fh.read() == src.read_bytes()
+        keys = [a.key for a in run.list_artifacts()]
+        assert keys == sorted(keys) == ["empty.txt", "model/copy.bin", "model/weights-str.bin",
+                                        "model/weights.bin", "notes.txt", "plots/deep/roc.png"]
+        assert [a.key for a in run.list_artifacts("model/")] == [
+            "model/copy.bin", "model/weights-str.bin", "model/weights.bin"]
+        assert [a.key for a in run.list_artifacts("plots")] == ["plots/deep/roc.png"]
+        info = {a.key: a for a in run.list_artifacts()}["model/weights.bin"]
+        assert info.size == src.stat().st_size and len(info.digest) == 64
+        with pytest.raises(NotFoundError, match="missing.txt"):
+            run.get_artifact("missing.txt")
+
+    def test_artifact_replace_key(self, vault: Vault) -> None:
+        with vault.experiment("a").start_run() as run:
+            run.log_artifact("f.txt", b"one")
+            run.log_artifact("f.txt", b"two")
+        assert run.get_artifact("f.txt") == b"two"
+        assert [a.key for a in run.list_artifacts()] == ["f.txt"]
+
+    def test_identical_artifacts_stored_once(self, vault: Vault) -> None:
+        payload = os.urandom(200_000)
+        blobs = vault.backend.blobs
+        before = set(blobs.list("sha256"))
+        exp = vault.experiment("dedup")
+        infos = []
+        for i in range(3):
+            with exp.start_run() as run:
+                infos.append(run.log_artifact(f"copy{i}.bin", payload))
+        with vault.experiment("dedup-2").start_run() as other:
+            infos.append(other.log_artifact("again.bin", io.BytesIO(payload)))
+        after = set(blobs.list("sha256"))
+        assert len({i.digest for i in infos}) == 1
+        assert len(after - before) == 1
+        assert other.get_artifact("again.bin") == payload
+
+    def test_corrupted_blob_raises(self, vault: Vault) -> None:
+        with vault.experiment("c").start_run() as run:
+            info = run.log_artifact("model.bin", b"A" * 100_000)
+        key = vault.backend.blobs.digest_key(info.digest)
+        vault.backend.blobs.put(key, b"B" * 100_000)  # flip the stored bytes behind labvault's back
+        with pytest.raises(CorruptDataError, match=info.digest):
+            run.get_artifact("model.bin")
+        with pytest.raises(CorruptDataError), run.open_artifact("model.bin") as fh:
+            while fh.read(8192):
+                pass
+
+    def test_large_artifact_streams_with_flat_memory(self, uri: str, tmp_path: Path) -> None:
+        if not self.heavy:
+            pytest.skip("heavy case: runs once per backend family (set heavy = True)")
+        size = 300 * 1024 * 1024
+        src = tmp_path / "big.bin"
+        block = os.urandom(1 << 20)
+        with src.open("wb") as fh:
+            for _ in range(size >> 20):
+                fh.write(block)
+        out = json.loads(_run_worker("big_artifact_roundtrip", uri, str(src), size, timeout=600))
+        assert out["size"] == size and out["digest"] == out["logged"]
+        assert out["growth_mb"] < 100, f"memory grew by {out['growth_mb']:.0f} MB for a 300 MB artifact"
+
+    # ----------------------------------------------------------------------------------------------
+    # search
+    @pytest.fixture
+    def searchable(self, vault: Vault) -> Vault:
+        exp = vault.experiment("search")
+        rows = [
+            ({"lr": 0.1, "opt": "adam", "layers": 2}, {"team": "vision"}, {"acc": 0.9, "loss": 0.2}),
+            ({"lr": 0.01, "opt": "sgd", "layers": 3}, {"team": "nlp"}, {"acc": 0.7, "loss": 0.5}),
+            ({"lr": 0.001, "opt": "adam", "layers": 4}, {"team": "vision", "x": "y"}, {"acc": 0.95}),
+            ({"lr": 0.05, "opt": "adamw"}, {}, {"acc": 0.6, "loss": 0.9}),
+            ({"lr": 0.2, "opt": "Adam", "layers": 1}, {"team": "o'brien"}, {}),
+        ]
+        for i, (params, tags, metrics) in enumerate(rows):
+            with exp.start_run(name=f"run-{i}", params=params, tags=tags) as run:
+                for k, value in metrics.items():
+                    run.log_metric(k, value)
+        with vault.experiment("other").start_run(params={"lr": 0.1}):
+            pass
+        return vault
+
+    @staticmethod
+    def _numbers(vault: Vault, flt: str | None = None, **kw: Any) -> list[int]:
+        return [r.number for r in vault.search_runs("search", filter=flt, **kw)]
+
+    @pytest.mark.parametrize(
+        ("flt", "expected"),
+        [
+            (None, [1, 2, 3, 4, 5]),
+            ("", [1, 2, 3, 4, 5]),
+            ("params.lr > 0.01", [1, 4, 5]),
+            ("params.lr >= 0.01", [1, 2, 4, 5]),
+            ("params.lr < 0.01", [3]),
+            ("params.lr <= 0.01", [2, 3]),
+            ("params.lr = 0.1", [1]),
+            ("params.lr != 0.1", [2, 3, 4, 5]),
+            ("params.opt = 'adam'", [1, 3]),
+            ("params.opt LIKE 'adam%'", [1, 3, 4]),
+            ("params.opt ILIKE 'adam'", [1, 3, 5]),
+            ("params.opt NOT LIKE 'adam%'", [2, 5]),
+            ("params.opt IN ('sgd', 'adamw')", [2, 4]),
+            ("params.opt NOT IN ('sgd', 'adamw')", [1, 3, 5]),
+            ("params.layers IS NULL", [4]),
+            ("params.layers IS NOT NULL", [1, 2, 3, 5]),
+            ("metrics.acc >= 0.9", [1, 3]),
+            ("metrics.loss IS NULL", [3, 5]),
+            ("tags.team = 'vision'", [1, 3]),
+            ("tags.team = 'o''brien'", [5]),
+            ("tags.x = 'y' OR params.opt = 'sgd'", [2, 3]),
+            ("params.opt = 'adam' AND metrics.acc > 0.92", [3]),
+            ("NOT (params.opt = 'adam')", [2, 4, 5]),
+            ("(params.lr > 0.01 OR params.lr < 0.005) AND NOT tags.team = 'vision'", [4, 5]),
+            ("number > 3", [4, 5]),
+            ("name = 'run-1'", [2]),
+            ("status = 'finished'", [1, 2, 3, 4, 5]),
+            ("params.missing = 1", []),
+            ("params.opt > 5", []),
+        ],
+    )
+    def test_search_operators(self, searchable: Vault, flt: str | None, expected: list[int]) -> None:
+        assert self._numbers(searchable, flt) == expected
+
+    def test_search_order_and_paging(self, searchable: Vault) -> None:
+        assert self._numbers(searchable, order_by=["metrics.acc desc"]) == [3, 1, 2, 4, 5]
+        assert self._numbers(searchable, order_by=["metrics.acc"]) == [4, 2, 1, 3, 5]
+        assert self._numbers(searchable, order_by=["params.opt", "params.lr desc"]) == [5, 1, 3, 4, 2]
+        assert self._numbers(searchable, order_by=["metrics.acc desc"], limit=2) == [3, 1]
+        assert self._numbers(searchable, order_by=["metrics.acc desc"], limit=2, offset=2) == [2, 4]
+        assert self._numbers(searchable, order_by="number desc", offset=4) == [1]
+        assert self._numbers(searchable, "params.opt LIKE 'adam%'", order_by=["params.lr"], limit=1) == [3]
+
+    def test_search_across_experiments_and_frame(self, searchable: Vault) -> None:
+        everything = searchable.search_runs(filter="params.lr = 0.1")
+        assert sorted((r.experiment.name, r.number) for r in everything) == [("other", 1), ("search", 1)]
+        frame = searchable.search_runs("search", order_by=["number"]).to_frame()
+        assert list(frame["number"]) == [1, 2, 3, 4, 5]
+        for col in ("id", "number", "status", "start_time", "end_time", "params.lr", "metrics.acc",
+                    "tags.team"):
+            assert col in frame.columns
+        assert frame.loc[0, "params.opt"] == "adam" and frame.loc[0, "metrics.acc"] == 0.9
+        assert len(frame) == len(frame["id"].unique())
+
+    def test_search_bad_input(self, searchable: Vault) -> None:
+        with pytest.raises(InvalidArgumentError, match="column"):
+            searchable.search_runs("search", filter="params.lr >> 1")
+        with pytest.raises(InvalidArgumentError):
+            searchable.search_runs("search", order_by=["metrics.acc sideways"])
+        with pytest.raises(InvalidArgumentError):
+            searchable.search_runs("search", limit=-1)
+        with pytest.raises(NotFoundError):
+            searchable.search_runs("no-such-experiment")
+
+    def test_search_injection_is_inert(self, searchable: Vault) -> None:
+        evil = "params.opt = 'x'' OR 1=1 --' OR tags.team = 'a; DROP TABLE runs'"
+        assert self._numbers(searchable, evil) == []
+        assert self._numbers(searchable) == [1, 2, 3, 4, 5]
+
+    # ----------------------------------------------------------------------------------------------
+    # processes
+    def test_reopen_in_new_process_sees_everything(self, uri: str, tmp_path: Path) -> None:
+        vault = labvault.open(uri)
+        if not self._capability(vault, "persistent"):
+            vault.close()
+            pytest.skip("backend is not persistent")
+        with vault.experiment("persist").start_run(params={"a": 1}, tags={"t": "v"}) as run:
+            run.log_metric("m", 1.5, step=3)
+            run.log_result("r", [1, 2])
+            run.log_artifact("d/f.txt", b"content")
+        vault.close()
+        script = (
+            "import json, sys, labvault\n"
+            "v = labvault.open(sys.argv[1]); r = v.get_run(sys.argv[2]); h = r.metric_history('m')\n"
+            "print(json.dumps({'params': r.params, 'tags': r.tags, 'results': r.results,"
+            " 'status': r.status, 'steps': h.steps.tolist(), 'values': h.values.tolist(),"
+            " 'art': r.get_artifact('d/f.txt').decode(), 'exps': [e.name for e in v.experiments()]}))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", script, uri, run.id], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert got == {"params": {"a": 1}, "tags": {"t": "v"}, "results": {"r": [1, 2]},
+                       "status": "finished", "steps": [3], "values": [1.5], "art": "content",
+                       "exps": ["persist"]}
+
+    @pytest.mark.multiprocess
+    def test_run_numbers_dense_with_8_processes(self, uri: str, tmp_path: Path) -> None:
+        with labvault.open(uri) as vault:
+            if not self._capability(vault, "multiprocess"):
+                pytest.skip("backend is not shared between processes")
+            vault.experiment("race")  # the experiment exists; creation races are tested separately
+        barrier = tmp_path / "go"
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(8) as pool:
+            pending = pool.map_async(_start_runs_worker, [(uri, "race", 5, str(barrier))] * 8)
+            time.sleep(1.0)
+            barrier.touch()
+            results = pending.get(timeout=180)
+        numbers = sorted(n for nums in results for n in nums)
+        assert numbers == list(range(1, 41))
+        with labvault.open(uri) as vault:
+            assert sorted(r.number for r in vault.experiment("race").runs()) == list(range(1, 41))
+
+    @pytest.mark.multiprocess
+    def test_experiment_creation_race(self, uri: str, tmp_path: Path) -> None:
+        with labvault.open(uri) as vault:
+            if not self._capability(vault, "multiprocess"):
+                pytest.skip("backend is not shared between processes")
+        barrier = tmp_path / "go"
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(4) as pool:
+            pending = pool.map_async(_start_runs_worker, [(uri, "fresh", 2, str(barrier))] * 4)
+            time.sleep(1.0)
+            barrier.touch()
+            results = pending.get(timeout=180)
+        assert sorted(n for nums in results for n in nums) == list(range(1, 9))
+        with labvault.open(uri) as vault:
+            assert [e.name for e in vault.experiments()] == ["fresh"]
+
+    @pytest.mark.multiprocess
+    def test_sigkill_mid_logging_loses_at_most_the_unflushed_tail(self, uri: str) -> None:
+        with labvault.open(uri) as vault:
+            if not self._capability(vault, "persistent"):
+                pytest.skip("backend is not persistent")
+        flush_interval = 0.2
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labvault.testing._workers", "kill_target",
+             json.dumps([uri, "victims", flush_interval])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            run_id = json.loads(proc.stdout.readline())["run_id"]
+            logged = 0
+            while logged < 300:
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read() if proc.stderr else "worker died"
+                logged = json.loads(line)["logged"]
+            # Everything logged before this moment must be durable once 5 flush intervals have passed.
+            time.sleep(5 * flush_interval)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        with labvault.open(uri, heartbeat_timeout=0.5) as vault:
+            run = vault.get_run(run_id)
+            hist = run.metric_history("x")
+            n = len(hist)
+            assert n > logged, f"only {n} points survived, but {logged} were logged well before the kill"
+            np.testing.assert_array_equal(hist.steps, np.arange(n))  # a dense prefix: nothing torn
+            np.testing.assert_array_equal(hist.values, np.arange(n, dtype=np.float64))
+            time.sleep(0.6)
+            assert run.status == "killed"  # the next reader notices the stopped heartbeat
+
+    # ----------------------------------------------------------------------------------------------
+    # bad input: every case raises InvalidArgumentError naming the offending value; nothing is written
+    BAD_CALLS: list[tuple[str, str, Any]] = [
+        ("experiment name empty", "experiment", ("",)),
+        ("experiment name too long", "experiment", ("x" * 129,)),
+        ("experiment name traversal", "experiment", ("../etc",)),
+        ("experiment name dotdot", "experiment", ("a..b",)),
+        ("experiment name absolute", "experiment", ("/abs",)),
+        ("experiment name NUL", "experiment", ("a\x00b",)),
+        ("experiment name SQL", "experiment", ("x'; DROP TABLE runs; --",)),
+        ("experiment name glob", "experiment", ("exp*",)),
+        ("experiment name percent", "experiment", ("100%",)),
+        ("experiment name not str", "experiment", (42,)),
+        ("project name bad", "project", ("../other",)),
+        ("param key empty", "param", ("", 1)),
+        ("param key traversal", "param", ("../x", 1)),
+        ("param key leading slash", "param", ("/lr", 1)),
+        ("param key NUL", "param", ("l\x00r", 1)),
+        ("param key quote", "param", ("lr'", 1)),
+        ("param key too long", "param", ("k" * 251, 1)),
+        ("param value NaN", "param", ("lr", math.nan)),
+        ("param value inf", "param", ("lr", math.inf)),
+        ("param value object", "param", ("lr", object())),
+        ("param value set", "param", ("lr", {1, 2})),
+        ("param value bytes", "param", ("lr", b"raw")),
+        ("tag key glob", "tag", ("a[0]", "v")),
+        ("tag value NUL", "tag", ("k", "v\x00")),
+        ("tag value list", "tag", ("k", [1])),
+        ("metric key glob", "metric", ("loss?", 1.0)),
+        ("metric key SQL", "metric", ("a;b", 1.0)),
+        ("metric value str", "metric", ("loss", "0.5")),
+        ("metric value None", "metric", ("loss", None)),
+        ("metric value bool", "metric", ("loss", True)),
+        ("metric step negative", "metric_step", ("loss", -1)),
+        ("metric step float", "metric_step", ("loss", 1.5)),
+        ("metric timestamp inf", "metric_ts", ("loss", math.inf)),
+        ("result NaN", "result", ("r", math.nan)),
+        ("artifact key traversal", "artifact", ("../../etc/passwd", b"x")),
+        ("artifact key absolute", "artifact", ("/etc/passwd", b"x")),
+        ("artifact key backslash", "artifact", ("a\\b", b"x")),
+        ("artifact key empty segment", "artifact", ("a//b", b"x")),
+        ("artifact key NUL", "artifact", ("a\x00b", b"x")),
+        ("artifact key glob", "artifact", ("*.png", b"x")),
+        ("artifact data str", "artifact", ("ok.txt", 12345)),
+        ("uri unknown scheme", "uri", ("nosuch://x",)),
+        ("uri empty", "uri", ("",)),
+        ("uri NUL", "uri", ("file://a\x00b",)),
+        ("uri bad scheme", "uri", ("s%3://x",)),
+    ]
+
+    @pytest.mark.parametrize(("label", "kind", "args"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+    def test_bad_input_rejected_and_nothing_written(
+        self, vault: Vault, label: str, kind: str, args: tuple[Any, ...]
+    ) -> None:
+        exp = vault.experiment("valid")
+        run = exp.start_run(params={"keep": 1})
+        before = (vault.backend.list_experiments(), vault.backend.get_run(run.id))
+        with pytest.raises(InvalidArgumentError) as info:
+            self._bad_call(vault, run, kind, args)
+        offending = args[0] if kind not in ("param", "metric", "metric_step", "metric_ts", "result",
+                                            "tag", "artifact") else args[0]
+        message = str(info.value)
+        if kind in ("param", "tag", "metric", "result") and _key_is_valid(args[0]):
+            offending = args[1]
+        if kind in ("metric_step", "metric_ts"):
+            offending = args[1]
+        if kind == "artifact" and _artifact_key_is_valid(args[0]):
+            offending = type(args[1]).__name__
+        shown = repr(offending)[:40] if not isinstance(offending, str) or offending else "empty"
+        assert (shown.strip("'") in message or repr(offending)[:40] in message
+                or str(offending)[:40] in message), f"{label}: message {message!r} does not name {shown}"
+        run.flush()
+        after = (vault.backend.list_experiments(), vault.backend.get_run(run.id))
+        assert after == before
+        run.end()
+
+    @staticmethod
+    def _bad_call(vault: Vault, run: Run, kind: str, args: tuple[Any, ...]) -> None:
+        if kind == "experiment":
+            vault.experiment(args[0])
+        elif kind == "project":
+            vault.experiment("fine", project=args[0])
+        elif kind == "param":
+            run.log_params({"ok_first": 1, args[0]: args[1]})
+        elif kind == "tag":
+            run.set_tags({"ok_first": "1", args[0]: args[1]})
+        elif kind == "metric":
+            run.log_metrics({"ok_first": 1.0, args[0]: args[1]})
+        elif kind == "metric_step":
+            run.log_metric(args[0], 1.0, step=args[1])
+        elif kind == "metric_ts":
+            run.log_metric(args[0], 1.0, timestamp=args[1])
+        elif kind == "result":
+            run.log_result(args[0], args[1])
+        elif kind == "artifact":
+            run.log_artifact(args[0], args[1])
+        elif kind == "uri":
+            labvault.open(args[0])
+        else:  # pragma: no cover - a typo in the table
+            raise AssertionError(kind)
+
+    def test_errors_are_labvault_errors(self, vault: Vault) -> None:
+        with pytest.raises(LabvaultError):
+            vault.get_run("not-an-id!")
+        assert issubclass(InvalidArgumentError, ValueError)
+
+
+def _key_is_valid(key: object) -> bool:
+    from labvault.domain.validation import validate_key
+
+    try:
+        validate_key(key)
+    except InvalidArgumentError:
+        return False
+    return True
+
+
+def _artifact_key_is_valid(key: object) -> bool:
+    from labvault.domain.validation import validate_artifact_key
+
+    try:
+        validate_artifact_key(key)
+    except InvalidArgumentError:
+        return False
+    return True
