@@ -89,7 +89,7 @@ class VerifyingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        n = self._raw.readinto(buffer)
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
         if n:
             self._hash.update(memoryview(buffer)[:n])
         elif not self._done:
@@ -201,7 +201,7 @@ class BlobStore(ABC):
             raw = self._open(self.digest_key(digest))
         except FileNotFoundError as exc:
             raise NotFoundError(f"blob {digest} is missing from the blob store") from exc
-        return io.BufferedReader(VerifyingReader(raw, digest, digest), CHUNK_SIZE)  # type: ignore[arg-type]
+        return io.BufferedReader(VerifyingReader(raw, digest, digest), CHUNK_SIZE)
 
     def get_content(self, digest: str) -> bytes:
         """Read a content-addressed blob whole and verify its digest."""

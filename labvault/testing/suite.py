@@ -194,7 +194,7 @@ class BackendTests:
     def test_numpy_scalars_accepted(self, vault: Vault) -> None:
         with vault.experiment("np").start_run() as run:
             run.log_params({"a": np.int64(3), "b": np.float32(0.5)})
-            run.log_metric("m", np.float64(1.5), step=np.int64(2))
+            run.log_metric("m", np.float64(1.5), step=np.int64(2))  # type: ignore[arg-type]
         assert run.params == {"a": 3, "b": 0.5}
         hist = run.metric_history("m")
         assert hist.values.tolist() == [1.5] and hist.steps.tolist() == [2]

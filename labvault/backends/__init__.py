@@ -1,0 +1,1 @@
+"""Storage backends: the contract (base), the scheme registry, and one module per backend."""

@@ -1,0 +1,120 @@
+"""Vault-level behaviour that is not backend-specific: defaults, env, lazy imports, exit flushing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import labvault
+from labvault.errors import InvalidArgumentError
+
+
+def _python(code: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("LABVAULT_URI", None) if env is None or "LABVAULT_URI" not in env else None
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          env=full_env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_import_is_lazy(tmp_path: Path) -> None:
+    out = _python(
+        "import sys, labvault; heavy = ['numpy', 'pandas', 'sqlalchemy', 'jsonschema', 'filelock']; "
+        "print([m for m in heavy if m in sys.modules])", tmp_path)
+    assert out.strip() == "[]"
+
+
+def test_default_store_is_embedded_sqlite(tmp_path: Path) -> None:
+    code = (
+        "import labvault\n"
+        "with labvault.open() as v:\n"
+        "    print(type(v.backend).__name__)\n"
+        "    with v.experiment('e').start_run() as r: r.log_artifact('a.txt', b'x')\n"
+    )
+    assert _python(code, tmp_path).strip() == "SQLBackend"
+    assert (tmp_path / "labvault-data" / "labvault.db").is_file()
+    assert any((tmp_path / "labvault-data" / "labvault-blobs").rglob("*"))
+    # Opening the directory explicitly finds the same embedded store.
+    code2 = "import labvault\nprint([e.name for e in labvault.open('./labvault-data').experiments()])"
+    assert _python(code2, tmp_path).strip() == "['e']"
+
+
+def test_env_uri(tmp_path: Path) -> None:
+    code = "import labvault\nv = labvault.open(); print(type(v.backend).__name__); v.close()"
+    env = {"LABVAULT_URI": f"file://{tmp_path / 'via-env'}"}
+    assert _python(code, tmp_path, env).strip() == "FileBackend"
+
+
+def test_atexit_flushes_buffered_points(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 's.db'}"
+    code = (
+        "import labvault\n"
+        f"v = labvault.open({uri!r}, flush_interval=3600)\n"
+        "r = v.experiment('e').start_run()\n"
+        "[r.log_metric('m', float(i)) for i in range(1000)]\n"
+        "print(r.id)\n"  # no flush, no close: the interpreter's exit must write the buffer
+    )
+    run_id = _python(code, tmp_path).strip()
+    with labvault.open(uri) as vault:
+        assert len(vault.get_run(run_id).metric_history("m")) == 1000
+
+
+def test_closed_vault_refuses_writes() -> None:
+    vault = labvault.open("memory://")
+    exp = vault.experiment("e")
+    vault.close()
+    vault.close()  # twice is fine
+    with pytest.raises(InvalidArgumentError, match="closed"):
+        exp.start_run()
+
+
+@pytest.mark.parametrize("value", [0, -1, "fast", float("inf")])
+def test_bad_flush_interval(value: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="flush_interval"):
+        labvault.open("memory://", flush_interval=value)  # type: ignore[arg-type]
+
+
+def test_frame_columns_and_types() -> None:
+    with labvault.open("memory://") as vault:
+        exp = vault.experiment("e")
+        for lr in (0.1, 0.2):
+            with exp.start_run(params={"lr": lr}, tags={"k": "v"}) as run:
+                run.log_metric("acc", lr * 2)
+        frame = vault.search_runs("e").to_frame()
+        assert list(frame.columns[:8]) == ["id", "experiment", "number", "name", "parent_id", "status",
+                                           "start_time", "end_time"]
+        assert set(frame.columns[8:]) == {"params.lr", "metrics.acc", "tags.k"}
+        assert frame["metrics.acc"].tolist() == [0.2, 0.4]
+        assert str(frame["start_time"].dtype).startswith("datetime64")
+        empty = vault.search_runs("e", filter="params.lr > 5").to_frame()
+        assert len(empty) == 0 and "id" in empty.columns
+
+
+def test_flush_failure_keeps_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    with labvault.open("memory://") as vault:
+        run = vault.experiment("e").start_run()
+        run.log_metric("m", 1.0)
+        original = vault.backend.log_metrics
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(vault.backend, "log_metrics", broken)
+        with pytest.raises(OSError):
+            run.flush()
+        monkeypatch.setattr(vault.backend, "log_metrics", original)
+        run.log_metric("m", 2.0)
+        assert run.metric_history("m").values.tolist() == [1.0, 2.0]
+        run.end()
+
+
+def test_json_roundtrip_of_run_info() -> None:
+    with labvault.open("memory://") as vault, vault.experiment("e").start_run(params={"a": [1]}) as run:
+        pass
+    assert json.loads(json.dumps(run.params)) == {"a": [1]}
