@@ -443,7 +443,9 @@ class Run:
         self._check_writable()
         self.vault.backend.log_results(self.id, {name: value})
 
-    def log_metric(self, key: str, value: float, step: int | None = None, timestamp: float | None = None) -> None:
+    def log_metric(
+        self, key: str, value: float, step: int | None = None, timestamp: float | None = None
+    ) -> None:
         """Append one point to a metric. ``step`` defaults to the key's previous step + 1 (from 0).
 
         The point is buffered and written within ``flush_interval`` seconds (or on ``flush()``).

@@ -497,7 +497,7 @@ class Backend(ABC):
 
 
 def _check_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 64 or not value.isalnum() or not value.isascii():
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not (value.isalnum() and value.isascii()):
         raise InvalidArgumentError(f"{what} {value!r} is not a valid labvault id")
     return value
 

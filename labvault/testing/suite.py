@@ -105,7 +105,7 @@ class BackendTests:
 
     def test_delete_experiment_modes(self, vault: Vault) -> None:
         vault.experiment("e")
-        with pytest.raises(InvalidArgumentError, match="sideways"):
+        with pytest.raises(InvalidArgumentError, match=r"sideways"):
             vault.delete_experiment("e", mode="sideways")  # type: ignore[arg-type]
         with pytest.raises(UnsupportedOperationError, match="remote"):
             vault.delete_experiment("e", mode="remote")
@@ -308,7 +308,7 @@ class BackendTests:
         assert [a.key for a in run.list_artifacts("plots")] == ["plots/deep/roc.png"]
         info = {a.key: a for a in run.list_artifacts()}["model/weights.bin"]
         assert info.size == src.stat().st_size and len(info.digest) == 64
-        with pytest.raises(NotFoundError, match="missing.txt"):
+        with pytest.raises(NotFoundError, match=r"missing\.txt"):
             run.get_artifact("missing.txt")
 
     def test_artifact_replace_key(self, vault: Vault) -> None:
@@ -408,7 +408,10 @@ class BackendTests:
             ("tags.x = 'y' OR params.opt = 'sgd'", [2, 3]),
             ("params.opt = 'adam' AND metrics.acc > 0.92", [3]),
             ("NOT (params.opt = 'adam')", [2, 4, 5]),
-            ("(params.lr > 0.01 OR params.lr < 0.005) AND NOT tags.team = 'vision'", [4, 5]),
+            # run 4 has no team tag: NOT (NULL = 'vision') is UNKNOWN, so it does not match (SQL logic)
+            ("(params.lr > 0.01 OR params.lr < 0.005) AND NOT tags.team = 'vision'", [5]),
+            ("(params.lr > 0.01 OR params.lr < 0.005) AND (tags.team IS NULL OR tags.team != 'vision')",
+             [4, 5]),
             ("number > 3", [4, 5]),
             ("name = 'run-1'", [2]),
             ("status = 'finished'", [1, 2, 3, 4, 5]),
@@ -553,75 +556,65 @@ class BackendTests:
 
     # ----------------------------------------------------------------------------------------------
     # bad input: every case raises InvalidArgumentError naming the offending value; nothing is written
-    BAD_CALLS: list[tuple[str, str, Any]] = [
-        ("experiment name empty", "experiment", ("",)),
-        ("experiment name too long", "experiment", ("x" * 129,)),
-        ("experiment name traversal", "experiment", ("../etc",)),
-        ("experiment name dotdot", "experiment", ("a..b",)),
-        ("experiment name absolute", "experiment", ("/abs",)),
-        ("experiment name NUL", "experiment", ("a\x00b",)),
-        ("experiment name SQL", "experiment", ("x'; DROP TABLE runs; --",)),
-        ("experiment name glob", "experiment", ("exp*",)),
-        ("experiment name percent", "experiment", ("100%",)),
-        ("experiment name not str", "experiment", (42,)),
-        ("project name bad", "project", ("../other",)),
-        ("param key empty", "param", ("", 1)),
-        ("param key traversal", "param", ("../x", 1)),
-        ("param key leading slash", "param", ("/lr", 1)),
-        ("param key NUL", "param", ("l\x00r", 1)),
-        ("param key quote", "param", ("lr'", 1)),
-        ("param key too long", "param", ("k" * 251, 1)),
-        ("param value NaN", "param", ("lr", math.nan)),
-        ("param value inf", "param", ("lr", math.inf)),
-        ("param value object", "param", ("lr", object())),
-        ("param value set", "param", ("lr", {1, 2})),
-        ("param value bytes", "param", ("lr", b"raw")),
-        ("tag key glob", "tag", ("a[0]", "v")),
-        ("tag value NUL", "tag", ("k", "v\x00")),
-        ("tag value list", "tag", ("k", [1])),
-        ("metric key glob", "metric", ("loss?", 1.0)),
-        ("metric key SQL", "metric", ("a;b", 1.0)),
-        ("metric value str", "metric", ("loss", "0.5")),
-        ("metric value None", "metric", ("loss", None)),
-        ("metric value bool", "metric", ("loss", True)),
-        ("metric step negative", "metric_step", ("loss", -1)),
-        ("metric step float", "metric_step", ("loss", 1.5)),
-        ("metric timestamp inf", "metric_ts", ("loss", math.inf)),
-        ("result NaN", "result", ("r", math.nan)),
-        ("artifact key traversal", "artifact", ("../../etc/passwd", b"x")),
-        ("artifact key absolute", "artifact", ("/etc/passwd", b"x")),
-        ("artifact key backslash", "artifact", ("a\\b", b"x")),
-        ("artifact key empty segment", "artifact", ("a//b", b"x")),
-        ("artifact key NUL", "artifact", ("a\x00b", b"x")),
-        ("artifact key glob", "artifact", ("*.png", b"x")),
-        ("artifact data str", "artifact", ("ok.txt", 12345)),
-        ("uri unknown scheme", "uri", ("nosuch://x",)),
-        ("uri empty", "uri", ("",)),
-        ("uri NUL", "uri", ("file://a\x00b",)),
-        ("uri bad scheme", "uri", ("s%3://x",)),
+    #: (label, kind of call, arguments, text the error message must contain)
+    BAD_CALLS: list[tuple[str, str, tuple[Any, ...], str]] = [
+        ("experiment name empty", "experiment", ("",), "empty"),
+        ("experiment name too long", "experiment", ("x" * 129,), "xxxxxxxx"),
+        ("experiment name traversal", "experiment", ("../etc",), "'../etc'"),
+        ("experiment name dotdot", "experiment", ("a..b",), "'a..b'"),
+        ("experiment name absolute", "experiment", ("/abs",), "'/abs'"),
+        ("experiment name NUL", "experiment", ("a\x00b",), "'a\\x00b'"),
+        ("experiment name SQL", "experiment", ("x'; DROP TABLE runs; --",), "DROP TABLE runs"),
+        ("experiment name glob", "experiment", ("exp*",), "'exp*'"),
+        ("experiment name percent", "experiment", ("100%",), "'100%'"),
+        ("experiment name not str", "experiment", (42,), "42"),
+        ("project name bad", "project", ("../other",), "'../other'"),
+        ("param key empty", "param", ("", 1), "empty"),
+        ("param key traversal", "param", ("../x", 1), "'../x'"),
+        ("param key leading slash", "param", ("/lr", 1), "'/lr'"),
+        ("param key NUL", "param", ("l\x00r", 1), "'l\\x00r'"),
+        ("param key quote", "param", ("lr'", 1), "lr'"),
+        ("param key too long", "param", ("k" * 251, 1), "kkkkkkkk"),
+        ("param value NaN", "param", ("lr", math.nan), "nan"),
+        ("param value inf", "param", ("lr", math.inf), "inf"),
+        ("param value object", "param", ("lr", object()), "object"),
+        ("param value set", "param", ("lr", {1, 2}), "set"),
+        ("param value bytes", "param", ("lr", b"raw"), "bytes"),
+        ("tag key glob", "tag", ("a[0]", "v"), "'a[0]'"),
+        ("tag value NUL", "tag", ("k", "v\x00"), "'v\\x00'"),
+        ("tag value list", "tag", ("k", [1]), "[1]"),
+        ("metric key glob", "metric", ("loss?", 1.0), "'loss?'"),
+        ("metric key SQL", "metric", ("a;b", 1.0), "'a;b'"),
+        ("metric value str", "metric", ("loss", "0.5"), "'0.5'"),
+        ("metric value None", "metric", ("loss", None), "None"),
+        ("metric value bool", "metric", ("loss", True), "True"),
+        ("metric step negative", "metric_step", ("loss", -1), "-1"),
+        ("metric step float", "metric_step", ("loss", 1.5), "1.5"),
+        ("metric timestamp inf", "metric_ts", ("loss", math.inf), "inf"),
+        ("result NaN", "result", ("r", math.nan), "nan"),
+        ("artifact key traversal", "artifact", ("../../etc/passwd", b"x"), "'../../etc/passwd'"),
+        ("artifact key absolute", "artifact", ("/etc/passwd", b"x"), "'/etc/passwd'"),
+        ("artifact key backslash", "artifact", ("a\\b", b"x"), "'a\\\\b'"),
+        ("artifact key empty segment", "artifact", ("a//b", b"x"), "'a//b'"),
+        ("artifact key NUL", "artifact", ("a\x00b", b"x"), "'a\\x00b'"),
+        ("artifact key glob", "artifact", ("*.png", b"x"), "'*.png'"),
+        ("artifact data int", "artifact", ("ok.txt", 12345), "int"),
+        ("uri unknown scheme", "uri", ("nosuch://x",), "'nosuch://x'"),
+        ("uri empty", "uri", ("",), "''"),
+        ("uri NUL", "uri", ("file://a\x00b",), "'file://a\\x00b'"),
+        ("uri bad scheme", "uri", ("s%3://x",), "'s%3://x'"),
     ]
 
-    @pytest.mark.parametrize(("label", "kind", "args"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+    @pytest.mark.parametrize(("label", "kind", "args", "named"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
     def test_bad_input_rejected_and_nothing_written(
-        self, vault: Vault, label: str, kind: str, args: tuple[Any, ...]
+        self, vault: Vault, label: str, kind: str, args: tuple[Any, ...], named: str
     ) -> None:
         exp = vault.experiment("valid")
         run = exp.start_run(params={"keep": 1})
         before = (vault.backend.list_experiments(), vault.backend.get_run(run.id))
         with pytest.raises(InvalidArgumentError) as info:
             self._bad_call(vault, run, kind, args)
-        offending = args[0] if kind not in ("param", "metric", "metric_step", "metric_ts", "result",
-                                            "tag", "artifact") else args[0]
-        message = str(info.value)
-        if kind in ("param", "tag", "metric", "result") and _key_is_valid(args[0]):
-            offending = args[1]
-        if kind in ("metric_step", "metric_ts"):
-            offending = args[1]
-        if kind == "artifact" and _artifact_key_is_valid(args[0]):
-            offending = type(args[1]).__name__
-        shown = repr(offending)[:40] if not isinstance(offending, str) or offending else "empty"
-        assert (shown.strip("'") in message or repr(offending)[:40] in message
-                or str(offending)[:40] in message), f"{label}: message {message!r} does not name {shown}"
+        assert named in str(info.value), f"{label}: {str(info.value)!r} does not name {named!r}"
         run.flush()
         after = (vault.backend.list_experiments(), vault.backend.get_run(run.id))
         assert after == before
@@ -657,22 +650,3 @@ class BackendTests:
             vault.get_run("not-an-id!")
         assert issubclass(InvalidArgumentError, ValueError)
 
-
-def _key_is_valid(key: object) -> bool:
-    from labvault.domain.validation import validate_key
-
-    try:
-        validate_key(key)
-    except InvalidArgumentError:
-        return False
-    return True
-
-
-def _artifact_key_is_valid(key: object) -> bool:
-    from labvault.domain.validation import validate_artifact_key
-
-    try:
-        validate_artifact_key(key)
-    except InvalidArgumentError:
-        return False
-    return True
