@@ -140,6 +140,24 @@ class Vault:
             if beat:
                 last_beat = time.monotonic()
 
+    def _check_heartbeat(self, info: RunInfo, run: Run | None = None) -> RunInfo:
+        """Mark a ``running`` run ``killed`` when its heartbeat is older than ``heartbeat_timeout``.
+
+        The writer's flusher refreshes the heartbeat every ``heartbeat_interval`` seconds, so a stale one
+        means the writing process died without ending the run.
+        """
+        if (
+            info.status == "running"
+            and info.heartbeat is not None
+            and now() - info.heartbeat > self.heartbeat_timeout
+            and (run is None or not run._active)
+            and info.id not in self._active
+        ):
+            self.backend.update_run(info.id, status="killed", end_time=info.heartbeat,
+                                    error="heartbeat stopped")
+            info.status, info.end_time, info.error = "killed", info.heartbeat, "heartbeat stopped"
+        return info
+
     # -- experiments ----------------------------------------------------------------------------------------
     def experiment(self, name: str, project: str = "default") -> Experiment:
         """Get the experiment ``name`` in ``project``, creating it if it does not exist."""
@@ -183,7 +201,7 @@ class Vault:
             active = self._active.get(run_id)
         if active is not None:
             return active
-        info = self.backend.get_run(run_id)
+        info = self._check_heartbeat(self.backend.get_run(run_id))
         return Run(self, self._experiment_by_id(info.experiment_id), info)
 
     def _experiment_by_id(self, experiment_id: str) -> Experiment:
@@ -220,7 +238,7 @@ class Vault:
         self.flush()
         found = self.backend.search_runs([e.id for e in infos], expr, order, limit, offset)
         by_id = {e.id: Experiment(self, e) for e in infos}
-        return RunList(Run(self, by_id[r.experiment_id], r) for r in found)
+        return RunList(Run(self, by_id[r.experiment_id], self._check_heartbeat(r)) for r in found)
 
     def _resolve_experiments(
         self, experiments: str | Experiment | Sequence[str | Experiment] | None, project: str | None
@@ -322,6 +340,7 @@ class Run:
         self._next_step: dict[str, int] = {}
         self._known_keys: set[str] = set()
         self._flush_error: str | None = None
+        self._stale = False
 
     # -- identity -------------------------------------------------------------------------------------------
     @property
@@ -356,25 +375,22 @@ class Run:
     # -- state ----------------------------------------------------------------------------------------------
     @property
     def info(self) -> RunInfo:
-        """A fresh copy of the stored run (after writing this run's own buffered points).
+        """The run's stored state.
 
-        A ``running`` run whose heartbeat is older than the vault's ``heartbeat_timeout`` belongs to a
-        process that died: it is marked ``killed`` here.
+        A run you are logging to, or one written through this object since it was loaded, is re-read
+        from the store (after writing its own buffered points); a run returned by ``search_runs`` or
+        ``get_run`` answers from the state loaded then. Call ``refresh()`` to see other processes' writes.
         """
+        if self._active or self._stale:
+            return self.refresh()
+        return self._snapshot
+
+    def refresh(self) -> RunInfo:
+        """Re-read the run from the store (after writing this run's own buffered points)."""
         self.flush()
-        info = self.vault.backend.get_run(self.id)
-        if (
-            info.status == "running"
-            and not self._active
-            and info.heartbeat is not None
-            and now() - info.heartbeat > self.vault.heartbeat_timeout
-        ):
-            self.vault.backend.update_run(
-                self.id, status="killed", end_time=info.heartbeat, error="heartbeat stopped"
-            )
-            info.status, info.end_time, info.error = "killed", info.heartbeat, "heartbeat stopped"
-        self._snapshot = info
-        return info
+        self._snapshot = self.vault._check_heartbeat(self.vault.backend.get_run(self.id), self)
+        self._stale = False
+        return self._snapshot
 
     @property
     def status(self) -> str:
@@ -428,6 +444,7 @@ class Run:
         """Log several parameters at once (validated together: nothing is written if one is bad)."""
         self._check_writable()
         self.vault.backend.log_params(self.id, params)
+        self._stale = True
 
     def set_tag(self, key: str, value: Any) -> None:
         """Set a tag; the last write wins."""
@@ -437,11 +454,13 @@ class Run:
         """Set several tags."""
         self._check_writable()
         self.vault.backend.set_tags(self.id, tags)
+        self._stale = True
 
     def log_result(self, name: str, value: Any) -> None:
         """Record a named output (any JSON value: numbers, lists, dicts); a new value replaces it."""
         self._check_writable()
         self.vault.backend.log_results(self.id, {name: value})
+        self._stale = True
 
     def log_metric(
         self, key: str, value: float, step: int | None = None, timestamp: float | None = None
@@ -509,6 +528,7 @@ class Run:
         if ts.shape != (n,):
             raise InvalidArgumentError(f"metric {key!r}: timestamps must have {n} entries")
         self.vault.backend.log_metrics(self.id, [MetricSeries(key, st, vals, ts)])
+        self._stale = True
         if n:
             self._next_step[key] = int(st[-1]) + 1
 
@@ -518,6 +538,7 @@ class Run:
             bucket = self._pending.pop(key, None)
         if bucket:
             self.vault.backend.log_metrics(self.id, [_to_series(key, bucket)])
+            self._stale = True
 
     def flush(self) -> None:
         """Write every buffered metric point of this run to the backend now."""
@@ -527,6 +548,7 @@ class Run:
             pending, self._pending = self._pending, {}
         if pending:
             batch = [_to_series(k, pts) for k, pts in pending.items()]
+            self._stale = True
             try:
                 self.vault.backend.log_metrics(self.id, batch)
             except BaseException:
@@ -551,6 +573,7 @@ class Run:
         digest, size = self.vault.backend.blobs.put_content(data)
         info = ArtifactInfo(key=key, size=size, digest=digest, created_at=now())
         self.vault.backend.add_artifact(self.id, info)
+        self._stale = True
         return info
 
     def get_artifact(self, key: str) -> bytes:
@@ -582,6 +605,7 @@ class Run:
         finally:
             self.vault._unregister_active(self)
             self._active = False
+            self._stale = True
             self.vault.backend.update_run(self.id, status=status, end_time=now(), error=error)
 
     def __enter__(self) -> Run:

@@ -155,6 +155,19 @@ class BackendTests:
         with pytest.raises(NotFoundError):
             exp.start_run(parent="0" * 32)
 
+    def test_loaded_runs_answer_from_snapshot_until_refresh(self, uri: str, vault: Vault) -> None:
+        if not self._capability(vault, "persistent") and not uri.startswith("memory://"):
+            pytest.skip("needs a second handle on the same store")
+        with vault.experiment("snap").start_run(tags={"v": "1"}) as run:
+            pass
+        loaded = vault.get_run(run.id)
+        with labvault.open(uri) as other:
+            other.get_run(run.id).set_tag("v", "2")
+        assert loaded.tags == {"v": "1"}  # state as loaded: no query per attribute access
+        assert loaded.refresh().tags == {"v": "2"}
+        loaded.set_tag("w", "3")  # its own writes are seen at once
+        assert loaded.tags == {"v": "2", "w": "3"}
+
     def test_get_run_missing(self, vault: Vault) -> None:
         with pytest.raises(NotFoundError):
             vault.get_run("f" * 32)
@@ -552,7 +565,7 @@ class BackendTests:
             np.testing.assert_array_equal(hist.steps, np.arange(n))  # a dense prefix: nothing torn
             np.testing.assert_array_equal(hist.values, np.arange(n, dtype=np.float64))
             time.sleep(0.6)
-            assert run.status == "killed"  # the next reader notices the stopped heartbeat
+            assert run.refresh().status == "killed"  # the next reader notices the stopped heartbeat
 
     # ----------------------------------------------------------------------------------------------
     # bad input: every case raises InvalidArgumentError naming the offending value; nothing is written
