@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, Union
 
@@ -500,6 +500,16 @@ def _check_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 64 or not (value.isalnum() and value.isascii()):
         raise InvalidArgumentError(f"{what} {value!r} is not a valid labvault id")
     return value
+
+
+def check_options(backend: str, options: Mapping[str, Any], known: Iterable[str]) -> None:
+    """Raise ``InvalidArgumentError`` naming every option a backend does not understand."""
+    allowed = sorted(known)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown option(s) for the {backend} backend: {', '.join(unknown)} (known: {', '.join(allowed)})"
+        )
 
 
 def check_params_conflict(run_id: str, stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:

@@ -67,7 +67,6 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 import threading
 import uuid
 import zlib
@@ -79,7 +78,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import numpy as np
 from filelock import FileLock
 
-from labvault.backends.base import Backend, BlobStore, check_params_conflict
+from labvault.backends.base import Backend, BlobStore, check_options, check_params_conflict
 from labvault.backends.localfs import FileBlobStore, atomic_write_bytes, fsync_dir, path_from_uri
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
@@ -313,12 +312,7 @@ class FileBackend(Backend, scheme="file"):
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
             path_uri = parts._replace(query="", fragment="").geturl()
         merged = {**query, **options}
-        unknown = sorted(set(merged) - set(cls._options))
-        if unknown:
-            raise InvalidArgumentError(
-                f"unknown option(s) for the file backend: {', '.join(unknown)} "
-                f"(known: {', '.join(cls._options)})"
-            )
+        check_options("file", merged, cls._options)
         durable = merged.get("durable", True)
         if isinstance(durable, str):
             lowered = durable.strip().lower()
@@ -399,20 +393,7 @@ class FileBackend(Backend, scheme="file"):
     def _write_doc(self, path: Path, obj: Any, *, durable: bool | None = None) -> None:
         """Replace ``path`` atomically; its directory must exist (never re-created behind a delete)."""
         durable = self.durable if durable is None else durable
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(_dumps(obj))
-                fh.flush()
-                if durable:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            if durable:
-                fsync_dir(path.parent)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, _dumps(obj), durable=durable, create_parents=False)
 
     @staticmethod
     def _read_doc(path: Path) -> Any:

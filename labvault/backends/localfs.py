@@ -30,9 +30,16 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(target: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
-    """Open a temporary file next to ``target``; on success rename it over ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def atomic_writer(
+    target: Path, *, durable: bool = True, create_parents: bool = True
+) -> Iterator[BinaryIO]:
+    """Open a temporary file next to ``target``; on success rename it over ``target``.
+
+    With ``create_parents=False`` the directory must exist, so a write racing a delete cannot bring a
+    removed directory back as an empty shell.
+    """
+    if create_parents:
+        target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -49,9 +56,11 @@ def atomic_writer(target: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(
+    target: Path, data: bytes, *, durable: bool = True, create_parents: bool = True
+) -> None:
     """Replace ``target`` with ``data`` atomically."""
-    with atomic_writer(target, durable=durable) as fh:
+    with atomic_writer(target, durable=durable, create_parents=create_parents) as fh:
         fh.write(data)
 
 

@@ -77,7 +77,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from labvault.backends.base import Backend, BlobStore, check_params_conflict
+from labvault.backends.base import Backend, BlobStore, check_options, check_params_conflict
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
     BackendUnavailableError,
@@ -354,12 +354,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         """``sqlite:///relative.db`` or ``sqlite:////abs.db``, options ``busy_timeout`` (seconds)."""
         path, query = _parse_sqlite_uri(uri)
         merged = {**query, **options}
-        unknown = sorted(set(merged) - set(cls._options))
-        if unknown:
-            raise InvalidArgumentError(
-                f"unknown option(s) for the sqlite backend: {', '.join(unknown)} "
-                f"(known: {', '.join(sorted(cls._options))})"
-            )
+        check_options("sqlite", merged, cls._options)
         busy = merged.get("busy_timeout", _DEFAULT_BUSY_TIMEOUT)
         if isinstance(busy, str):
             try:
