@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import threading
 import time
 import traceback
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from labvault.domain import TERMINAL_STATUSES, ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.domain import validation as v
-from labvault.errors import InvalidArgumentError, NotFoundError, UnsupportedOperationError
+from labvault.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnsupportedOperationError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -585,6 +587,21 @@ class Run:
         """A binary file for streaming an artifact; reading to the end verifies its digest."""
         info = self.vault.backend.get_artifact_info(self.id, key)
         return self.vault.backend.blobs.open_content(info.digest)
+
+    def download_artifact(self, key: str, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Copy an artifact to a local file, verifying its digest; return the path written.
+
+        The file appears only complete and verified (temp file + rename). An existing file is replaced
+        only with ``overwrite=True``; a directory as ``path`` receives the artifact's base name.
+        """
+        info = self.vault.backend.get_artifact_info(self.id, key)
+        target = Path(path)
+        if target.is_dir():
+            target = target / key.rsplit("/", 1)[-1]
+        if target.exists() and not overwrite:
+            raise AlreadyExistsError(f"{str(target)!r} exists; pass overwrite=True to replace it")
+        self.vault.backend.blobs.copy_content_to(info.digest, target)
+        return target
 
     def list_artifacts(self, prefix: str = "") -> list[ArtifactInfo]:
         """The run's artifacts under ``prefix``, sorted by key."""

@@ -203,6 +203,14 @@ class BlobStore(ABC):
             raise NotFoundError(f"blob {digest} is missing from the blob store") from exc
         return io.BufferedReader(VerifyingReader(raw, digest, digest), CHUNK_SIZE)
 
+    def copy_content_to(self, digest: str, dest: Path) -> int:
+        """Write a content-addressed blob to the local file ``dest`` (verified; atomic); return its size."""
+        from labvault.backends.localfs import atomic_writer
+
+        with self.open_content(digest) as src, atomic_writer(dest, durable=False) as out:
+            shutil.copyfileobj(src, out, CHUNK_SIZE)
+            return out.tell()
+
     def get_content(self, digest: str) -> bytes:
         """Read a content-addressed blob whole and verify its digest."""
         with self._open(self.digest_key(digest)) as fh:

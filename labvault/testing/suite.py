@@ -358,6 +358,24 @@ class BackendTests:
             while fh.read(8192):
                 pass
 
+    def test_download_artifact_verified_and_atomic(self, vault: Vault, tmp_path: Path) -> None:
+        out = tmp_path / "downloads"
+        out.mkdir()
+        payload = os.urandom(5 * 1024 * 1024 + 3)
+        with vault.experiment("dl").start_run() as run:
+            info = run.log_artifact("model/weights.bin", payload)
+        written = run.download_artifact("model/weights.bin", out / "w.bin")
+        assert written == out / "w.bin" and written.read_bytes() == payload
+        assert run.download_artifact("model/weights.bin", out).name == "weights.bin"
+        with pytest.raises(labvault.AlreadyExistsError, match=r"w\.bin"):
+            run.download_artifact("model/weights.bin", out / "w.bin")
+        assert run.download_artifact("model/weights.bin", out / "w.bin", overwrite=True) == written
+        vault.backend.blobs.put(vault.backend.blobs.digest_key(info.digest), b"X" * len(payload))
+        with pytest.raises(CorruptDataError):
+            run.download_artifact("model/weights.bin", out / "bad.bin")
+        assert not (out / "bad.bin").exists()
+        assert sorted(p.name for p in out.iterdir()) == ["w.bin", "weights.bin"]
+
     def test_large_artifact_streams_with_flat_memory(self, uri: str, tmp_path: Path) -> None:
         if not self.heavy:
             pytest.skip("heavy case: runs once per backend family (set heavy = True)")
