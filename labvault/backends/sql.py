@@ -740,7 +740,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         condition = query.compile_sql(expr, self._resolve_field)
         if condition is not None:
             stmt = stmt.where(condition)
-        stmt = stmt.order_by(*query.compile_order_sql(order, self._resolve_field), r.c.number, r.c.id)
+        stmt = stmt.order_by(*query.compile_order_sql(order, self._resolve_field))  # ends with number, id
         if limit is not None:
             stmt = stmt.limit(limit)
         if offset:
