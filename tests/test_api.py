@@ -118,3 +118,22 @@ def test_json_roundtrip_of_run_info() -> None:
     with labvault.open("memory://") as vault, vault.experiment("e").start_run(params={"a": [1]}) as run:
         pass
     assert json.loads(json.dumps(run.params)) == {"a": [1]}
+
+
+@pytest.mark.parametrize("scheme", ["file", "sqlite"])
+def test_group_commit_drained_by_flusher(tmp_path: Path, scheme: str) -> None:
+    import time
+
+    uri = f"file://{tmp_path / 'f'}" if scheme == "file" else f"sqlite:///{tmp_path / 's.db'}"
+    with labvault.open(uri, flush_interval=0.1) as vault:
+        run = vault.experiment("e").start_run()
+        run.log_artifact("a.bin", b"x" * 100)
+        queues = [vault.backend.blobs.pending]  # type: ignore[attr-defined]
+        if scheme == "file":
+            queues.append(vault.backend._pending)  # type: ignore[attr-defined]
+        assert sum(len(q) for q in queues) > 0, "writes were fsynced inline, not group-committed"
+        deadline = time.time() + 5
+        while sum(len(q) for q in queues) and time.time() < deadline:
+            time.sleep(0.02)
+        assert sum(len(q) for q in queues) == 0, "the flusher did not sync within its interval"
+        run.end()

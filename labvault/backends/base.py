@@ -162,6 +162,9 @@ class BlobStore(ABC):
         """Keys under ``prefix``, sorted."""
         return sorted(self._list(v.validate_prefix(prefix)))
 
+    def sync(self) -> None:
+        """Make every write so far survive a power loss (stores that group-commit override this)."""
+
     def close(self) -> None:
         """Release connections; the default has nothing to release."""
 
@@ -276,9 +279,19 @@ class Backend(ABC):
     def _default_blobs(self) -> BlobStore:
         """The blob store used when none was given with ``artifacts=``."""
 
+    def sync(self) -> None:
+        """Make every acknowledged write survive a power loss now (group commit).
+
+        The vault calls this from its background flusher every ``flush_interval`` seconds, when a run
+        ends and on close. The default syncs the blob store.
+        """
+        if self._blobs is not None:
+            self._blobs.sync()
+
     def close(self) -> None:
         """Release connections and file handles. Safe to call twice."""
         if self._blobs is not None:
+            self._blobs.sync()
             self._blobs.close()
 
     # -- experiments --------------------------------------------------------------------------------------

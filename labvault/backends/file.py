@@ -1,10 +1,16 @@
 """The file backend: a directory of human-readable JSON documents plus append-only metric segments.
 
 URIs: ``./dir``, ``/abs/dir`` or ``file://dir`` / ``file:///abs/dir``. Options: ``durable`` (default
-``True``; also ``?durable=false`` on a ``file://`` URI). ``durable=False`` skips every ``fsync``: much
-faster, and still safe against a killed process (every document is replaced by rename, so a reader sees
-the old or the new version), but the last writes may be lost or, on some filesystems, left empty after a
-power failure or kernel crash.
+``True``; also ``?durable=false`` on a ``file://`` URI).
+
+Durability: every write is atomic at once (documents are replaced by temp file + rename, appends are
+crc-framed), so a killed process never leaves a torn store. With ``durable=True`` a document is fsynced
+before its rename (after a power failure a name never points at torn data), and the directory fsyncs and
+the fsyncs of appended files are group-committed: queued and run together by ``sync()``, which the vault's
+flusher calls every ``flush_interval`` seconds and at run end and close. A power failure can so lose the
+writes of the last interval (the store then shows their previous state) but never corrupt the store.
+``durable=False`` skips every fsync: still safe against a killed process, but after a power failure the
+last writes may be lost or, on some filesystems, left empty.
 
 Layout::
 
@@ -33,15 +39,16 @@ Metric segments: each ``log_metrics`` call appends, per key, one record::
     header  16 bytes  b"LVS1", uint32 n, uint32 crc32(n as uint32 LE + payload), uint32 0   (little-endian)
     payload 24n bytes steps int64[n], values float64[n], timestamps float64[n]              (little-endian)
 
-appended with ``O_APPEND`` and fsynced. A reader ignores an incomplete or crc-failing *last* record (a
-writer killed mid-append) and raises ``CorruptDataError`` for a bad record followed by valid ones. Writers
-append under the run lock and first cut such a torn tail off (``latest.json`` records the end offset of each
-segment, so the check is one ``fstat``), so a torn record never ends up in the middle of a file.
+appended with ``O_APPEND`` (fsynced at the next ``sync()``). A reader ignores an incomplete or crc-failing
+*last* record (a writer killed mid-append) and raises ``CorruptDataError`` for a bad record followed by
+valid ones. Writers append under the run lock and first cut such a torn tail off (``latest.json`` records
+the end offset of each segment, so the check is one ``fstat``), so a torn record never ends up in the middle
+of a file.
 
-``latest.json`` is a summary of the segments, replaced atomically (temp file + rename) but without fsync,
-so a metric flush costs one fsync (the segment's). If it is lost or unreadable after a power failure it is
-rebuilt from the segments (long keys keep their name in a ``.key`` sidecar); after a power failure it may
-lag the segments by the last flush until the key is logged again.
+``latest.json`` is a summary of the segments, replaced atomically (temp file + rename) but without fsync. If
+it is lost or unreadable after a power failure it is rebuilt from the segments (long keys keep their name in
+a ``.key`` sidecar); after a power failure it may lag the segments by the last flush until the key is logged
+again.
 
 Locking (``filelock.FileLock`` in ``<root>/locks``, each paired with an in-process ``threading.Lock`` so
 threads of one process queue without polling): one lock per run for every read-modify-write of ``run.json``,
@@ -79,7 +86,7 @@ import numpy as np
 from filelock import FileLock
 
 from labvault.backends.base import Backend, BlobStore, check_options, check_params_conflict
-from labvault.backends.localfs import FileBlobStore, atomic_write_bytes, fsync_dir, path_from_uri
+from labvault.backends.localfs import FileBlobStore, SyncQueue, atomic_write_bytes, fsync_dir, path_from_uri
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
     BackendUnavailableError,
@@ -287,6 +294,7 @@ class FileBackend(Backend, scheme="file"):
         super().__init__(uri, blobs)
         self.root = Path(root)
         self.durable = durable
+        self._pending = SyncQueue()
         self._exp_dir = self.root / "experiments"
         self._index_dir = self.root / "runs"
         self._lock_dir = self.root / "locks"
@@ -326,6 +334,16 @@ class FileBackend(Backend, scheme="file"):
         if "\x00" in str(root):
             raise InvalidArgumentError(f"{uri!r} contains a NUL character")
         return cls(uri, root, blobs=artifacts, durable=durable)
+
+    def sync(self) -> None:
+        """fsync the documents' directories and the appended files written since the last sync."""
+        self._pending.sync()
+        super().sync()
+
+    def close(self) -> None:
+        """Make pending writes durable and release the blob store."""
+        self._pending.sync()
+        super().close()
 
     def _default_blobs(self) -> BlobStore:
         return FileBlobStore(self.root / "blobs", durable=self.durable)
@@ -393,7 +411,7 @@ class FileBackend(Backend, scheme="file"):
     def _write_doc(self, path: Path, obj: Any, *, durable: bool | None = None) -> None:
         """Replace ``path`` atomically; its directory must exist (never re-created behind a delete)."""
         durable = self.durable if durable is None else durable
-        atomic_write_bytes(path, _dumps(obj), durable=durable, create_parents=False)
+        atomic_write_bytes(path, _dumps(obj), durable=durable, create_parents=False, defer=self._pending)
 
     @staticmethod
     def _read_doc(path: Path) -> Any:
@@ -405,7 +423,7 @@ class FileBackend(Backend, scheme="file"):
             raise CorruptDataError(f"document {path} is corrupt (not valid JSON): {exc}") from exc
 
     def _append(self, path: Path, data: bytes, valid_end: Callable[[int, int], int]) -> int:
-        """Append ``data`` with O_APPEND (+ fsync) under the caller's run lock; return the new end offset.
+        """Append ``data`` with O_APPEND under the caller's run lock; return the new end offset.
 
         ``valid_end(fd, size)`` returns where the last complete entry ends; when a writer died mid-append
         the torn tail beyond it is cut off first, so it never ends up in the middle of the file.
@@ -422,7 +440,7 @@ class FileBackend(Backend, scheme="file"):
                 written = os.write(fd, view)
                 view = view[written:]
             if self.durable:
-                os.fsync(fd)
+                self._pending.add_file(path)  # group commit: readers already tolerate a torn tail
             return os.fstat(fd).st_size
         finally:
             os.close(fd)
@@ -479,10 +497,10 @@ class FileBackend(Backend, scheme="file"):
             self._write_doc(staging / "experiment.json",
                             {"id": info.id, "name": name, "project": project, "created_at": info.created_at})
             if self.durable:
-                fsync_dir(staging)
+                self._pending.add_dir(staging)
             os.rename(staging, self._exp_dir / info.id)
             if self.durable:
-                fsync_dir(self._exp_dir)
+                self._pending.add_dir(self._exp_dir)
             self._experiments[info.id] = info
             return info
 
@@ -502,7 +520,7 @@ class FileBackend(Backend, scheme="file"):
             doomed = self._trash_dir / f"{experiment_id}-{uuid.uuid4().hex[:8]}"
             os.rename(src, doomed)
             if self.durable:
-                fsync_dir(self._exp_dir)
+                self._pending.add_dir(self._exp_dir)
             self._experiments.pop(experiment_id, None)
             self._next_number.pop(experiment_id, None)
         # Out of the store's view now: drop the index entries and lock files, then the files themselves.
@@ -684,10 +702,10 @@ class FileBackend(Backend, scheme="file"):
         except FileExistsError:
             raise
         except OSError:  # no symlinks here (some Windows setups): a one-line file instead
-            atomic_write_bytes(index, target.encode(), durable=self.durable)
+            atomic_write_bytes(index, target.encode(), durable=self.durable, defer=self._pending)
         if self.durable:
-            fsync_dir(self._index_dir)
-            fsync_dir(runs_dir)
+            self._pending.add_dir(self._index_dir)
+            self._pending.add_dir(runs_dir)
         self._write_doc(run_dir / "run.json", self._run_doc(run))
         self._run_dirs[run.id] = run_dir
         return run

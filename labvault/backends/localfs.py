@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -33,12 +34,58 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class SyncQueue:
+    """Files and directories written since the last ``sync()``, to be fsynced together (group commit).
+
+    Local stores keep every write atomic at once (temp file + rename: a killed process never leaves a
+    torn file) and make it survive power loss at the next ``sync()``, which the vault's background
+    flusher calls every ``flush_interval`` seconds and at run end / close. One fsync per directory per
+    interval instead of one per write is what makes thousands of small writes a second possible.
+    """
+
+    def __init__(self) -> None:
+        self._files: set[Path] = set()
+        self._dirs: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def add_file(self, path: Path) -> None:
+        """fsync ``path`` (and its directory) at the next sync."""
+        with self._lock:
+            self._files.add(path)
+            self._dirs.add(path.parent)
+
+    def add_dir(self, path: Path) -> None:
+        """fsync directory ``path`` at the next sync (a rename or create in it)."""
+        with self._lock:
+            self._dirs.add(path)
+
+    def __len__(self) -> int:
+        return len(self._files) + len(self._dirs)
+
+    def sync(self) -> None:
+        """fsync everything queued: files first, then the directories naming them."""
+        with self._lock:
+            files, self._files = self._files, set()
+            dirs, self._dirs = self._dirs, set()
+        for path in sorted(files) + sorted(dirs):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # replaced or deleted since: nothing left to make durable
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_writer(
-    target: Path, *, durable: bool = True, create_parents: bool = True
+    target: Path, *, durable: bool = True, create_parents: bool = True, defer: SyncQueue | None = None
 ) -> Iterator[BinaryIO]:
     """Open a temporary file next to ``target``; on success rename it over ``target``.
 
+    With ``durable`` the file is fsynced before the rename (so after a power loss the name never points
+    at torn data) and the directory after it; with ``defer`` the directory fsync is queued instead.
     With ``create_parents=False`` the directory must exist, so a write racing a delete cannot bring a
     removed directory back as an empty shell.
     """
@@ -52,7 +99,9 @@ def atomic_writer(
             if durable:
                 os.fsync(fh.fileno())
         os.replace(tmp, target)
-        if durable:
+        if durable and defer is not None:
+            defer.add_dir(target.parent)
+        elif durable:
             fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -61,10 +110,11 @@ def atomic_writer(
 
 
 def atomic_write_bytes(
-    target: Path, data: bytes, *, durable: bool = True, create_parents: bool = True
+    target: Path, data: bytes, *, durable: bool = True, create_parents: bool = True,
+    defer: SyncQueue | None = None,
 ) -> None:
-    """Replace ``target`` with ``data`` atomically."""
-    with atomic_writer(target, durable=durable, create_parents=create_parents) as fh:
+    """Replace ``target`` with ``data`` atomically (see ``atomic_writer``)."""
+    with atomic_writer(target, durable=durable, create_parents=create_parents, defer=defer) as fh:
         fh.write(data)
 
 
@@ -89,6 +139,12 @@ class FileBlobStore(BlobStore, scheme="file"):
     def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.root = Path(root)
         self.durable = durable
+        self.pending = SyncQueue()
+
+    def sync(self) -> None:
+        """fsync the blobs written since the last sync (group commit; see ``SyncQueue``)."""
+        if self.durable:
+            self.pending.sync()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> FileBlobStore:
@@ -101,7 +157,7 @@ class FileBlobStore(BlobStore, scheme="file"):
     def _put(self, key: str, chunks: Iterator[bytes]) -> int:
         size = 0
         try:
-            with atomic_writer(self._path(key), durable=self.durable) as fh:
+            with atomic_writer(self._path(key), durable=self.durable, defer=self.pending) as fh:
                 for chunk in chunks:
                     fh.write(chunk)
                     size += len(chunk)
@@ -137,6 +193,8 @@ class FileBlobStore(BlobStore, scheme="file"):
     def put_content(self, data: BlobSource) -> tuple[str, int]:
         """Write a temp file in the store while hashing, then rename it to its digest: one read.
 
+        The rename makes the blob visible at once; its fsync is group-committed by ``sync()``.
+
         Hashing runs on a second thread, overlapped with the write (hashlib releases the GIL), so a large
         file is stored at close to copy speed. The digest is that of the bytes actually written.
         """
@@ -146,16 +204,16 @@ class FileBlobStore(BlobStore, scheme="file"):
         try:
             with os.fdopen(fd, "wb", buffering=0) as fh:
                 digest, size = hash_while_writing(iter_source(data, PIPELINE_CHUNK), fh)
-                if self.durable:
-                    os.fsync(fh.fileno())
             target = self._path(self.digest_key(digest))
-            if target.is_file():
-                os.unlink(tmp)
+            if _same_size(target, size):
+                os.unlink(tmp)  # stored already (a torn copy after a power loss has another size)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, target)
                 if self.durable:
-                    fsync_dir(target.parent)
+                    # A blob torn by a power loss before this fsync fails its digest check on read and
+                    # is replaced by the next put of the same content (the size check above).
+                    self.pending.add_file(target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -187,6 +245,13 @@ class FileBlobStore(BlobStore, scheme="file"):
                     raise CorruptDataError(f"blob {digest} is corrupt: its sha256 is {actual}")
                 size = out.tell()
         return size
+
+
+def _same_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False
 
 
 def _sendfile_all(src: BinaryIO, out: BinaryIO) -> None:
