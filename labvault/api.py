@@ -137,8 +137,12 @@ class Vault:
                     run.flush()
                     if beat:
                         self.backend.update_run(run.id, heartbeat=now())
-                except Exception:
+                except Exception:  # keep flushing the others; the owner sees it on flush()
                     run._flush_error = traceback.format_exc()
+            try:
+                self.backend.sync()  # group commit: what this interval wrote survives a power loss
+            except Exception:  # retried next interval, and raised by close()
+                traceback.print_exc()
             if beat:
                 last_beat = time.monotonic()
 
