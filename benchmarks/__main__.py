@@ -71,7 +71,7 @@ QUICK: dict[str, dict[str, dict[str, Any]]] = {
     "W3": {"labvault": {"n": 500_000, "batch": 1000, "keys": 10},
            "mlflow": {"n": 20_000, "batch": 1000, "keys": 10}},
     "W4": {"labvault": {"n": 1_000_000, "batch": 1000}, "mlflow": {"n": 20_000, "batch": 1000}},
-    "W5": {"labvault": {"n": 2000, "queries": 5}, "mlflow": {"n": 200, "queries": 5}},
+    "W5": {"labvault": {"n": 1000, "queries": 5}, "mlflow": {"n": 200, "queries": 5}},
     "W6": {"labvault": {"big_mb": 100, "n_small": 500, "small_size": 1024},
            "mlflow": {"big_mb": 100, "n_small": 500, "small_size": 1024}},
     "W7": {"labvault": {}, "mlflow": {}},

@@ -374,3 +374,20 @@ def test_lost_or_corrupt_latest_json_is_rebuilt_from_segments(root: Path, backen
     backend.log_metrics(run_id, [_series("m/x", [4.0], start=3)])
     assert backend.get_run(run_id).metrics == {"m/x": 4.0, long_key: 5.0}
     assert backend.metric_history(run_id, "m/x").values.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_manifest_cache_sees_other_writers(tmp_path: Path) -> None:
+    """The artifact manifest cache parses only new lines, and sees appends made by another handle."""
+    import labvault
+
+    uri = f"file://{tmp_path / 'store'}"
+    with labvault.open(uri) as a, labvault.open(uri) as b:
+        run = a.experiment("e").start_run()
+        run.log_artifact("x.txt", b"one")
+        assert [i.key for i in run.list_artifacts()] == ["x.txt"]  # cached now
+        other = b.get_run(run.id)
+        other.log_artifact("y.txt", b"two")
+        other.log_artifact("x.txt", b"three")  # replaces the key: the last line wins
+        assert [i.key for i in run.list_artifacts()] == ["x.txt", "y.txt"]
+        assert run.get_artifact("x.txt") == b"three"
+        run.end()

@@ -295,6 +295,7 @@ class FileBackend(Backend, scheme="file"):
         self.root = Path(root)
         self.durable = durable
         self._pending = SyncQueue()
+        self._manifests: dict[Path, tuple[int, int, dict[str, ArtifactInfo]]] = {}
         self._exp_dir = self.root / "experiments"
         self._index_dir = self.root / "runs"
         self._lock_dir = self.root / "locks"
@@ -852,23 +853,43 @@ class FileBackend(Backend, scheme="file"):
     @_translate_os_errors
     def _list_artifacts(self, run_id: str, prefix: str) -> list[ArtifactInfo]:
         run_dir, _doc = self._read_run_doc(run_id)
-        path = run_dir / "artifacts.jsonl"
+        items = self._manifest(run_dir / "artifacts.jsonl")
+        return [info for key, info in items.items() if key.startswith(prefix)]
+
+    def _manifest(self, path: Path) -> dict[str, ArtifactInfo]:
+        """The manifest's entries (last line per key wins), parsing only what was appended since last time.
+
+        The manifest is append-only, so the cache is keyed by the file's inode and the offset parsed up
+        to; a torn last line (a writer killed mid-append) is left for the next read.
+        """
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            return []
-        lines = data.split(b"\n")
-        torn = lines.pop()  # b"" after a final newline; otherwise a torn last line, ignored
-        del torn
-        items: dict[str, ArtifactInfo] = {}
-        for number, raw in enumerate(lines, 1):
+            self._manifests.pop(path, None)
+            return {}
+        try:
+            inode = os.fstat(fd).st_ino
+            cached = self._manifests.get(path)
+            offset, items = (cached[1], cached[2]) if cached and cached[0] == inode else (0, {})
+            os.lseek(fd, offset, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        complete = data.rfind(b"\n") + 1  # bytes after the last newline: a torn line, ignored
+        if not complete:
+            return items
+        items = dict(items)  # copy on change: other threads may be iterating the cached one
+        for raw in data[:complete].split(b"\n")[:-1]:
             try:
                 entry = json.loads(raw)
                 info = ArtifactInfo(str(entry["key"]), int(entry["size"]), str(entry["digest"]),
                                     float(entry["created_at"]))
             except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
                 raise CorruptDataError(
-                    f"artifact manifest {path} is corrupt at line {number}: {exc}") from exc
-            if info.key.startswith(prefix):
-                items[info.key] = info
-        return list(items.values())
+                    f"artifact manifest {path} is corrupt near byte {offset}: {exc}") from exc
+            items[info.key] = info
+        self._manifests[path] = (inode, offset + complete, items)
+        return items
