@@ -840,10 +840,10 @@ def _compile(expr: Expr, resolve: Resolver) -> ColumnElement[bool]:
 def compile_order_sql(order: Sequence[OrderKey], resolve: Resolver) -> list[ColumnElement[Any]]:
     """``ORDER BY`` clauses giving the order of :func:`sort_runs`, portable to any SQL database.
 
-    For each key: values present first (``CASE WHEN value IS NULL THEN 1 ELSE 0 END``, instead of the
-    non-portable ``NULLS LAST``), then for params numbers before text, then the value ascending or
-    descending. The tie-breakers ``number`` and ``id`` (resolved through ``resolve``) come last; callers
-    may append their own columns too.
+    For each key: values present first (``NULLS LAST`` for metrics, tags and attributes, which SQLite and
+    PostgreSQL support; for params ``CASE WHEN value IS NULL THEN 1 ELSE 0 END`` and numbers before
+    text), then the value ascending or descending. The tie-breakers ``number`` and ``id`` (resolved
+    through ``resolve``) come last; callers may append their own columns too.
     """
     import sqlalchemy as sa
 
@@ -853,10 +853,12 @@ def compile_order_sql(order: Sequence[OrderKey], resolve: Resolver) -> list[Colu
     for key in order:
         kinds = key.field.value_kinds
         cols = [resolve(key.field, kind) for kind in kinds]
+        if len(cols) == 1:  # one kind of value: NULLS LAST (SQLite >= 3.30 and PostgreSQL) evaluates it once
+            clauses.append((cols[0].desc() if key.descending else cols[0].asc()).nulls_last())
+            continue
         missing = sa.and_(*(c.is_(None) for c in cols))
         clauses.append(sa.case((missing, one), else_=zero).asc())
-        if len(cols) == 2:  # params: numbers, then text
-            clauses.append(sa.case((cols[0].is_(None), one), else_=zero).asc())
+        clauses.append(sa.case((cols[0].is_(None), one), else_=zero).asc())  # params: numbers, then text
         clauses += [c.desc() if key.descending else c.asc() for c in cols]
     clauses.append(resolve(Field("attributes", "number"), "number").asc())
     clauses.append(resolve(Field("attributes", "id"), "text").asc())

@@ -376,7 +376,7 @@ def test_concurrent_upgrades(tmp_path: Path) -> None:
     _build_v1_store(db)
     script = "from labvault.backends import sql\nprint(list(sql.upgrade(sys.argv[1])))\n"
     results = _race(script, [f"sqlite:///{db}", str(tmp_path / "go")], 4, tmp_path / "go")
-    assert sorted(map(tuple, results)) == [(1, 2)] + [(2, 2)] * 3
+    assert sorted(map(tuple, results)) == [(1, SCHEMA_VERSION)] + [(SCHEMA_VERSION, SCHEMA_VERSION)] * 3
     assert _raw(db, "SELECT count(*) FROM metric_latest") == [(3,)]
 
 

@@ -5,7 +5,7 @@ Artifact bytes go to a ``FileBlobStore`` in the sibling directory ``<stem>-blobs
 ``./data/lv-blobs``) unless a store is given with ``artifacts=``. Options: ``busy_timeout`` (seconds a
 writer waits for another process's write lock, default 30), also accepted as a URI query parameter.
 
-Schema (version 2)::
+Schema (version 3)::
 
     meta(key PK, value)                                   -- schema_version
     experiments(id PK, name, project, created_at, run_counter, UNIQUE(project, name))
@@ -17,6 +17,13 @@ Schema (version 2)::
     metric_segments(run_id FK, key, seq, n, steps, "values", timestamps, PK(run_id, key, seq))
     metric_latest(run_id FK, key, value, step, timestamp, PK(run_id, key))      -- new in version 2
     artifacts(run_id FK, key, digest, size, created_at, PK(run_id, key))
+    indexes on (key, value_num) and (key, value_text) of run_params, (key, value) of run_tags and
+    metric_latest                                                               -- new in version 3
+
+Search and listings are one query: the filter compiles to correlated subqueries (exact three-valued
+logic) plus, for each top-level comparison, an implied ``runs.id IN (SELECT run_id ... WHERE key = ? AND
+value op ?)`` that the version-3 indexes answer; each run's latest metrics and results come back in the
+same row as JSON objects built by the database (``json_group_object`` / ``json_object_agg``).
 
 Every foreign key cascades on delete, so deleting an experiment removes its runs and everything hanging
 off them (``parent_id`` is deliberately not a foreign key: like the memory backend, a child run in another
@@ -62,6 +69,7 @@ import contextlib
 import gc
 import json
 import math
+import operator
 import os
 import struct
 import threading
@@ -72,6 +80,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -95,11 +104,9 @@ if TYPE_CHECKING:
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SEGMENT_POINTS", "SQLBackend", "schema_metadata", "upgrade"]
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Points per ``metric_segments`` row at most (512 KiB per array); larger batches are split.
 SEGMENT_POINTS = 65_536
-#: Above this many runs, a search page's details are loaded per experiment instead of by an id list.
-_MAX_ID_LIST = 2_000
 _DEFAULT_BUSY_TIMEOUT = 30.0
 _WRITE_OPTION = "labvault_write"
 _LABVAULT_TABLES = frozenset({"experiments", "runs", "run_params", "run_tags", "run_results",
@@ -112,8 +119,16 @@ def new_id() -> str:
 
 
 # -- schema -----------------------------------------------------------------------------------------------
+#: Version 3: (key, value) indexes that let a filter find the runs holding a value.
+_SEARCH_INDEXES = (
+    ("ix_run_params_key_num", "run_params", ("key", "value_num")),
+    ("ix_run_params_key_text", "run_params", ("key", "value_text")),
+    ("ix_run_tags_key_value", "run_tags", ("key", "value")),
+    ("ix_metric_latest_key_value", "metric_latest", ("key", "value")),
+)
+
 def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
-    """The tables of schema ``version`` (1 or 2). Later versions add conditions here, never edit old ones."""
+    """The tables of schema ``version`` (1 to 3). Later versions add conditions here, never edit old ones."""
     if not 1 <= version <= SCHEMA_VERSION:
         raise InvalidArgumentError(f"unknown schema version {version}")
     md = sa.MetaData()
@@ -198,6 +213,10 @@ def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
         Col("created_at", sa.Double, nullable=False),
         sa.PrimaryKeyConstraint("run_id", "key", name="pk_artifacts"),
     )
+    if version >= 3:
+        # Search drives from the matching values instead of probing every run (see _search_runs).
+        for name, table, columns in _SEARCH_INDEXES:
+            sa.Index(name, *(md.tables[table].c[c] for c in columns))
     return md
 
 
@@ -211,7 +230,7 @@ t_results = _md.tables["run_results"]
 t_segments = _md.tables["metric_segments"]
 t_latest = _md.tables["metric_latest"]
 t_artifacts = _md.tables["artifacts"]
-#: The columns a RunInfo is built from, in the order ``_with_details`` unpacks them.
+#: The columns a RunInfo is built from, in the order ``_infos_with_json_details`` unpacks them.
 _RUN_COLUMNS = tuple(t_runs.c[name] for name in (
     "id", "experiment_id", "number", "name", "parent_id", "status", "start_time", "end_time", "error",
     "heartbeat", "params_json", "tags_json"))
@@ -271,12 +290,27 @@ def _migrate_1_to_2(conn: Connection) -> None:
         conn.execute(sa.insert(t_latest), batch)
 
 
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Version 3 adds the (key, value) search indexes."""
+    for index in schema_metadata(3).tables["run_params"].indexes | schema_metadata(3).tables[
+            "run_tags"].indexes | schema_metadata(3).tables["metric_latest"].indexes:
+        index.create(conn, checkfirst=True)
+
+
 #: ``MIGRATIONS[i]`` takes a store from version ``i + 1`` to ``i + 2`` inside the caller's transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1_to_2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1_to_2, _migrate_2_to_3]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
 # -- value encoding ---------------------------------------------------------------------------------------
+def _loads(raw: str | bytes) -> Any:
+    """Parse a stored JSON document: orjson (fast), or json for integers beyond 64 bits."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -657,10 +691,12 @@ class SQLBackend(Backend, scheme="sqlite"):
 
     def _get_run(self, run_id: str) -> RunInfo:
         with self._read() as conn:
-            row = conn.execute(sa.select(*_RUN_COLUMNS).where(t_runs.c.id == run_id)).first()
-            if row is None:
-                raise NotFoundError(f"run {run_id} not found")
-            return self._with_details(conn, [row], [run_id], None)[0]
+            row = conn.execute(
+                sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(t_runs.c.id == run_id)
+            ).first()
+        if row is None:
+            raise NotFoundError(f"run {run_id} not found")
+        return self._infos_with_json_details([row])[0]
 
     def _list_runs(self, experiment_ids: list[str]) -> list[RunInfo]:
         if not experiment_ids:
@@ -668,60 +704,11 @@ class SQLBackend(Backend, scheme="sqlite"):
         r = t_runs
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(*_RUN_COLUMNS).where(r.c.experiment_id.in_(experiment_ids))
+                sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(r.c.experiment_id.in_(experiment_ids))
                 .order_by(r.c.start_time, r.c.experiment_id, r.c.number)
             ).all()
-            return self._with_details(conn, rows, None, experiment_ids)
-
-    def _with_details(self, conn: Connection, rows: Sequence[Any], run_ids: list[str] | None,
-                      experiment_ids: list[str] | None) -> list[RunInfo]:
-        """RunInfos of ``rows`` (``_RUN_COLUMNS``) with results and latest metrics.
-
-        Params and tags come from the run's documents; results and metrics take two bulk queries whatever
-        the number of runs, selected by run id (``run_ids``) or, for big sets, by experiment.
-        """
         with _gc_paused(len(rows) > 500):
-            return self._build_infos(conn, rows, run_ids, experiment_ids)
-
-    @staticmethod
-    def _build_infos(conn: Connection, rows: Sequence[Any], run_ids: list[str] | None,
-                     experiment_ids: list[str] | None) -> list[RunInfo]:
-        loads = json.loads
-        infos = {
-            run_id: RunInfo(
-                id=run_id, experiment_id=experiment_id, number=number, name=name, parent_id=parent_id,
-                status=status, start_time=start_time, end_time=end_time, error=error, heartbeat=heartbeat,
-                params=loads(params_json), tags=loads(tags_json),
-            )
-            for (run_id, experiment_id, number, name, parent_id, status, start_time, end_time, error,
-                 heartbeat, params_json, tags_json) in rows
-        }
-        if not infos:
-            return []
-
-        def where(table: sa.Table) -> sa.ColumnElement[bool]:
-            if run_ids is not None:
-                return table.c.run_id.in_(run_ids)
-            assert experiment_ids is not None
-            of_experiments = sa.select(t_runs.c.id).where(t_runs.c.experiment_id.in_(experiment_ids))
-            return table.c.run_id.in_(of_experiments)
-
-        results = {run_id: info.results for run_id, info in infos.items()}
-        metrics = {run_id: info.metrics for run_id, info in infos.items()}
-        for run_id, key, js in conn.execute(
-            sa.select(t_results.c.run_id, t_results.c.key, t_results.c.value_json).where(where(t_results))
-        ).all():
-            target = results.get(run_id)
-            if target is not None:
-                target[key] = loads(js)
-        nan = math.nan
-        for run_id, key, value in conn.execute(
-            sa.select(t_latest.c.run_id, t_latest.c.key, t_latest.c.value).where(where(t_latest))
-        ).all():
-            target = metrics.get(run_id)
-            if target is not None:
-                target[key] = nan if value is None else value
-        return list(infos.values())
+            return self._infos_with_json_details(rows)
 
     def _search_runs(
         self,
@@ -736,10 +723,12 @@ class SQLBackend(Backend, scheme="sqlite"):
         if not experiment_ids or limit == 0:
             return []
         r = t_runs
-        stmt = sa.select(*_RUN_COLUMNS).where(r.c.experiment_id.in_(experiment_ids))
+        # The page's latest metrics and results ride along as JSON objects built by the database, so a
+        # search is one query whatever the number of matches.
+        stmt = sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(r.c.experiment_id.in_(experiment_ids))
         condition = query.compile_sql(expr, self._resolve_field)
         if condition is not None:
-            stmt = stmt.where(condition)
+            stmt = stmt.where(*_implied_prefilters(expr), condition)
         stmt = stmt.order_by(*query.compile_order_sql(order, self._resolve_field))  # ends with number, id
         if limit is not None:
             stmt = stmt.limit(limit)
@@ -747,10 +736,40 @@ class SQLBackend(Backend, scheme="sqlite"):
             stmt = stmt.offset(offset)
         with self._read() as conn:
             rows = conn.execute(stmt).all()
-            ids = [row[0] for row in rows]
-            if len(ids) <= _MAX_ID_LIST:
-                return self._with_details(conn, rows, ids, None)
-            return self._with_details(conn, rows, None, experiment_ids)
+        with _gc_paused(len(rows) > 500):
+            return self._infos_with_json_details(rows)
+
+    def _detail_columns(self) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]:
+        """Correlated subqueries giving a run's latest metrics and its results as JSON objects."""
+        postgres = self._dialect == "postgresql"
+        agg = sa.func.json_object_agg if postgres else sa.func.json_group_object
+        stored = t_results.c.value_json
+        parsed = sa.cast(stored, sa.JSON) if postgres else sa.func.json(stored)
+        metrics = (sa.select(agg(t_latest.c.key, t_latest.c.value))
+                   .where(t_latest.c.run_id == t_runs.c.id).scalar_subquery())
+        results = (sa.select(agg(t_results.c.key, parsed))
+                   .where(t_results.c.run_id == t_runs.c.id).scalar_subquery())
+        return metrics, results
+
+    @staticmethod
+    def _infos_with_json_details(rows: Sequence[Any]) -> list[RunInfo]:
+        """RunInfos from rows of ``_RUN_COLUMNS`` followed by the two ``_detail_columns``."""
+        loads = _loads
+        nan = math.nan
+        out = []
+        for (run_id, experiment_id, number, name, parent_id, status, start_time, end_time, error,
+             heartbeat, params_json, tags_json, metrics_json, results_json) in rows:
+            metrics = loads(metrics_json) if metrics_json else {}
+            for key, value in metrics.items():
+                if value is None:  # a NaN latest value is stored as NULL
+                    metrics[key] = nan
+            out.append(RunInfo(
+                id=run_id, experiment_id=experiment_id, number=number, name=name, parent_id=parent_id,
+                status=status, start_time=start_time, end_time=end_time, error=error, heartbeat=heartbeat,
+                params=loads(params_json), tags=loads(tags_json), metrics=metrics,
+                results=loads(results_json) if results_json else {},
+            ))
+        return out
 
     @staticmethod
     def _resolve_field(field: Field, kind: str) -> sa.ColumnElement[Any]:
@@ -808,7 +827,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         raw = conn.execute(_S_RUN_DOC[column.name], {"b_run": run_id}).scalar()
         if raw is None:
             raise NotFoundError(f"run {run_id} not found")
-        doc: dict[str, Any] = json.loads(raw)
+        doc: dict[str, Any] = _loads(raw)
         return doc
 
     def _log_results(self, run_id: str, results: dict[str, Any]) -> None:
@@ -914,6 +933,41 @@ def _parse_sqlite_uri(uri: str) -> tuple[Path, dict[str, str]]:
     except ValueError as exc:
         raise InvalidArgumentError(f"{uri!r} has a malformed query string: {exc}") from exc
     return Path(raw).expanduser(), query
+
+
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _implied_prefilters(expr: Any) -> list[sa.ColumnElement[bool]]:
+    """``runs.id IN (SELECT run_id ... WHERE key = ? AND value op ?)`` for each top-level comparison.
+
+    A run can only satisfy ``params.x op v`` (in an AND at the top, outside any NOT) if it has a row with
+    that key whose value satisfies it, so these conditions are implied by the filter and change nothing
+    about which runs match, while the (key, value) indexes of schema version 3 let SQLite start from the
+    few matching rows instead of probing every run. The exact three-valued condition is still applied.
+    """
+    from labvault import query
+
+    items = expr.items if isinstance(expr, query.And) else (expr,)
+    out: list[sa.ColumnElement[bool]] = []
+    for item in items:
+        if not isinstance(item, query.Compare):
+            continue
+        key, number = item.field.key, isinstance(item.value, float)
+        if item.field.kind == "params":
+            table, column = t_params, t_params.c.value_num if number else t_params.c.value_text
+        elif item.field.kind == "metrics" and number:
+            table, column = t_latest, t_latest.c.value
+        elif item.field.kind == "tags" and not number:
+            table, column = t_tags, t_tags.c.value
+        else:
+            continue
+        holders = sa.select(table.c.run_id).where(table.c.key == key, _OPS[item.op](column, item.value))
+        out.append(t_runs.c.id.in_(holders))
+    return out
 
 
 def upgrade(uri: str) -> tuple[int, int]:
