@@ -127,6 +127,10 @@ def open_backend(
         if uri is not None:
             raise InvalidArgumentError("pass either uri or config, not both")
         return registry.backend_from_config(config, blob_store)
+    if type(uri).__module__.split(".")[0] == "redis":  # a redis.ConnectionPool (daskperiment's form)
+        from labvault.backends.redis import RedisBackend
+
+        return RedisBackend.from_pool(uri, artifacts=blob_store, **options)
     scheme, resolved = _resolve_uri(uri)
     try:
         cls = registry.backend_class(scheme)

@@ -30,7 +30,7 @@ from labvault.errors import AlreadyExistsError, InvalidArgumentError, NotFoundEr
 if TYPE_CHECKING:
     import pandas as pd
 
-    from labvault.backends.base import Backend, BlobSource
+    from labvault.backends.base import Backend, BlobSource, ChangeFeed
 
 DeleteMode = Literal["local", "remote", "all"]
 
@@ -77,6 +77,27 @@ class Vault:
     def uri(self) -> str:
         """The URI the vault was opened with."""
         return self.backend.uri
+
+    @property
+    def online(self) -> bool:
+        """Whether the store answers: a health check on a server (``http(s)://``); True for local stores."""
+        check = getattr(self.backend, "check_online", None)
+        return bool(check()) if callable(check) else True
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """What serves this vault: a server's version, backend, features and auth mode (``http(s)://``), or
+        for a local store the labvault version, backend kind and URI."""
+        info = getattr(self.backend, "server_info", None)
+        if callable(info):
+            return dict(info())
+        from labvault import __version__
+
+        cls = type(self.backend)
+        return {"server": None, "version": __version__, "backend": cls.scheme or cls.__name__,
+                "uri": self.backend.uri, "auth": "none",
+                "features": {"cross_process_events": bool(cls.supports_events),
+                             "persistent": bool(cls.persistent), "multiprocess": bool(cls.multiprocess)}}
 
     def __enter__(self) -> Vault:
         return self
@@ -198,6 +219,18 @@ class Vault:
             run._discard_buffer()
             self._unregister_active(run)
         self.backend.delete_experiment(info.id)
+
+    # -- change feed ----------------------------------------------------------------------------------------
+    def watch(self) -> ChangeFeed:
+        """A live feed of the store's changes from now on: ``for event in vault.watch(): ...``.
+
+        Each item is a ``labvault.domain.ChangeEvent`` (``kind`` such as ``"run.created"``,
+        ``"metric.logged"``, ``"run.finished"``; ``run_id``; a small ``data`` summary). On PostgreSQL and
+        Redis the feed carries every process's changes; elsewhere, this vault's own. Buffered metrics
+        appear when they are flushed. Close the feed (or use ``with``) when done.
+        """
+        self._check_open()
+        return self.backend.watch()
 
     # -- runs -----------------------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> Run:

@@ -35,11 +35,13 @@ def test_default_store_is_embedded_sqlite(tmp_path: Path) -> None:
         "import labvault\n"
         "with labvault.open() as v:\n"
         "    print(type(v.backend).__name__)\n"
-        "    with v.experiment('e').start_run() as r: r.log_artifact('a.txt', b'x')\n"
+        "    with v.experiment('e').start_run() as r:\n"
+        "        r.log_artifact('a.txt', b'x'); r.log_artifact('big.bin', b'y' * 100_000)\n"
     )
     assert _python(code, tmp_path).strip() == "SQLBackend"
     assert (tmp_path / "labvault-data" / "labvault.db").is_file()
-    assert any((tmp_path / "labvault-data" / "labvault-blobs").rglob("*"))
+    # Small blobs live inside the database, large ones in the sibling folder.
+    assert len([p for p in (tmp_path / "labvault-data" / "labvault-blobs").rglob("*") if p.is_file()]) == 1
     # Opening the directory explicitly finds the same embedded store.
     code2 = "import labvault\nprint([e.name for e in labvault.open('./labvault-data').experiments()])"
     assert _python(code2, tmp_path).strip() == "['e']"
@@ -127,7 +129,7 @@ def test_group_commit_drained_by_flusher(tmp_path: Path, scheme: str) -> None:
     uri = f"file://{tmp_path / 'f'}" if scheme == "file" else f"sqlite:///{tmp_path / 's.db'}"
     with labvault.open(uri, flush_interval=0.1) as vault:
         run = vault.experiment("e").start_run()
-        run.log_artifact("a.bin", b"x" * 100)
+        run.log_artifact("a.bin", b"x" * 100_000)  # SQLite: a large blob, written as a file
         queues = [vault.backend.blobs.pending]  # type: ignore[attr-defined]
         if scheme == "file":
             queues.append(vault.backend._pending)  # type: ignore[attr-defined]

@@ -17,11 +17,14 @@ after which ``labvault.open("mine://...")`` constructs it with ``MyBackend.from_
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,9 +32,10 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, Union
 
 import numpy as np
 
-from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo
+from labvault.domain import ArtifactInfo, ChangeEvent, ExperimentInfo, MetricSeries, RunInfo
 from labvault.domain import validation as v
-from labvault.errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from labvault.domain.model import BlobInfo
+from labvault.errors import ConflictError, CorruptDataError, InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
     from labvault.query import Expr, OrderKey
@@ -106,6 +110,36 @@ class VerifyingReader(io.RawIOBase):
         super().close()
 
 
+_CONDITIONAL_LOCK = threading.Lock()
+
+
+def precondition_failed(key: str, why: str) -> ConflictError:
+    """The ``ConflictError`` a conditional blob write raises."""
+    return ConflictError(f"precondition failed: blob {key!r} was not written because {why}")
+
+
+def _check_source(data: object) -> None:
+    """Reject what ``iter_source`` cannot read before a store starts writing."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return
+    if isinstance(data, str | os.PathLike):
+        path = Path(data)
+        if not path.is_file():
+            raise InvalidArgumentError(f"blob source {str(path)!r} is not a readable file")
+        return
+    if not callable(getattr(data, "read", None)):
+        raise InvalidArgumentError(
+            f"blob data must be bytes, a path or a binary file object, got {type(data).__name__}"
+        )
+
+
+def _check_workers(workers: object) -> int | None:
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
+                                or not 1 <= workers <= 256):
+        raise InvalidArgumentError(f"workers must be an integer from 1 to 256, got {workers!r}")
+    return workers
+
+
 class BlobStore(ABC):
     """Bytes under keys, streamed both ways. Backends keep artifacts in one, content-addressed."""
 
@@ -137,18 +171,36 @@ class BlobStore(ABC):
     @abstractmethod
     def _list(self, prefix: str) -> Iterator[str]: ...
 
-    def put(self, key: str, data: BlobSource) -> int:
-        """Store ``data`` (bytes, a path or a binary file object) under ``key``; return its size."""
-        return self._put(self._check_key(key), iter_source(data))
+    # -- public API: validate, then call the hooks ------------------------------------------------------
+    def put(self, key: str, data: BlobSource, *, if_absent: bool = False, if_match: str | None = None) -> int:
+        """Store ``data`` (bytes, a path or a binary file object, streamed) under ``key``; return its size.
+
+        The write is atomic: readers see the old content or the new, never part of it. Conditional
+        writes raise ``ConflictError`` ("precondition failed ...") instead of writing: with
+        ``if_absent=True`` when ``key`` exists already, with ``if_match=etag`` when the current etag of
+        ``key`` (see ``info``) is not ``etag`` or ``key`` is missing.
+        """
+        key = self._check_key(key)
+        if not isinstance(if_absent, bool):
+            raise InvalidArgumentError(f"if_absent must be True or False, got {if_absent!r}")
+        if if_match is not None and (not isinstance(if_match, str) or not if_match):
+            raise InvalidArgumentError(f"if_match must be a non-empty etag string, got {if_match!r}")
+        if if_absent and if_match is not None:
+            raise InvalidArgumentError(f"put {key!r}: pass if_absent or if_match, not both")
+        _check_source(data)
+        return self._write(key, data, if_absent=if_absent, if_match=if_match)
 
     def get(self, key: str) -> bytes:
-        """Return the whole content of ``key``."""
+        """Return the whole content of ``key`` (``NotFoundError`` when absent)."""
         with self._open(self._check_key(key)) as fh:
             return fh.read()
 
-    def open(self, key: str) -> BinaryIO:
-        """Open ``key`` for streaming reads."""
-        return self._open(self._check_key(key))
+    def open(self, key: str, mode: str = "rb") -> BinaryIO:
+        """Open ``key`` for streaming reads (``mode`` must be ``"rb"``; write with ``put``)."""
+        key = self._check_key(key)
+        if mode != "rb":
+            raise InvalidArgumentError(f"blob {key!r}: only mode 'rb' is supported, got {mode!r}; use put()")
+        return self._open(key)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is stored."""
@@ -161,6 +213,130 @@ class BlobStore(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix``, sorted."""
         return sorted(self._list(v.validate_prefix(prefix)))
+
+    def copy(self, src: str, dst: str) -> int:
+        """Copy the blob ``src`` to ``dst`` (replacing it) inside this store; return the size."""
+        return self._copy(self._check_key(src), self._check_key(dst))
+
+    def info(self, key: str) -> BlobInfo:
+        """Size, digest, modification time and etag of ``key`` (``NotFoundError`` when absent)."""
+        return self._info(self._check_key(key))
+
+    def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """``BlobInfo`` of every blob under ``prefix``, in key order (what ``labvault gc`` walks).
+
+        The digest is the sha256 when the store knows it without reading the content (content-addressed
+        keys always), else the etag.
+        """
+        return self._scan(v.validate_prefix(prefix))
+
+    def put_many(
+        self, items: Iterable[tuple[str, BlobSource]], *, workers: int | None = None
+    ) -> builtins.list[int]:
+        """``put`` many (key, data) pairs; stores with a network round trip do them concurrently."""
+        pairs = [(self._check_key(k), data) for k, data in items]
+        for _k, data in pairs:
+            _check_source(data)
+        return self._put_many(pairs, _check_workers(workers))
+
+    def get_many(self, keys: Iterable[str], *, workers: int | None = None) -> builtins.list[bytes]:
+        """``get`` many keys (concurrently where that helps), in the order given."""
+        return self._get_many([self._check_key(k) for k in keys], _check_workers(workers))
+
+    def put_content_many(
+        self, sources: Iterable[BlobSource], *, workers: int | None = None
+    ) -> builtins.list[tuple[str, int]]:
+        """``put_content`` many sources (concurrently where that helps); return their (digest, size)."""
+        items = list(sources)
+        for data in items:
+            _check_source(data)
+        return self._put_content_many(items, _check_workers(workers))
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove many keys (in batches where the store can); missing keys are not an error."""
+        self._delete_many([self._check_key(k) for k in keys])
+
+    def __enter__(self) -> BlobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- hooks with defaults (stores override what they can do better) -------------------------------------
+    def _write(self, key: str, data: BlobSource, *, if_absent: bool, if_match: str | None) -> int:
+        """Store ``data`` under ``key``, honouring the precondition; the default streams it to ``_put``."""
+        if if_absent or if_match is not None:
+            return self._put_if(key, iter_source(data), if_absent=if_absent, if_match=if_match)
+        return self._put(key, iter_source(data))
+
+    def _put_if(self, key: str, chunks: Iterator[bytes], *, if_absent: bool, if_match: str | None) -> int:
+        """A conditional ``_put``. The default is atomic among the threads of this process only; stores
+        shared between processes override it (O_EXCL / a lock file / the server's If-None-Match)."""
+        with _CONDITIONAL_LOCK:
+            self._check_precondition(key, if_absent, if_match)
+            return self._put(key, chunks)
+
+    def _check_precondition(self, key: str, if_absent: bool, if_match: str | None) -> None:
+        """Raise ``ConflictError`` when ``key``'s current state does not satisfy the precondition."""
+        if if_absent:
+            if self._exists(key):
+                raise precondition_failed(key, "it exists already (if_absent=True)")
+        elif if_match is not None:
+            try:
+                current = self._info(key).etag
+            except NotFoundError:
+                raise precondition_failed(key, f"it does not exist (if_match={if_match!r})") from None
+            if current != if_match:
+                raise precondition_failed(key, f"its etag is {current!r}, not {if_match!r}")
+
+    def _copy(self, src: str, dst: str) -> int:
+        with self._open(src) as fh:
+            return self._put(dst, iter_source(fh))
+
+    def _info(self, key: str) -> BlobInfo:
+        """The default reads the blob to hash it; its time is unknown, so it reports now (gc keeps it)."""
+        import time
+
+        sha = hashlib.sha256()
+        size = 0
+        with self._open(key) as fh:
+            while chunk := fh.read(CHUNK_SIZE):
+                sha.update(chunk)
+                size += len(chunk)
+        digest = sha.hexdigest()
+        return BlobInfo(key, size, digest, time.time(), digest)
+
+    def _scan(self, prefix: str) -> Iterator[BlobInfo]:
+        for key in sorted(self._list(prefix)):
+            try:
+                yield self._info(key)
+            except NotFoundError:
+                continue  # deleted since it was listed
+
+    def _put_many(
+        self, pairs: builtins.list[tuple[str, BlobSource]], workers: int | None
+    ) -> builtins.list[int]:
+        return [self._write(k, data, if_absent=False, if_match=None) for k, data in pairs]
+
+    def _get_many(self, keys: builtins.list[str], workers: int | None) -> builtins.list[bytes]:
+        out = []
+        for key in keys:
+            with self._open(key) as fh:
+                out.append(fh.read())
+        return out
+
+    def _put_content_many(
+        self, items: builtins.list[BlobSource], workers: int | None
+    ) -> builtins.list[tuple[str, int]]:
+        return [self.put_content(data) for data in items]
+
+    def _delete_many(self, keys: builtins.list[str]) -> None:
+        for key in keys:
+            self._delete(key)
+
+    def _touch(self, key: str) -> None:
+        """Mark an existing blob as just written (``put_content`` of content that is stored already), so
+        ``labvault gc``'s grace period protects it from a concurrent collection. Default: nothing."""
 
     def sync(self) -> None:
         """Make every write so far survive a power loss (stores that group-commit override this)."""
@@ -196,6 +372,8 @@ class BlobStore(ABC):
             if not self._exists(key):
                 spool.seek(0)
                 self._put(key, iter_source(spool))
+            else:
+                self._touch(key)
         return digest, size
 
     def open_content(self, digest: str) -> BinaryIO:
@@ -224,6 +402,73 @@ class BlobStore(ABC):
         return data
 
 
+class ChangeFeed(ABC):
+    """A live stream of ``ChangeEvent``s from one store, oldest first, from the moment it was opened.
+
+    Obtained with ``Backend.watch()``; iterate it (blocks), or poll with ``get(timeout)``. Close it (or
+    use it as a context manager) to release its connection. Backends with ``supports_events`` deliver
+    changes made by every process sharing the store; the others deliver the changes made through the
+    same backend object only.
+    """
+
+    @abstractmethod
+    def get(self, timeout: float | None = None) -> ChangeEvent | None:
+        """The next event, waiting up to ``timeout`` seconds (forever when None); None on timeout."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop receiving events. Safe to call twice."""
+
+    def __enter__(self) -> ChangeFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[ChangeEvent]:
+        while True:
+            event = self.get(timeout=None)
+            if event is None:
+                return
+            yield event
+
+
+class LocalChangeFeed(ChangeFeed):
+    """A feed fed in-process: by the backend object that opened it, or by a listener thread."""
+
+    _CLOSED = object()
+
+    def __init__(self, on_close: Any = None) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._on_close = on_close
+        self.closed = False
+
+    def put(self, event: ChangeEvent) -> None:
+        """Deliver an event to this feed (called by the producer)."""
+        if not self.closed:
+            self._queue.put(event)
+
+    def get(self, timeout: float | None = None) -> ChangeEvent | None:
+        if self.closed and self._queue.empty():
+            return None
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is self._CLOSED:
+            self._queue.put(item)  # keep waking later getters
+            return None
+        assert isinstance(item, ChangeEvent)
+        return item
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._queue.put(self._CLOSED)
+            if self._on_close is not None:
+                self._on_close(self)
+
+
 class Backend(ABC):
     """Where a vault's metadata lives: experiments, runs, params, tags, metrics, results, artifact index.
 
@@ -238,6 +483,7 @@ class Backend(ABC):
     persistent: ClassVar[bool] = True
     #: Several processes may write at once.
     multiprocess: ClassVar[bool] = True
+    #: ``watch()`` feeds see changes made by other processes too (LISTEN/NOTIFY, pub/sub, streams).
     supports_events: ClassVar[bool] = False
     supports_branches: ClassVar[bool] = False
 
@@ -252,6 +498,8 @@ class Backend(ABC):
     def __init__(self, uri: str, blobs: BlobStore | None = None) -> None:
         self.uri = uri
         self._blobs = blobs
+        self._feeds: list[LocalChangeFeed] = []
+        self._feeds_lock = threading.Lock()
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -294,11 +542,51 @@ class Backend(ABC):
             self._blobs.sync()
             self._blobs.close()
 
+    # -- change feed --------------------------------------------------------------------------------------
+    def watch(self) -> ChangeFeed:
+        """Open a feed of the changes made to this store from now on (see ``ChangeFeed``)."""
+        return self._watch()
+
+    def _watch(self) -> ChangeFeed:
+        """In-process feed; cross-process backends override this (and ``_publish``)."""
+        feed = LocalChangeFeed(on_close=self._drop_feed)
+        with self._feeds_lock:
+            self._feeds.append(feed)
+        return feed
+
+    def _drop_feed(self, feed: LocalChangeFeed) -> None:
+        with self._feeds_lock:
+            if feed in self._feeds:
+                self._feeds.remove(feed)
+
+    def _deliver_local(self, event: ChangeEvent) -> None:
+        """Hand an event to the in-process feeds of this backend object."""
+        if self._feeds:
+            with self._feeds_lock:
+                feeds = list(self._feeds)
+            for feed in feeds:
+                feed.put(event)
+
+    def _publish(self, event: ChangeEvent) -> None:
+        """Send an event to the feed after a successful write. Cross-process backends override this."""
+        self._deliver_local(event)
+
+    def _emit(self, kind: str, experiment_id: str | None = None, run_id: str | None = None,
+              **data: Any) -> None:
+        if self._feeds or self.supports_events:  # nobody can be listening otherwise
+            self._publish(ChangeEvent(kind, experiment_id, run_id, data))
+
     # -- experiments --------------------------------------------------------------------------------------
     def ensure_experiment(self, name: str, project: str) -> ExperimentInfo:
         """Get the experiment, creating it when absent (safe when several processes race)."""
-        return self._ensure_experiment(v.validate_name(name, "experiment name"),
+        from labvault.domain import now
+
+        started = now()
+        info = self._ensure_experiment(v.validate_name(name, "experiment name"),
                                        v.validate_name(project, "project name"))
+        if info.created_at >= started:
+            self._emit("experiment.created", info.id, None, name=info.name, project=info.project)
+        return info
 
     def list_experiments(self, project: str | None = None) -> list[ExperimentInfo]:
         """Experiments, optionally of one project, ordered by creation time."""
@@ -323,6 +611,7 @@ class Backend(ABC):
     def delete_experiment(self, experiment_id: str) -> None:
         """Delete an experiment with its runs, metrics and artifact index (blobs stay for gc)."""
         self._delete_experiment(_check_id(experiment_id, "experiment id"))
+        self._emit("experiment.deleted", experiment_id)
 
     # -- runs ---------------------------------------------------------------------------------------------
     def create_run(
@@ -340,10 +629,13 @@ class Backend(ABC):
             v.validate_name(name, "run name")
         if parent_id is not None:
             _check_id(parent_id, "parent run id")
-        return self._create_run(
+        info = self._create_run(
             _check_id(experiment_id, "experiment id"), name, parent_id, start_time,
             v.validate_params(params), v.validate_tags(tags),
         )
+        self._emit("run.created", info.experiment_id, info.id, number=info.number, name=info.name,
+                   parent_id=info.parent_id)
+        return info
 
     def get_run(self, run_id: str) -> RunInfo:
         """The run with params, tags, results and latest metric values; ``NotFoundError`` if absent."""
@@ -400,24 +692,30 @@ class Backend(ABC):
                 fields[key] = val
         if fields:
             self._update_run(_check_id(run_id, "run id"), fields)
+            if set(fields) != {"heartbeat"}:  # heartbeats would flood the feed
+                kind = f"run.{status}" if status in ("finished", "failed", "killed") else "run.updated"
+                self._emit(kind, None, run_id, **{k: val for k, val in fields.items() if k != "heartbeat"})
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Write-once params: an equal value again is a no-op, a different one raises ``ConflictError``."""
         checked = v.validate_params(params)
         if checked:
             self._log_params(_check_id(run_id, "run id"), checked)
+            self._emit("params.logged", None, run_id, keys=sorted(checked))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Tags: the last write wins."""
         checked = v.validate_tags(tags)
         if checked:
             self._set_tags(_check_id(run_id, "run id"), checked)
+            self._emit("tags.set", None, run_id, keys=sorted(checked))
 
     def log_results(self, run_id: str, results: Mapping[str, Any]) -> None:
         """Named outputs; logging a name again replaces its value."""
         checked = v.validate_params(results, "result")
         if checked:
             self._log_results(_check_id(run_id, "run id"), checked)
+            self._emit("results.logged", None, run_id, keys=sorted(checked))
 
     def log_metrics(self, run_id: str, series: Sequence[MetricSeries]) -> None:
         """Append batches of points; each series holds one key's steps, values and timestamps."""
@@ -438,6 +736,8 @@ class Backend(ABC):
             batch.append(s)
         if batch:
             self._log_metrics(_check_id(run_id, "run id"), batch)
+            self._emit("metric.logged", None, run_id, keys=sorted({b.key for b in batch}),
+                       points=sum(len(b) for b in batch))
 
     def metric_history(self, run_id: str, key: str) -> MetricSeries:
         """All points of one metric in logging order; empty when the key was never logged."""
@@ -452,6 +752,7 @@ class Backend(ABC):
         """Record that a run's artifact ``info.key`` has the blob ``info.digest`` (replaces the key)."""
         v.validate_artifact_key(info.key)
         self._add_artifact(_check_id(run_id, "run id"), info)
+        self._emit("artifact.logged", None, run_id, key=info.key, size=info.size, digest=info.digest)
 
     def list_artifacts(self, run_id: str, prefix: str = "") -> list[ArtifactInfo]:
         """A run's artifacts whose key starts with ``prefix``, sorted by key."""

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from labvault.backends.base import BlobSource, BlobStore, iter_source
+from labvault.backends.base import BlobSource, BlobStore, iter_source, precondition_failed
+from labvault.domain.model import BlobInfo
 from labvault.errors import BackendUnavailableError, CorruptDataError, InvalidArgumentError, NotFoundError
 
 #: Chunk size for large local copies: big enough to amortise the hand-off to the hashing thread.
@@ -190,6 +192,92 @@ class FileBlobStore(BlobStore, scheme="file"):
                 if key.startswith(prefix):
                     yield key
 
+    # -- conditional writes, info, scan (the public API in base.py) ------------------------------------------
+    def _write(self, key: str, data: BlobSource, *, if_absent: bool, if_match: str | None) -> int:
+        """Write a temp file beside the target, then publish it atomically.
+
+        ``if_absent`` publishes with ``os.link`` (fails if the name exists: atomic across processes);
+        ``if_match`` and plain writes rename under the directory's lock file, so a compare-and-swap
+        cannot interleave with another writer of the same directory.
+        """
+        target = self._path(key)
+        size = 0
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except (PermissionError, NotADirectoryError, FileExistsError) as exc:
+            raise BackendUnavailableError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in iter_source(data, PIPELINE_CHUNK):
+                    fh.write(chunk)
+                    size += len(chunk)
+                fh.flush()
+                if self.durable:
+                    os.fsync(fh.fileno())
+            if if_absent:
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    raise precondition_failed(key, "it exists already (if_absent=True)") from None
+                os.unlink(tmp)
+            else:
+                with self._dir_lock(target.parent):
+                    if if_match is not None:
+                        self._check_precondition(key, False, if_match)
+                    if target.is_dir():
+                        raise InvalidArgumentError(f"blob key {key!r} names a directory in {self.root}")
+                    os.replace(tmp, target)
+            if self.durable:
+                self.pending.add_dir(target.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return size
+
+    @staticmethod
+    def _dir_lock(directory: Path) -> Any:
+        from filelock import FileLock
+
+        return FileLock(str(directory / ".blobs.lock"), thread_local=False, poll_interval=0.002)
+
+    @staticmethod
+    def _etag(st: os.stat_result) -> str:
+        # A replace always brings a new inode, and mtime_ns tells recycled inode numbers apart.
+        return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+    def _info(self, key: str) -> BlobInfo:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFoundError(f"no blob {key!r} in {self.root}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFoundError(f"no blob {key!r} in {self.root}")
+        digest = _digest_from_key(key)
+        if digest is None:
+            with path.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        return BlobInfo(key, st.st_size, digest, st.st_mtime, self._etag(st))
+
+    def _scan(self, prefix: str) -> Iterator[BlobInfo]:
+        for key in sorted(self._list(prefix)):
+            try:
+                st = self._path(key).stat()
+            except FileNotFoundError:
+                continue
+            etag = self._etag(st)
+            yield BlobInfo(key, st.st_size, _digest_from_key(key) or etag, st.st_mtime, etag)
+
+    def _copy(self, src: str, dst: str) -> int:
+        with self._open(src) as fh:
+            return self._write(dst, fh, if_absent=False, if_match=None)
+
+    def _touch(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._path(key))
+
     def put_content(self, data: BlobSource) -> tuple[str, int]:
         """Write a temp file in the store while hashing, then rename it to its digest: one read.
 
@@ -207,6 +295,7 @@ class FileBlobStore(BlobStore, scheme="file"):
             target = self._path(self.digest_key(digest))
             if _same_size(target, size):
                 os.unlink(tmp)  # stored already (a torn copy after a power loss has another size)
+                self._touch(self.digest_key(digest))  # fresh for gc's grace period
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, target)
@@ -245,6 +334,15 @@ class FileBlobStore(BlobStore, scheme="file"):
                     raise CorruptDataError(f"blob {digest} is corrupt: its sha256 is {actual}")
                 size = out.tell()
         return size
+
+
+def _digest_from_key(key: str) -> str | None:
+    """The sha256 a content-addressed key (``sha256/ab/cd/<digest>``) names, else None."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] == "sha256" and len(parts[3]) == 64 and parts[1] == parts[3][:2] \
+            and parts[2] == parts[3][2:4] and all(c in "0123456789abcdef" for c in parts[3]):
+        return parts[3]
+    return None
 
 
 def _same_size(path: Path, size: int) -> bool:

@@ -6,6 +6,7 @@ name (``memory://`` alone is private to one vault).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import uuid
@@ -15,6 +16,7 @@ from typing import Any, BinaryIO, ClassVar
 
 from labvault.backends.base import Backend, BlobStore, check_params_conflict
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
+from labvault.domain.model import BlobInfo
 from labvault.errors import InvalidArgumentError, NotFoundError
 
 
@@ -28,7 +30,8 @@ class MemoryBlobStore(BlobStore, scheme="memory"):
 
     def __init__(self) -> None:
         self._data: dict[str, bytes] = {}
-        self._lock = threading.Lock()
+        self._stamps: dict[str, float] = {}  # key -> last write time (BlobStore.info, gc)
+        self._lock = threading.RLock()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryBlobStore:
@@ -39,7 +42,29 @@ class MemoryBlobStore(BlobStore, scheme="memory"):
         data = b"".join(chunks)
         with self._lock:
             self._data[key] = data
+            self._stamps[key] = now()
         return len(data)
+
+    def _put_if(self, key: str, chunks: Iterator[bytes], *, if_absent: bool, if_match: str | None) -> int:
+        data = b"".join(chunks)
+        with self._lock:
+            self._check_precondition(key, if_absent, if_match)
+            self._data[key] = data
+            self._stamps[key] = now()
+        return len(data)
+
+    def _info(self, key: str) -> BlobInfo:
+        with self._lock:
+            if key not in self._data:
+                raise NotFoundError(f"no blob {key!r}")
+            data, stamp = self._data[key], self._stamps.get(key, 0.0)
+        digest = hashlib.sha256(data).hexdigest()
+        return BlobInfo(key, len(data), digest, stamp, digest)
+
+    def _touch(self, key: str) -> None:
+        with self._lock:
+            if key in self._data:
+                self._stamps[key] = now()
 
     def _open(self, key: str) -> BinaryIO:
         try:
@@ -53,6 +78,7 @@ class MemoryBlobStore(BlobStore, scheme="memory"):
     def _delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
+            self._stamps.pop(key, None)
 
     def _list(self, prefix: str) -> Iterator[str]:
         return iter([k for k in list(self._data) if k.startswith(prefix)])

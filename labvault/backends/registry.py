@@ -27,10 +27,18 @@ _BUILTIN_BACKENDS: dict[str, str] = {
     "memory": "labvault.backends.memory:MemoryBackend",
     "file": "labvault.backends.file:FileBackend",
     "sqlite": "labvault.backends.sql:SQLBackend",
+    "postgresql": "labvault.backends.postgresql:PostgresBackend",
+    "postgres": "labvault.backends.postgresql:PostgresBackend",
+    "redis": "labvault.backends.redis:RedisBackend",
+    "rediss": "labvault.backends.redis:RedisBackend",
+    "unix": "labvault.backends.redis:RedisBackend",
+    "http": "labvault.backends.http:HTTPBackend",
+    "https": "labvault.backends.http:HTTPBackend",
 }
 _BUILTIN_BLOB_STORES: dict[str, str] = {
     "memory": "labvault.backends.memory:MemoryBlobStore",
     "file": "labvault.backends.localfs:FileBlobStore",
+    "s3": "labvault.backends.s3:S3BlobStore",
 }
 
 # scheme -> class or "module:Class" import string

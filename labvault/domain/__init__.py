@@ -1,9 +1,11 @@
 """Domain records and value rules, independent of any storage backend."""
 
 from labvault.domain.model import (
+    EVENT_KINDS,
     RUN_STATUSES,
     TERMINAL_STATUSES,
     ArtifactInfo,
+    ChangeEvent,
     ExperimentInfo,
     MetricSeries,
     RunInfo,
@@ -12,9 +14,11 @@ from labvault.domain.model import (
 )
 
 __all__ = [
+    "EVENT_KINDS",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "ArtifactInfo",
+    "ChangeEvent",
     "ExperimentInfo",
     "MetricSeries",
     "RunInfo",

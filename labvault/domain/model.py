@@ -101,3 +101,56 @@ class ArtifactInfo:
     size: int
     digest: str
     created_at: float
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a blob store knows about one stored object (``BlobStore.info`` / ``BlobStore.scan``).
+
+    ``digest`` is the sha256 hex of the content when the store knows it without reading the content
+    (content-addressed keys, the memory store, single-part S3 objects, ``info`` on the file store) and
+    the store's ``etag`` otherwise. ``etag`` is an opaque version tag that changes whenever the content
+    is replaced: pass it as ``if_match`` to ``BlobStore.put`` for a compare-and-swap. ``modified`` is
+    the last write time in epoch seconds.
+    """
+
+    key: str
+    size: int
+    digest: str
+    modified: float
+    etag: str
+
+
+#: Kinds of change events a backend's feed carries (``ChangeEvent.kind``).
+EVENT_KINDS: tuple[str, ...] = (
+    "experiment.created", "experiment.deleted", "run.created", "run.updated", "run.finished",
+    "run.failed", "run.killed", "params.logged", "tags.set", "results.logged", "metric.logged",
+    "artifact.logged",
+)
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One change to a store, as carried by ``Backend.watch()`` feeds.
+
+    ``data`` is a small JSON-able summary (the param names, the metric keys and point count, the
+    artifact key and digest); read the store for the values themselves. Delivery is at least once: a
+    consumer may see an event twice (e.g. two processes racing to create one experiment).
+    """
+
+    kind: str
+    experiment_id: str | None = None
+    run_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=now)
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict for transports (NOTIFY payloads, Redis streams, server-sent events)."""
+        return {"kind": self.kind, "experiment_id": self.experiment_id, "run_id": self.run_id,
+                "data": self.data, "time": self.time}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ChangeEvent:
+        """Inverse of ``to_json``."""
+        return cls(str(doc["kind"]), doc.get("experiment_id"), doc.get("run_id"),
+                   dict(doc.get("data") or {}), float(doc.get("time") or 0.0))

@@ -14,7 +14,7 @@ def start_runs(uri: str, experiment: str, count: int, barrier_path: str) -> list
     import labvault
 
     deadline = time.time() + 30
-    while not os.path.exists(barrier_path) and time.time() < deadline:
+    while barrier_path and not os.path.exists(barrier_path) and time.time() < deadline:
         time.sleep(0.005)
     numbers = []
     with labvault.open(uri) as vault:
@@ -23,6 +23,10 @@ def start_runs(uri: str, experiment: str, count: int, barrier_path: str) -> list
             with exp.start_run(params={"pid": os.getpid(), "i": i}) as run:
                 numbers.append(run.number)
     return numbers
+
+
+def _print_result(value: object) -> None:
+    print(json.dumps(value), flush=True)
 
 
 def kill_target(uri: str, experiment: str, flush_interval: float) -> None:
@@ -62,4 +66,6 @@ def big_artifact_roundtrip(uri: str, path: str, size: int) -> None:
 
 if __name__ == "__main__":
     func = globals()[sys.argv[1]]
-    func(*json.loads(sys.argv[2]))
+    result = func(*json.loads(sys.argv[2]))
+    if result is not None:
+        _print_result(result)
