@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import labvault
-from labvault.backends.file import FORMAT_VERSION, FileBackend, seg_name
+from labvault import query
+from labvault.backends.file import FORMAT_VERSION, FileBackend, seg_name, upgrade
 from labvault.domain import ArtifactInfo, MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
@@ -48,8 +53,17 @@ def _run(backend: FileBackend, exp: str = "e") -> tuple[str, str]:
     return e.id, r.id
 
 
+def _run_path(root: Path, exp_id: str, run_id: str) -> Path:
+    return root / "experiments" / exp_id / "runs" / run_id
+
+
 def _seg_path(root: Path, exp_id: str, run_id: str, key: str) -> Path:
-    return root / "runs" / run_id / "metrics" / seg_name(key)
+    return _run_path(root, exp_id, run_id) / "metrics" / seg_name(key)
+
+
+def _journal(root: Path, exp_id: str) -> list[dict[str, Any]]:
+    text = (root / "experiments" / exp_id / "journal.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 # -- construction and layout --
@@ -81,13 +95,16 @@ def test_layout_is_human_readable_json(root: Path, backend: FileBackend) -> None
                                                                 "version": FORMAT_VERSION}
     exp_doc = json.loads((root / "experiments" / exp.id / "experiment.json").read_text())
     assert exp_doc == {"id": exp.id, "name": "layout", "project": "proj", "created_at": exp.created_at}
-    run_dir = root / "experiments" / exp.id / "runs" / "000001"
-    assert (root / "runs" / run.id).resolve() == run_dir.resolve()
-    doc = json.loads((run_dir / "run.json").read_text())
-    assert doc["id"] == run.id and doc["number"] == 1 and doc["name"] == "r1" and doc["status"] == "running"
-    assert doc["params"] == {"lr": 0.1} and doc["tags"] == {"t": "v"} and doc["results"] == {"score": [1, 2]}
-    latest = json.loads((run_dir / "metrics" / "latest.json").read_text())
-    assert latest["loss"]["value"] == 0.25 and latest["loss"]["step"] == 1
+    lines = _journal(root, exp.id)
+    assert [line["op"] for line in lines] == ["create", "results", "metrics"]
+    assert all(line["id"] == run.id for line in lines)
+    assert lines[0] == {"op": "create", "id": run.id, "number": 1, "name": "r1", "parent_id": None,
+                        "start_time": 1.5, "params": {"lr": 0.1}, "tags": {"t": "v"}}
+    assert lines[1]["results"] == {"score": [1, 2]}
+    value, step, _stamp, end = lines[2]["metrics"]["loss"]
+    assert (value, step) == (0.25, 1)
+    run_dir = _run_path(root, exp.id, run.id)
+    assert end == (run_dir / "metrics" / "loss.seg").stat().st_size
     manifest = [json.loads(line) for line in (run_dir / "artifacts.jsonl").read_text().splitlines()]
     assert manifest == [{"key": "a/b.txt", "digest": "0" * 64, "size": 3, "created_at": 2.0}]
     assert (run_dir / "metrics" / "loss.seg").read_bytes()[:4] == b"LVS1"
@@ -181,7 +198,7 @@ def test_delete_experiment_from_another_process_view(root: Path, backend: FileBa
         other.set_tags(run_id, {"a": "b"})
     assert other.list_experiments() == []
     assert not (root / "experiments" / exp_id).exists()
-    assert not (root / "runs" / run_id).exists() and os.listdir(root / "trash") == []
+    assert os.listdir(root / "trash") == []
 
 
 def test_metric_keys_with_slash_colon_space(root: Path, backend: FileBackend) -> None:
@@ -192,7 +209,7 @@ def test_metric_keys_with_slash_colon_space(root: Path, backend: FileBackend) ->
     assert info.metrics == {k: i + 0.5 for i, k in enumerate(keys)}
     for i, k in enumerate(keys):
         assert backend.metric_history(run_id, k).values.tolist() == [float(i), float(i) + 0.5]
-    names = os.listdir(backend._run_dir(run_id) / "metrics")
+    names = os.listdir(_run_path(backend.root, backend.get_run(run_id).experiment_id, run_id) / "metrics")
     assert "val%2Floss.seg" in names and "a%3Ab.seg" in names and "with%20space.seg" in names
     assert all(len(n) < 255 for n in names)
 
@@ -262,12 +279,13 @@ def test_corrupt_middle_record_raises(root: Path, backend: FileBackend) -> None:
 
 def test_corrupt_json_raises_naming_the_file(root: Path, backend: FileBackend) -> None:
     exp_id, run_id = _run(backend)
-    run_json = root / "experiments" / exp_id / "runs" / "000001" / "run.json"
-    run_json.write_text("{not json")
-    with pytest.raises(CorruptDataError, match=r"run\.json"):
-        backend.get_run(run_id)
-    with pytest.raises(CorruptDataError, match=r"run\.json"):
-        backend.list_runs([exp_id])
+    backend.set_tags(run_id, {"a": "b"})
+    journal = root / "experiments" / exp_id / "journal.jsonl"
+    journal.write_bytes(b"{not json\n" + journal.read_bytes())  # a bad line followed by good ones
+    with pytest.raises(CorruptDataError, match=r"journal\.jsonl"):
+        FileBackend.from_uri(str(root)).get_run(run_id)
+    with pytest.raises(CorruptDataError, match=r"journal\.jsonl"):
+        FileBackend.from_uri(str(root)).list_runs([exp_id])
     (root / "experiments" / exp_id / "experiment.json").write_text("[")
     with pytest.raises(CorruptDataError, match=r"experiment\.json"):
         FileBackend.from_uri(str(root)).list_experiments()
@@ -276,7 +294,7 @@ def test_corrupt_json_raises_naming_the_file(root: Path, backend: FileBackend) -
 def test_corrupt_manifest_and_torn_manifest_line(root: Path, backend: FileBackend) -> None:
     exp_id, run_id = _run(backend)
     backend.add_artifact(run_id, ArtifactInfo("a.txt", 1, "1" * 64, 1.0))
-    manifest = root / "experiments" / exp_id / "runs" / "000001" / "artifacts.jsonl"
+    manifest = _run_path(root, exp_id, run_id) / "artifacts.jsonl"
     with manifest.open("ab") as fh:
         fh.write(b'{"key": "b.t')  # a torn last line
     assert [a.key for a in backend.list_artifacts(run_id)] == ["a.txt"]
@@ -290,13 +308,13 @@ def test_corrupt_manifest_and_torn_manifest_line(root: Path, backend: FileBacken
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_permission_denied_is_backend_unavailable(root: Path, backend: FileBackend) -> None:
     exp_id, _run_id = _run(backend)
-    runs = root / "experiments" / exp_id / "runs"
-    runs.chmod(0o500)
+    journal = root / "experiments" / exp_id / "journal.jsonl"
+    journal.chmod(0o400)
     try:
-        with pytest.raises(BackendUnavailableError, match="runs"):
+        with pytest.raises(BackendUnavailableError, match="journal"):
             backend.create_run(exp_id, name=None, parent_id=None, start_time=1.0, params={}, tags={})
     finally:
-        runs.chmod(0o700)
+        journal.chmod(0o600)
 
 
 def test_os_error_is_backend_unavailable(tmp_path: Path) -> None:
@@ -359,21 +377,241 @@ def test_one_million_point_history_round_trip(backend: FileBackend) -> None:
     assert elapsed < 1.0, f"reading 1M points took {elapsed:.3f} s"
 
 
-def test_lost_or_corrupt_latest_json_is_rebuilt_from_segments(root: Path, backend: FileBackend) -> None:
-    _exp, run_id = _run(backend)
+def test_long_metric_key_uses_a_hashed_file_and_sidecar(root: Path, backend: FileBackend) -> None:
+    exp_id, run_id = _run(backend)
     long_key = "k" * 60 + "/a b" * 40  # quotes to more than 200 characters: a hashed file name + sidecar
     backend.log_metrics(run_id, [_series("m/x", [1.0, 2.0]), _series(long_key, [5.0])])
     backend.log_metrics(run_id, [_series("m/x", [3.0], start=2)])
-    latest = backend._run_dir(run_id) / "metrics" / "latest.json"
-    for damage in ("", "{torn", None):
-        if damage is None:
-            latest.unlink()
-        else:
-            latest.write_text(damage)
-        assert backend.get_run(run_id).metrics == {"m/x": 3.0, long_key: 5.0}
-    backend.log_metrics(run_id, [_series("m/x", [4.0], start=3)])
-    assert backend.get_run(run_id).metrics == {"m/x": 4.0, long_key: 5.0}
-    assert backend.metric_history(run_id, "m/x").values.tolist() == [1.0, 2.0, 3.0, 4.0]
+    metrics_dir = _run_path(root, exp_id, run_id) / "metrics"
+    sidecars = [n for n in os.listdir(metrics_dir) if n.endswith(".key")]
+    assert len(sidecars) == 1 and json.loads((metrics_dir / sidecars[0]).read_text()) == {"key": long_key}
+    fresh = FileBackend.from_uri(str(root))
+    assert fresh.get_run(run_id).metrics == {"m/x": 3.0, long_key: 5.0}
+    assert fresh.metric_history(run_id, long_key).values.tolist() == [5.0]
+
+
+# -- the journal and the index --
+def _index_path(root: Path, exp_id: str) -> Path:
+    return root / "experiments" / exp_id / "index.lvx"
+
+
+def _fill(backend: FileBackend, exp_id: str, count: int, start: int = 0) -> list[str]:
+    ids = []
+    for i in range(start, start + count):
+        r = backend.create_run(exp_id, name=f"r{i}", parent_id=None, start_time=1000.0 + i,
+                               params={"i": i, "opt": ("adam", "sgd")[i % 2], "layers": [i, 2 * i]},
+                               tags={"parity": str(i % 2)})
+        backend.log_metrics(r.id, [_series("acc", [i / 100])])
+        if i % 3 == 0:
+            backend.update_run(r.id, status="finished", end_time=2000.0 + i)
+        ids.append(r.id)
+    return ids
+
+
+def _snapshot(backend: FileBackend, exp_id: str) -> list[tuple[Any, ...]]:
+    return [(r.id, r.number, r.name, r.status, r.end_time, r.params, r.tags, r.metrics, r.results)
+            for r in backend.list_runs([exp_id])]
+
+
+def test_close_writes_the_index_and_a_fresh_reader_uses_it(root: Path) -> None:
+    with labvault.open(str(root)) as vault:
+        exp = vault.experiment("e")
+        for i in range(5):
+            with exp.start_run(params={"i": i}) as run:
+                run.log_metric("loss", 1.0 / (i + 1))
+    exp_id = exp.id
+    index = _index_path(root, exp_id)
+    assert index.read_bytes()[:8] == b"LVIDX01\n"
+    fresh = FileBackend.from_uri(str(root))
+    state = fresh._state(exp_id)
+    assert state is not None and state.base is not None and state.n_base == 5  # loaded from the index
+    assert state.consumed == state.base.journal_end  # and nothing left to read from the journal
+    assert [r.params["i"] for r in fresh.list_runs([exp_id])] == [0, 1, 2, 3, 4]
+    assert fresh.get_run(state.ids[4]).metrics == {"loss": 0.2}
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "garbage", "truncated", "flipped-body",
+                                    "other-journal"])
+def test_index_is_rebuilt_when_missing_or_corrupt(root: Path, damage: str) -> None:
+    b = FileBackend.from_uri(str(root), durable=False)  # no fsync: the index body is checksummed
+    exp_id = b.ensure_experiment("e", "default").id
+    _fill(b, exp_id, 30)
+    b.close()
+    index = _index_path(root, exp_id)
+    expected = _snapshot(FileBackend.from_uri(str(root)), exp_id)
+    data = index.read_bytes()
+    if damage == "missing":
+        index.unlink()
+    elif damage == "empty":
+        index.write_bytes(b"")
+    elif damage == "garbage":
+        index.write_bytes(b"\x00" * len(data))
+    elif damage == "truncated":
+        index.write_bytes(data[: len(data) // 2])
+    elif damage == "flipped-body":
+        index.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    else:  # an index of another journal: the crc of the indexed journal bytes does not match
+        journal = root / "experiments" / exp_id / "journal.jsonl"
+        lines = journal.read_bytes().splitlines(keepends=True)
+        journal.write_bytes(b"".join(lines[:10]))
+    fresh = FileBackend.from_uri(str(root))
+    got = _snapshot(fresh, exp_id)
+    if damage == "other-journal":
+        assert len(got) < len(expected) and got == expected[: len(got)]
+    else:
+        assert got == expected
+    found = fresh.search_runs([exp_id], query.parse("params.opt = 'adam' and metrics.acc > 0.1"),
+                              query.parse_order_by(["metrics.acc desc"]), None, 0)
+    assert [r.params["i"] for r in found] == sorted((r[5]["i"] for r in got
+                                                     if r[5]["opt"] == "adam" and r[7]["acc"] > 0.1),
+                                                    reverse=True)
+    # A reader that had to read the whole journal leaves a good index behind (when the tail was long
+    # enough to be worth it); either way a second fresh reader agrees.
+    assert _snapshot(FileBackend.from_uri(str(root)), exp_id) == got
+
+
+def test_stale_index_is_brought_up_to_date_from_the_journal(root: Path) -> None:
+    writer = FileBackend.from_uri(str(root))
+    exp_id = writer.ensure_experiment("e", "default").id
+    first = _fill(writer, exp_id, 10)
+    writer.close()  # writes the index
+    indexed = _index_path(root, exp_id).read_bytes()
+    reader = FileBackend.from_uri(str(root))
+    assert len(reader.list_runs([exp_id])) == 10  # cached in the reader now
+    other = FileBackend.from_uri(str(root))  # another process: appends, and writes no index yet
+    more = _fill(other, exp_id, 5, start=10)
+    other.set_tags(first[0], {"parity": "changed"})
+    other.log_params(first[1], {"late": True})
+    other.log_metrics(first[2], [_series("acc", [0.99], start=1)])
+    other.update_run(first[3], status="failed", error="boom")
+    assert _index_path(root, exp_id).read_bytes() == indexed  # the index on disk is stale
+    for b in (reader, FileBackend.from_uri(str(root))):  # a cached reader and a fresh one
+        runs = {r.id: r for r in b.list_runs([exp_id])}
+        assert len(runs) == 15 and all(i in runs for i in more)
+        assert runs[first[0]].tags == {"parity": "changed"}
+        assert runs[first[1]].params["late"] is True
+        assert runs[first[2]].metrics == {"acc": 0.99}
+        assert (runs[first[3]].status, runs[first[3]].error) == ("failed", "boom")
+        found = b.search_runs([exp_id], query.parse("tags.parity = 'changed' or metrics.acc > 0.9"),
+                              [], None, 0)
+        assert [r.id for r in found] == [first[0], first[2]]
+        assert b.search_runs([exp_id], query.parse("params.i >= 12"), [], None, 0)[0].id == more[2]
+
+
+def test_torn_journal_line_is_ignored_then_cut_off(root: Path, backend: FileBackend) -> None:
+    exp_id, run_id = _run(backend)
+    journal = root / "experiments" / exp_id / "journal.jsonl"
+    with journal.open("ab") as fh:
+        fh.write(b'{"op":"tags","id":"' + run_id.encode() + b'","tags":{"x":')  # a writer died here
+    fresh = FileBackend.from_uri(str(root))
+    assert fresh.get_run(run_id).tags == {}
+    fresh.set_tags(run_id, {"y": "1"})  # cuts the torn line off under the lock, then appends
+    assert journal.read_bytes().endswith(b"\n") and b'"x":' not in journal.read_bytes()
+    assert FileBackend.from_uri(str(root)).get_run(run_id).tags == {"y": "1"}
+    r2 = fresh.create_run(exp_id, name=None, parent_id=None, start_time=1.0, params={}, tags={})
+    assert r2.number == 2
+
+
+def test_big_integers_and_nested_params_round_trip_and_are_copies(root: Path, backend: FileBackend) -> None:
+    exp_id, run_id = _run(backend)
+    big, huge = 2**80 + 1, 10**400  # beyond 64 bits; beyond a double (so text to the query language)
+    params = {"big": big, "huge": huge, "layers": [64, {"k": [1, 2]}]}
+    backend.log_params(run_id, params)
+    backend.log_results(run_id, {"neg": -(2**70)})
+    got = backend.get_run(run_id)
+    got.params["layers"].append("mutated")  # the caller's copy only
+    got.results["neg"] = 0
+    for b in (backend, FileBackend.from_uri(str(root))):
+        info = b.get_run(run_id)
+        assert info.params == params and info.results == {"neg": -(2**70)}
+    backend.close()
+    fresh = FileBackend.from_uri(str(root))
+    assert fresh._state(exp_id).base is not None  # type: ignore[union-attr]  # read through the index
+    assert fresh.get_run(run_id).params == params
+    for flt in ("params.big > 1e24", f"params.huge = '{huge}'", "params.layers like '[64,%'"):
+        found = fresh.search_runs([exp_id], query.parse(flt), [], None, 0)
+        assert [r.id for r in found] == [run_id], flt
+
+
+def _worker_mixed(args: tuple[str, str, int]) -> list[int]:
+    root, barrier, count = args
+    deadline = time.time() + 30
+    while not os.path.exists(barrier) and time.time() < deadline:
+        time.sleep(0.002)
+    b = FileBackend.from_uri(root)
+    exp = b.ensure_experiment("race", "default")
+    numbers = []
+    for i in range(count):
+        r = b.create_run(exp.id, name=None, parent_id=None, start_time=time.time(),
+                         params={"pid": os.getpid()}, tags={})
+        b.set_tags(r.id, {"i": str(i)})
+        b.log_metrics(r.id, [_series("m", [float(r.number)])])
+        b.update_run(r.id, status="finished", end_time=time.time())
+        numbers.append(r.number)
+        if i % 7 == 0:
+            b.sync()  # may write the index while others append
+    b.close()
+    return numbers
+
+
+@pytest.mark.multiprocess
+def test_concurrent_writers_keep_numbers_dense_and_every_change(tmp_path: Path) -> None:
+    root = str(tmp_path / "store")
+    barrier = str(tmp_path / "go")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(6) as pool:
+        pending = pool.map_async(_worker_mixed, [(root, barrier, 25)] * 6)
+        time.sleep(1.0)
+        Path(barrier).touch()
+        results = pending.get(timeout=180)
+    assert sorted(n for nums in results for n in nums) == list(range(1, 151))
+    for attempt in ("index", "journal only"):
+        b = FileBackend.from_uri(root)
+        exp_id = b.list_experiments()[0].id
+        if attempt == "journal only":
+            _index_path(Path(root), exp_id).unlink()
+        runs = b.list_runs([exp_id])
+        assert [r.number for r in runs] == list(range(1, 151))
+        assert all(r.status == "finished" and r.metrics == {"m": float(r.number)} and "i" in r.tags
+                   for r in runs)
+
+
+def test_upgrade_converts_a_version_1_store(root: Path) -> None:
+    exp_id, run_ids = "e" * 32, ["a" * 32, "b" * 32]
+    exp_dir = root / "experiments" / exp_id
+    for number, run_id in enumerate(run_ids, 1):
+        run_dir = exp_dir / "runs" / f"{number:06d}"
+        (run_dir / "metrics").mkdir(parents=True)
+        doc = {"id": run_id, "experiment_id": exp_id, "number": number, "name": None, "parent_id": None,
+               "status": "finished", "start_time": 1.0, "end_time": 2.0, "error": None, "heartbeat": 1.5,
+               "params": {"n": number}, "tags": {"t": "v"}, "results": {"r": [number]}}
+        (run_dir / "run.json").write_text(json.dumps(doc))
+        from labvault.backends.file import encode_record
+
+        s = _series("loss", [0.5, 0.25 * number])
+        (run_dir / "metrics" / "loss.seg").write_bytes(encode_record(s.steps, s.values, s.timestamps))
+        (run_dir / "artifacts.jsonl").write_text(json.dumps({"key": "f.txt", "digest": "0" * 64, "size": 1,
+                                                             "created_at": 1.0}) + "\n")
+    (exp_dir / "experiment.json").write_text(json.dumps({"id": exp_id, "name": "old", "project": "default",
+                                                         "created_at": 1.0}))
+    (root / "runs").mkdir()
+    (root / "labvault.json").write_text(json.dumps({"format": "labvault-file", "version": 1}))
+    with pytest.raises(UnsupportedOperationError, match="upgrade"):
+        FileBackend.from_uri(str(root)).list_experiments()
+    assert upgrade(str(root)) == (1, FORMAT_VERSION)
+    assert upgrade(str(root)) == (FORMAT_VERSION, FORMAT_VERSION)
+    b = FileBackend.from_uri(str(root))
+    runs = b.list_runs([exp_id])
+    assert [(r.id, r.number, r.status, r.params, r.results, r.metrics) for r in runs] == [
+        (run_ids[0], 1, "finished", {"n": 1}, {"r": [1]}, {"loss": 0.25}),
+        (run_ids[1], 2, "finished", {"n": 2}, {"r": [2]}, {"loss": 0.5}),
+    ]
+    assert b.metric_history(run_ids[1], "loss").values.tolist() == [0.5, 0.5]
+    assert [a.key for a in b.list_artifacts(run_ids[0])] == ["f.txt"]
+    b.log_metrics(run_ids[0], [_series("loss", [0.1], start=2)])
+    assert b.metric_history(run_ids[0], "loss").values.tolist() == [0.5, 0.25, 0.1]
+    r3 = b.create_run(exp_id, name=None, parent_id=None, start_time=3.0, params={}, tags={})
+    assert r3.number == 3
 
 
 def test_manifest_cache_sees_other_writers(tmp_path: Path) -> None:
@@ -391,3 +629,98 @@ def test_manifest_cache_sees_other_writers(tmp_path: Path) -> None:
         assert [i.key for i in run.list_artifacts()] == ["x.txt", "y.txt"]
         assert run.get_artifact("x.txt") == b"three"
         run.end()
+
+
+# -- vectorised search == the query module's definition --
+_PARAM_VALUES = st.one_of(
+    st.integers(-3, 3), st.sampled_from([0.5, -1.5, 2.0, 1e-3, 2**70, 10**400]),
+    st.sampled_from(["a", "b", "ab", "B", "a_b", "é"]), st.booleans(), st.none(), st.just([1, 2]),
+    st.just({"b": 1, "a": [2]}),
+)
+_KEYS = ["k1", "k2", "k3"]
+_RUN = st.fixed_dictionaries({
+    "params": st.dictionaries(st.sampled_from(_KEYS), _PARAM_VALUES, max_size=3),
+    "tags": st.dictionaries(st.sampled_from(_KEYS), st.sampled_from(["x", "y", "xy", "X", "1", "2.5"]),
+                            max_size=3),
+    "metrics": st.dictionaries(st.sampled_from(_KEYS),
+                               st.sampled_from([0.0, 0.25, -2.0, math.nan, math.inf, -math.inf]), max_size=3),
+    "name": st.sampled_from(["r-a", "r-b", None]),
+    "exp": st.sampled_from(["e1", "e2"]),
+    "end": st.booleans(),
+})
+_FIELDS = st.sampled_from(
+    [f"params.{k}" for k in _KEYS] + [f"tags.{k}" for k in _KEYS] + [f"metrics.{k}" for k in _KEYS]
+    + ["number", "name", "status", "end_time", "parent_id", "id", "params.nope"]
+)
+_LITERALS = st.sampled_from(["0", "1", "-1", "0.5", "2", "-2", "1e300", "1e21", "'a'", "'b'", "'x'", "'1'",
+                             "'true'", "'[1,2]'", "'r-a'", "'finished'", "'X'", "'é'",
+                             "'{\"a\":[2],\"b\":1}'"])
+
+
+@st.composite
+def _predicates(draw: st.DrawFn) -> str:
+    field = draw(_FIELDS)
+    kind = draw(st.sampled_from(["cmp", "in", "null", "like"]))
+    if kind == "cmp":
+        return f"{field} {draw(st.sampled_from(['=', '!=', '<', '<=', '>', '>=']))} {draw(_LITERALS)}"
+    if kind == "in":
+        values = draw(st.lists(_LITERALS, min_size=1, max_size=3))
+        return f"{field} {draw(st.sampled_from(['IN', 'NOT IN']))} ({', '.join(values)})"
+    if kind == "null":
+        return f"{field} IS {draw(st.sampled_from(['', 'NOT ']))}NULL"
+    pattern = draw(st.sampled_from(["'a%'", "'%b'", "'_'", "'x%'", "'%'", "'r-_'", "'A%'", "'[%'"]))
+    return f"{field} {draw(st.sampled_from(['LIKE', 'NOT LIKE', 'ILIKE']))} {pattern}"
+
+
+_FILTERS = st.recursive(
+    _predicates(),
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(["AND", "OR"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        inner.map(lambda f: f"NOT {f}"),
+    ),
+    max_leaves=4,
+)
+_ORDERS = st.lists(st.tuples(_FIELDS, st.sampled_from(["", " asc", " desc"])).map("".join), max_size=2)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(_RUN, min_size=1, max_size=10), filters=st.lists(_FILTERS, min_size=1, max_size=4),
+       orders=st.lists(_ORDERS, min_size=1, max_size=2), split=st.integers(0, 10),
+       page=st.tuples(st.integers(0, 3), st.one_of(st.none(), st.integers(0, 4))))
+def test_vectorised_search_matches_the_query_module(
+    tmp_path_factory: pytest.TempPathFactory, runs: list[dict[str, Any]], filters: list[str],
+    orders: list[list[str]], split: int, page: tuple[int, int | None],
+) -> None:
+    root = tmp_path_factory.mktemp("vec") / "store"
+    b = FileBackend.from_uri(str(root))
+    exps = {name: b.ensure_experiment(name, "default").id for name in ("e1", "e2")}
+    ids = []
+    for i, spec in enumerate(runs):
+        if i == split:  # the runs so far go into the index; the later ones and changes are journal only
+            b.close()
+            b = FileBackend.from_uri(str(root))
+            b.list_runs(list(exps.values()))
+        parent = ids[-1] if ids and i % 4 == 3 else None
+        r = b.create_run(exps[spec["exp"]], name=spec["name"], parent_id=parent, start_time=float(i),
+                         params=spec["params"], tags=spec["tags"])
+        ids.append(r.id)
+        if spec["metrics"]:
+            b.log_metrics(r.id, [_series(k, [v]) for k, v in spec["metrics"].items()])
+        if spec["end"]:
+            b.update_run(r.id, status="finished", end_time=float(i) + 0.5)
+    if len(ids) > 2:  # change a run the index already holds
+        b.set_tags(ids[0], {"k1": "xy"})
+        b.log_metrics(ids[1], [_series("k2", [0.25], start=5)])
+    offset, limit = page
+    for backend in (b, FileBackend.from_uri(str(root))):
+        for exp_ids in ([exps["e1"]], [exps["e1"], exps["e2"]]):
+            everything = backend.list_runs(exp_ids)
+            for flt in filters:
+                expr = query.parse(flt)
+                for order_by in orders:
+                    order = query.parse_order_by(order_by)
+                    expected = query.sort_runs(query.filter_runs(expr, everything), order)
+                    expected = expected[offset:None if limit is None else offset + limit]
+                    got = backend.search_runs(exp_ids, expr, order, limit, offset)
+                    assert [r.id for r in got] == [r.id for r in expected], (flt, order_by)
+                    assert repr(got) == repr(expected)  # (repr: NaN metrics compare equal)
