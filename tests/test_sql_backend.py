@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sqlite3
@@ -20,7 +21,15 @@ import labvault
 from labvault.backends import sql
 from labvault.backends.localfs import FileBlobStore
 from labvault.backends.memory import MemoryBlobStore
-from labvault.backends.sql import SCHEMA_VERSION, SEGMENT_POINTS, SQLBackend, schema_metadata
+from labvault.backends.sql import (
+    SCHEMA_VERSION,
+    SEGMENT_POINTS,
+    SMALL_BLOB_LIMIT,
+    SQLBackend,
+    SQLBlobStore,
+    TieredBlobStore,
+    schema_metadata,
+)
 from labvault.domain import MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
@@ -81,9 +90,11 @@ def test_relative_uri_and_sibling_blob_store(tmp_path: Path, monkeypatch: pytest
     b = SQLBackend.from_uri("sqlite:///labvault-data/labvault.db")
     assert b.path == Path("labvault-data/labvault.db")
     blobs = b.blobs
-    assert isinstance(blobs, FileBlobStore) and blobs.root == Path("labvault-data/labvault-blobs")
+    assert isinstance(blobs, TieredBlobStore) and isinstance(blobs.small, SQLBlobStore)
+    assert isinstance(blobs.large, FileBlobStore) and blobs.large.root == Path("labvault-data/labvault-blobs")
     b.ensure_experiment("e", "default")
     assert (tmp_path / "labvault-data" / "labvault.db").is_file()
+    assert not (tmp_path / "labvault-data" / "labvault-blobs").exists()  # created by the first large blob
     b.close()
     store = MemoryBlobStore()
     assert SQLBackend.from_uri("sqlite:///x.db", artifacts=store).blobs is store
@@ -197,6 +208,15 @@ def test_metric_segments_and_latest(backend: SQLBackend, db: Path) -> None:
     assert metrics["big"] == (n - 1) / 2 and metrics["acc"] == 0.1 and math.isnan(metrics["loss"])
     latest = _raw(db, "SELECT key, step, timestamp FROM metric_latest WHERE run_id = ? ORDER BY key", run.id)
     assert latest == [("acc", 0, 1000.0), ("big", n - 1, 1.0), ("loss", 3, 1000.0)]
+
+
+def test_infinite_latest_metric_reads_back(backend: SQLBackend) -> None:
+    exp = backend.ensure_experiment("e", "default")
+    run = backend.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={}, tags={})
+    backend.log_metrics(run.id, [_series("up", [math.inf]), _series("down", [-math.inf]),
+                                 _series("big", [1e308])])
+    assert backend.get_run(run.id).metrics == {"up": math.inf, "down": -math.inf, "big": 1e308}
+    assert [r.id for r in backend.list_runs([exp.id])] == [run.id]
 
 
 def test_million_point_history_reads_fast(backend: SQLBackend) -> None:
@@ -327,6 +347,45 @@ def test_old_store_refused_then_upgraded(tmp_path: Path) -> None:
     assert _schema_of(db) == _schema_of(fresh)
 
 
+def test_version_3_store_upgraded_to_4_keeps_its_blob_folder(tmp_path: Path) -> None:
+    """A store written before blobs moved into the database: its folder blobs stay readable."""
+    db = tmp_path / "v3.db"
+    uri = f"sqlite:///{db}"
+    folder = FileBlobStore(tmp_path / "v3-blobs")
+    digest, size = folder.put_content(b"old small artifact")
+    engine = sa.create_engine(uri)
+    with engine.begin() as conn:
+        schema_metadata(3).create_all(conn)
+        conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('schema_version', '3')"))
+        conn.execute(sa.text("INSERT INTO experiments VALUES ('e1', 'old', 'default', 1.0, 1)"))
+        conn.execute(sa.text("INSERT INTO runs (id, experiment_id, number, status, start_time) "
+                             "VALUES ('r1', 'e1', 1, 'finished', 1.0)"))
+        conn.execute(sa.text("INSERT INTO artifacts VALUES ('r1', 'a.txt', :d, :s, 1.0)"),
+                     {"d": digest, "s": size})
+        conn.execute(sa.text('INSERT INTO metric_segments (run_id, key, seq, n, steps, "values", timestamps) '
+                             "VALUES ('r1', 'm', 0, 1, :st, :v, :t)"),
+                     {"st": np.zeros(1, "<i8").tobytes(), "v": np.ones(1, "<f8").tobytes(),
+                      "t": np.ones(1, "<f8").tobytes()})
+    engine.dispose()
+    with pytest.raises(UnsupportedOperationError, match="schema version 3"):
+        labvault.open(uri).experiments()
+    assert sql.upgrade(uri) == (3, SCHEMA_VERSION)
+    names = {r[0] for r in _raw(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"blobs", "blob_chunks"} <= names
+    with labvault.open(uri) as vault:
+        run = vault.get_run("r1")
+        assert run.get_artifact("a.txt") == b"old small artifact"  # found in the folder tier
+        assert run.metric_history("m").values.tolist() == [1.0]
+        with vault.experiment("old").start_run() as new:
+            new.log_artifact("b.txt", b"new small artifact")
+            new.log_metric("m", 2.0)
+        assert new.number == 2 and new.get_artifact("b.txt") == b"new small artifact"
+    assert _raw(db, "SELECT count(*) FROM blobs") == [(1,)]  # the new small blob went into the database
+    fresh = tmp_path / "fresh.db"
+    SQLBackend.from_uri(f"sqlite:///{fresh}").list_experiments()
+    assert _schema_of(db) == _schema_of(fresh)
+
+
 def test_newer_store_refused(db: Path) -> None:
     SQLBackend.from_uri(f"sqlite:///{db}").list_experiments()
     _raw_exec(db, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
@@ -401,6 +460,104 @@ def test_eight_processes_open_a_fresh_file_at_once(tmp_path: Path) -> None:
         runs = vault.backend.list_runs([vault.experiment("shared").id])
         assert sorted(r.number for r in runs) == list(range(1, 41))
         assert all(r.status == "finished" and r.metrics == {"m": float(r.params["i"])} for r in runs)
+
+
+# -- blobs: small ones inside the database, large ones in the folder -------------------------------------
+def test_small_artifacts_live_in_the_database(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    folder = tmp_path / "s-blobs"
+    with labvault.open(f"sqlite:///{db}") as vault:
+        blobs = vault.backend.blobs
+        assert isinstance(blobs, TieredBlobStore)
+        with vault.experiment("e").start_run() as run:
+            small = run.log_artifact("small.bin", b"s" * SMALL_BLOB_LIMIT)
+            big = run.log_artifact("big.bin", b"b" * (SMALL_BLOB_LIMIT + 1))
+            src = tmp_path / "src.txt"
+            src.write_bytes(b"from a path")
+            run.log_artifact("path.txt", src)
+            run.log_artifact("file.txt", io.BytesIO(b"from a file object"))
+            run.log_artifact("again.bin", b"s" * SMALL_BLOB_LIMIT)  # same content: stored once
+        assert run.get_artifact("small.bin") == b"s" * SMALL_BLOB_LIMIT
+        assert run.get_artifact("big.bin") == b"b" * (SMALL_BLOB_LIMIT + 1)
+        assert run.get_artifact("path.txt") == b"from a path"
+        with run.open_artifact("file.txt") as fh:
+            assert fh.read() == b"from a file object"
+        out = run.download_artifact("small.bin", tmp_path / "out.bin")
+        assert out.read_bytes() == b"s" * SMALL_BLOB_LIMIT
+        keys = blobs.list("sha256")
+        assert len(keys) == 4
+        assert blobs.digest_key(small.digest) in keys and blobs.digest_key(big.digest) in keys
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [big.digest]  # only the large blob became a file
+    assert _raw(db, "SELECT count(*), sum(size) FROM blobs") == [(3, SMALL_BLOB_LIMIT + 11 + 18)]
+
+
+def test_tiered_keyed_writes_move_between_tiers(backend: SQLBackend) -> None:
+    blobs = backend.blobs
+    assert isinstance(blobs, TieredBlobStore)
+    blobs.put("k/x", b"small")
+    assert blobs.small.exists("k/x") and not blobs.large.exists("k/x")
+    blobs.put("k/x", b"L" * (SMALL_BLOB_LIMIT + 5))  # replaced by a large value: only the folder has it
+    assert not blobs.small.exists("k/x") and blobs.get("k/x") == b"L" * (SMALL_BLOB_LIMIT + 5)
+    blobs.put("k/x", b"small again")
+    assert blobs.get("k/x") == b"small again" and not blobs.large.exists("k/x")
+    blobs.put("k/y", b"")
+    assert blobs.get("k/y") == b"" and blobs.list("k/") == ["k/x", "k/y"]
+    blobs.delete("k/x")
+    blobs.delete("k/missing")
+    assert blobs.list("k") == ["k/y"] and not blobs.exists("k/x")
+    with pytest.raises(NotFoundError):
+        blobs.get("k/x")
+
+
+def test_corrupt_small_blob_detected(backend: SQLBackend, db: Path) -> None:
+    digest, _ = backend.blobs.put_content(b"A" * 1000)
+    _raw_exec(db, "UPDATE blob_chunks SET data = randomblob(1000)")
+    with pytest.raises(CorruptDataError, match=digest):
+        backend.blobs.get_content(digest)
+    with pytest.raises(CorruptDataError), backend.blobs.open_content(digest) as fh:
+        fh.read()
+
+
+def test_sql_blob_store_chunks_and_streams(backend: SQLBackend, db: Path, tmp_path: Path) -> None:
+    store = SQLBlobStore(backend)
+    payload = np.random.default_rng(1).bytes(3 * (1 << 20) + 123)
+    src = tmp_path / "p.bin"
+    src.write_bytes(payload)
+    digest, size = store.put_content(src)
+    assert size == len(payload) and store.put_content(payload) == (digest, size)  # once
+    assert _raw(db, "SELECT chunks, size FROM blobs") == [(4, len(payload))]
+    assert _raw(db, "SELECT idx, length(data) FROM blob_chunks ORDER BY idx") == [
+        (0, 1 << 20), (1, 1 << 20), (2, 1 << 20), (3, 123)]
+    with store.open_content(digest) as fh:
+        assert fh.read(10) == payload[:10] and fh.read() == payload[10:]
+    assert store.get_content(digest) == payload
+
+
+def test_partial_blob_is_never_visible(backend: SQLBackend, db: Path) -> None:
+    store = SQLBlobStore(backend)
+
+    def failing() -> Iterator[bytes]:
+        yield b"x" * (1 << 20)
+        yield b"y" * (1 << 20)
+        raise OSError("the source broke")
+
+    class Source(io.RawIOBase):
+        def __init__(self) -> None:
+            self.chunks = failing()
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            return next(self.chunks)
+
+    with pytest.raises(OSError, match="broke"):
+        store.put_content(Source())  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="broke"):
+        store.put("some/key", Source())  # type: ignore[arg-type]
+    assert store.list() == [] and not store.exists("some/key")
+    assert _raw(db, "SELECT count(*) FROM blob_chunks") == [(0,)]  # rolled back with the upload
 
 
 # -- driver errors ------------------------------------------------------------------------------------------

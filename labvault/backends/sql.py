@@ -1,11 +1,16 @@
-"""The SQLite backend (and the base of the PostgreSQL one) on SQLAlchemy Core.
+"""The SQLite backend, the base of the PostgreSQL one, and the SQL blob stores, on SQLAlchemy Core.
 
 URIs: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``; parent directories are created.
-Artifact bytes go to a ``FileBlobStore`` in the sibling directory ``<stem>-blobs`` (``./data/lv.db`` ->
-``./data/lv-blobs``) unless a store is given with ``artifacts=``. Options: ``busy_timeout`` (seconds a
-writer waits for another process's write lock, default 30), also accepted as a URI query parameter.
+Options: ``busy_timeout`` (seconds a writer waits for another process's write lock, default 30), also
+accepted as a URI query parameter.
 
-Schema (version 3)::
+Artifact bytes (unless a store is given with ``artifacts=``) go to a ``TieredBlobStore``: blobs of at most
+``SMALL_BLOB_LIMIT`` bytes (64 KiB) live inside the database (``SQLBlobStore``: one transaction, no file
+to create or fsync), larger ones in a ``FileBlobStore`` in the sibling directory ``<stem>-blobs``
+(``./data/lv.db`` -> ``./data/lv-blobs``), created when the first large blob arrives. Reads try the
+database first, then the folder.
+
+Schema (version 4)::
 
     meta(key PK, value)                                   -- schema_version
     experiments(id PK, name, project, created_at, run_counter, UNIQUE(project, name))
@@ -14,11 +19,14 @@ Schema (version 3)::
     run_params(run_id FK, key, value_json, value_num, value_text, PK(run_id, key))
     run_tags(run_id FK, key, value, PK(run_id, key))
     run_results(run_id FK, key, value_json, PK(run_id, key))
-    metric_segments(run_id FK, key, seq, n, steps, "values", timestamps, PK(run_id, key, seq))
+    metric_segments(run_id FK, key, seq, n, steps, "values", timestamps, batch_id, PK(run_id, key, seq))
     metric_latest(run_id FK, key, value, step, timestamp, PK(run_id, key))      -- new in version 2
     artifacts(run_id FK, key, digest, size, created_at, PK(run_id, key))
     indexes on (key, value_num) and (key, value_text) of run_params, (key, value) of run_tags and
     metric_latest                                                               -- new in version 3
+    blobs(key PK, blob_id, size, chunks, created_at)                            -- new in version 4
+    blob_chunks(blob_id, idx, data, PK(blob_id, idx))                           -- new in version 4
+    metric_segments.batch_id                                                    -- new in version 4
 
 Search and listings are one query: the filter compiles to correlated subqueries (exact three-valued
 logic) plus, for each top-level comparison, an implied ``runs.id IN (SELECT run_id ... WHERE key = ? AND
@@ -34,7 +42,9 @@ Metrics are columnar segments: one row per flush and key (large batches split ev
 bytes, so a history of a million points is a handful of rows read straight into numpy. ``metric_latest``
 holds the last appended point of every (run, key), written in the same transaction as the segment, so
 search and run listings never scan series. SQLite stores a NaN ``REAL`` as NULL, so a NULL latest value
-reads back as NaN.
+reads back as NaN (PostgreSQL does the same, for one behaviour). Every flush carries a random
+``batch_id`` written on its segments: a retried flush whose first commit may have succeeded looks for it
+before inserting again, so a point is never stored twice (see ``_run``).
 
 A run's params and tags are stored twice, in one transaction: as one JSON document per run on ``runs``
 (``params_json``, ``tags_json``), which is what listings read (one row per run instead of fifteen; 10,000
@@ -42,41 +52,53 @@ runs list in tens of milliseconds), and as one row per key in ``run_params`` / `
 search filters and sorts on. Param rows keep their JSON text (``value_json``) plus the typed columns the
 query compiler uses: ``value_num`` for int/float (not bool) values, ``value_text`` for everything else
 (strings as they are, bools as ``"true"``/``"false"``, other JSON as compact sorted ``json.dumps``, JSON
-null as NULL).
+null as NULL). Text columns that are compared or sorted use the ``C`` collation on PostgreSQL, so text
+orders by code point as in SQLite and the memory model whatever the database's default collation.
 
 Schema versions and migrations: a new, empty store is created at the current version on first use (no
-setup step), serialized across processes by the write lock. A store at an older version is never upgraded
-silently: opening it raises ``UnsupportedOperationError`` naming ``labvault db upgrade``, which runs
-``upgrade()``: every pending migration in ``MIGRATIONS`` in one write transaction that re-reads the
-version under the lock, so several processes may run it at once (all but the first find nothing to do).
-``schema_metadata(version)`` describes the tables of every version, so old layouts can be rebuilt (tests
-do) and fresh stores are created directly at the current one.
+setup step), serialized across processes by the write lock (SQLite) or an advisory lock (PostgreSQL). A
+store at an older version is never upgraded silently: opening it raises ``UnsupportedOperationError``
+naming ``labvault db upgrade``, which runs ``upgrade()``: every pending migration in ``MIGRATIONS`` in one
+write transaction that re-reads the version under the lock, so several processes may run it at once (all
+but the first find nothing to do). ``schema_metadata(version)`` describes the tables of every version, so
+old layouts can be rebuilt (tests do) and fresh stores are created directly at the current one.
 
-Transactions: on SQLite every write transaction starts with ``BEGIN IMMEDIATE`` (the driver runs in
+Transactions: every database access is a function ``work(conn, attempt)`` run by ``_run`` in one
+transaction. On SQLite every write transaction starts with ``BEGIN IMMEDIATE`` (the driver runs in
 autocommit mode and the ``begin`` event emits the statement), so concurrent writer processes queue on
 the database lock for ``busy_timeout`` seconds instead of failing when a read transaction tries to
 upgrade to a write. Reads use a plain deferred ``BEGIN`` (a consistent WAL snapshot across the few
-queries of a listing). Driver errors are translated at the boundary: locked / unable to open ->
-``BackendUnavailableError``, "file is not a database" / malformed -> ``CorruptDataError``.
+queries of a listing). Dialects with a network in between (PostgreSQL) retry ``work`` after a lost
+connection, with backoff, for ``retry_timeout`` seconds; ``attempt > 0`` tells ``work`` that an earlier
+attempt may have committed, and every write is written to be idempotent under that rule. Driver errors
+are translated at the boundary: locked / unable to open / connection lost -> ``BackendUnavailableError``,
+"file is not a database" / malformed -> ``CorruptDataError``, a constraint -> ``ConflictError``.
 
-The dialect-specific parts (engine and connection setup, the dialect's ``insert`` for upserts and the
-schema lock) are ``_create_engine``, ``_insert`` and ``_lock_schema``; everything else is portable SQL.
+Dialect differences live in a few hooks that ``labvault.backends.postgresql`` overrides: engine and
+connection setup (``_create_engine``, ``_engine_options``), the dialect's ``insert`` for upserts
+(``_insert``), the schema lock and table listing (``_lock_schema``, ``_prepare_schema``, ``_table_names``),
+the JSON aggregates of listings (``_detail_columns``), which errors are worth a retry (``_retryable``)
+and how the store is named in messages (``location``). Everything else is portable SQL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import io
+import itertools
 import json
 import math
-import operator
 import os
+import secrets
 import struct
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
@@ -86,7 +108,15 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from labvault.backends.base import Backend, BlobStore, check_options, check_params_conflict
+from labvault.backends.base import (
+    CHUNK_SIZE,
+    Backend,
+    BlobSource,
+    BlobStore,
+    check_options,
+    check_params_conflict,
+    iter_source,
+)
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
     BackendUnavailableError,
@@ -101,16 +131,27 @@ from labvault.errors import (
 if TYPE_CHECKING:
     from labvault.query import Expr, Field, OrderKey
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SEGMENT_POINTS", "SQLBackend", "schema_metadata", "upgrade"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SEGMENT_POINTS", "SMALL_BLOB_LIMIT", "SQLBackend", "SQLBlobStore",
+           "TieredBlobStore", "schema_metadata", "upgrade"]
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Points per ``metric_segments`` row at most (512 KiB per array); larger batches are split.
 SEGMENT_POINTS = 65_536
+#: Blobs up to this size live inside an SQLite store's database; larger ones in its blob folder.
+SMALL_BLOB_LIMIT = 64 * 1024
 _DEFAULT_BUSY_TIMEOUT = 30.0
 _WRITE_OPTION = "labvault_write"
 _LABVAULT_TABLES = frozenset({"experiments", "runs", "run_params", "run_tags", "run_results",
-                              "metric_segments", "metric_latest", "artifacts"})
+                              "metric_segments", "metric_latest", "artifacts", "blobs", "blob_chunks"})
+#: First and longest pause between the attempts of a retried transaction (seconds).
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 2.0
+
+T = TypeVar("T")
+#: One database access: ``work(conn, attempt)`` inside a transaction (see ``SQLBackend._run``).
+Work = Callable[[Connection, int], T]
+Mode = Literal["read", "write", "autocommit"]
 
 
 def new_id() -> str:
@@ -127,8 +168,16 @@ _SEARCH_INDEXES = (
     ("ix_metric_latest_key_value", "metric_latest", ("key", "value")),
 )
 
+
+def _text(length: int | None = None) -> sa.types.TypeEngine[str]:
+    """A text column compared and sorted by code point: SQLite's default, ``COLLATE "C"`` on PostgreSQL."""
+    base: sa.types.TypeEngine[str] = sa.String(length) if length else sa.Text()
+    ordered: sa.types.TypeEngine[str] = sa.String(length, collation="C") if length else sa.Text(collation="C")
+    return base.with_variant(ordered, "postgresql")
+
+
 def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
-    """The tables of schema ``version`` (1 to 3). Later versions add conditions here, never edit old ones."""
+    """The tables of schema ``version`` (1 to 4). Later versions add conditions here, never edit old ones."""
     if not 1 <= version <= SCHEMA_VERSION:
         raise InvalidArgumentError(f"unknown schema version {version}")
     md = sa.MetaData()
@@ -141,8 +190,8 @@ def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
     sa.Table(
         "experiments", md,
         Col("id", sa.String(64), primary_key=True),
-        Col("name", sa.String(128), nullable=False),
-        Col("project", sa.String(128), nullable=False),
+        Col("name", _text(128), nullable=False),
+        Col("project", _text(128), nullable=False),
         Col("created_at", sa.Double, nullable=False),
         Col("run_counter", sa.Integer, nullable=False, server_default="0"),
         sa.UniqueConstraint("project", "name", name="uq_experiments_project_name"),
@@ -153,9 +202,9 @@ def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
         Col("experiment_id", sa.String(64), sa.ForeignKey("experiments.id", ondelete="CASCADE"),
             nullable=False),
         Col("number", sa.Integer, nullable=False),
-        Col("name", sa.String(128)),
+        Col("name", _text(128)),
         Col("parent_id", sa.String(64)),
-        Col("status", sa.String(16), nullable=False),
+        Col("status", _text(16), nullable=False),
         Col("start_time", sa.Double, nullable=False),
         Col("end_time", sa.Double),
         Col("error", sa.Text),
@@ -171,13 +220,13 @@ def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
         Col("key", sa.String(250), nullable=False),
         Col("value_json", sa.Text, nullable=False),
         Col("value_num", sa.Double),
-        Col("value_text", sa.Text),
+        Col("value_text", _text()),
         sa.PrimaryKeyConstraint("run_id", "key", name="pk_run_params"),
     )
     sa.Table(
         "run_tags", md, run_fk(),
         Col("key", sa.String(250), nullable=False),
-        Col("value", sa.Text, nullable=False),
+        Col("value", _text(), nullable=False),
         sa.PrimaryKeyConstraint("run_id", "key", name="pk_run_tags"),
     )
     sa.Table(
@@ -186,14 +235,18 @@ def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
         Col("value_json", sa.Text, nullable=False),
         sa.PrimaryKeyConstraint("run_id", "key", name="pk_run_results"),
     )
-    sa.Table(
-        "metric_segments", md, run_fk(),
+    segment_columns: list[sa.Column[Any]] = [
         Col("key", sa.String(250), nullable=False),
         Col("seq", sa.Integer, nullable=False),
         Col("n", sa.Integer, nullable=False),
         Col("steps", sa.LargeBinary, nullable=False),
         Col("values", sa.LargeBinary, nullable=False),
         Col("timestamps", sa.LargeBinary, nullable=False),
+    ]
+    if version >= 4:  # the flush that wrote the segment: retried flushes look for it (see _log_metrics)
+        segment_columns.append(Col("batch_id", sa.String(32)))
+    sa.Table(
+        "metric_segments", md, run_fk(), *segment_columns,
         sa.PrimaryKeyConstraint("run_id", "key", "seq", name="pk_metric_segments"),
     )
     if version >= 2:
@@ -207,7 +260,7 @@ def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
         )
     sa.Table(
         "artifacts", md, run_fk(),
-        Col("key", sa.String(1024), nullable=False),
+        Col("key", _text(1024), nullable=False),
         Col("digest", sa.String(64), nullable=False),
         Col("size", sa.BigInteger, nullable=False),
         Col("created_at", sa.Double, nullable=False),
@@ -217,6 +270,25 @@ def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
         # Search drives from the matching values instead of probing every run (see _search_runs).
         for name, table, columns in _SEARCH_INDEXES:
             sa.Index(name, *(md.tables[table].c[c] for c in columns))
+    if version >= 4:
+        # Blobs in the database (SQLBlobStore): the chunks of one upload under a fresh random blob_id,
+        # and the row naming them written in the same transaction, so a partial blob is never visible
+        # and replacing a key never disturbs a reader streaming the previous content.
+        sa.Table(
+            "blobs", md,
+            Col("key", _text(1024), primary_key=True),
+            Col("blob_id", sa.BigInteger, nullable=False),
+            Col("size", sa.BigInteger, nullable=False),
+            Col("chunks", sa.Integer, nullable=False),
+            Col("created_at", sa.Double, nullable=False),
+        )
+        sa.Table(
+            "blob_chunks", md,
+            Col("blob_id", sa.BigInteger, nullable=False),
+            Col("idx", sa.Integer, nullable=False),
+            Col("data", sa.LargeBinary, nullable=False),
+            sa.PrimaryKeyConstraint("blob_id", "idx", name="pk_blob_chunks"),
+        )
     return md
 
 
@@ -230,6 +302,8 @@ t_results = _md.tables["run_results"]
 t_segments = _md.tables["metric_segments"]
 t_latest = _md.tables["metric_latest"]
 t_artifacts = _md.tables["artifacts"]
+t_blobs = _md.tables["blobs"]
+t_chunks = _md.tables["blob_chunks"]
 #: The columns a RunInfo is built from, in the order ``_infos_with_json_details`` unpacks them.
 _RUN_COLUMNS = tuple(t_runs.c[name] for name in (
     "id", "experiment_id", "number", "name", "parent_id", "status", "start_time", "end_time", "error",
@@ -237,10 +311,14 @@ _RUN_COLUMNS = tuple(t_runs.c[name] for name in (
 
 # Statements of the hot paths, built once (SQLAlchemy then reuses their compiled form from its cache).
 _S_RUN_EXISTS = sa.select(t_runs.c.id).where(t_runs.c.id == sa.bindparam("b_run"))
+#: The run row, locked against concurrent writers of the same run (PostgreSQL; SQLite's BEGIN IMMEDIATE
+#: already serializes writers and SQLAlchemy renders no FOR UPDATE there).
+_S_RUN_LOCK = _S_RUN_EXISTS.with_for_update(key_share=True)
 _S_RUN_DOC = {
-    column.name: sa.select(column).where(t_runs.c.id == sa.bindparam("b_run"))
+    column.name: sa.select(column).where(t_runs.c.id == sa.bindparam("b_run")).with_for_update(key_share=True)
     for column in (t_runs.c.params_json, t_runs.c.tags_json)
 }
+_S_RUN_NUMBER = sa.select(t_runs.c.number).where(t_runs.c.id == sa.bindparam("b_run"))
 _U_RUN = sa.update(t_runs).where(t_runs.c.id == sa.bindparam("b_run"))
 _U_COUNTER = (
     sa.update(t_experiments).where(t_experiments.c.id == sa.bindparam("b_exp"))
@@ -256,17 +334,35 @@ _S_LAST_SEQ = (
            t_segments.c.key.in_(sa.bindparam("b_keys", expanding=True)))
     .group_by(t_segments.c.key)
 )
+_S_BATCH_STORED = (
+    sa.select(t_segments.c.seq)
+    .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.batch_id == sa.bindparam("b_batch"))
+    .limit(1)
+)
 _S_HISTORY = (
     sa.select(t_segments.c.n, t_segments.c.steps, t_segments.c["values"], t_segments.c.timestamps)
     .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.key == sa.bindparam("b_key"))
     .order_by(t_segments.c.seq)
 )
+#: A blob's row and its first chunk in one query (all of a small blob).
+_S_BLOB_HEAD = (
+    sa.select(t_blobs.c.blob_id, t_blobs.c.size, t_blobs.c.chunks, t_chunks.c.data)
+    .select_from(t_blobs.outerjoin(t_chunks, sa.and_(t_chunks.c.blob_id == t_blobs.c.blob_id,
+                                                     t_chunks.c.idx == 0)))
+    .where(t_blobs.c.key == sa.bindparam("b_key"))
+)
+_S_BLOB_CHUNK = sa.select(t_chunks.c.data).where(t_chunks.c.blob_id == sa.bindparam("b_id"),
+                                                 t_chunks.c.idx == sa.bindparam("b_idx"))
+_S_BLOB_ID = sa.select(t_blobs.c.blob_id).where(t_blobs.c.key == sa.bindparam("b_key"))
+_I_CHUNK = sa.insert(t_chunks)
+_D_CHUNKS = sa.delete(t_chunks).where(t_chunks.c.blob_id == sa.bindparam("b_id"))
+_D_BLOB = sa.delete(t_blobs).where(t_blobs.c.key == sa.bindparam("b_key"))
 
 
 def _migrate_1_to_2(conn: Connection) -> None:
     """Version 2 adds ``metric_latest``: create it and backfill it from each series' last segment."""
     schema_metadata(2).tables["metric_latest"].create(conn, checkfirst=True)
-    seg = t_segments
+    seg = schema_metadata(3).tables["metric_segments"]  # the columns a version-1..3 store has
     last = (
         sa.select(seg.c.run_id, seg.c.key, sa.func.max(seg.c.seq).label("seq"))
         .group_by(seg.c.run_id, seg.c.key)
@@ -292,13 +388,28 @@ def _migrate_1_to_2(conn: Connection) -> None:
 
 def _migrate_2_to_3(conn: Connection) -> None:
     """Version 3 adds the (key, value) search indexes."""
-    for index in schema_metadata(3).tables["run_params"].indexes | schema_metadata(3).tables[
-            "run_tags"].indexes | schema_metadata(3).tables["metric_latest"].indexes:
+    md = schema_metadata(3)
+    for index in md.tables["run_params"].indexes | md.tables["run_tags"].indexes | md.tables[
+            "metric_latest"].indexes:
         index.create(conn, checkfirst=True)
 
 
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Version 4 adds the in-database blob tables and ``metric_segments.batch_id``."""
+    md = schema_metadata(4)
+    for name in ("blobs", "blob_chunks"):
+        md.tables[name].create(conn, checkfirst=True)
+    schema = conn.schema_for_object(t_segments)
+    if "batch_id" not in {c["name"] for c in sa.inspect(conn).get_columns("metric_segments", schema=schema)}:
+        quote = conn.dialect.identifier_preparer
+        table = quote.quote("metric_segments")
+        if schema:
+            table = f"{quote.quote_schema(schema)}.{table}"
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN batch_id VARCHAR(32)")
+
+
 #: ``MIGRATIONS[i]`` takes a store from version ``i + 1`` to ``i + 2`` inside the caller's transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1_to_2, _migrate_2_to_3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -352,9 +463,12 @@ def _blob(array: np.ndarray[Any, Any], dtype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
+_DBL_MAX = 1.7976931348623157e308
+
+
 # -- the backend ------------------------------------------------------------------------------------------
 class SQLBackend(Backend, scheme="sqlite"):
-    """Metadata in SQLite (WAL) through SQLAlchemy Core; artifacts in a sibling content-addressed folder."""
+    """Metadata in SQLite (WAL) through SQLAlchemy Core; small artifacts inside, large ones beside it."""
 
     config_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
@@ -375,8 +489,16 @@ class SQLBackend(Backend, scheme="sqlite"):
         super().__init__(uri, blobs)
         self.path = path
         self.busy_timeout = busy_timeout
+        self._init_sql()
+
+    def _init_sql(self) -> None:
+        """The state every SQL backend keeps (engines are created on first use)."""
+        #: Seconds spent retrying a transaction after a lost connection (0: SQLite never retries).
+        self.retry_timeout = 0.0
+        self._base_engine: Engine | None = None
         self._engine: Engine | None = None
         self._writer: Engine | None = None
+        self._autocommit: Engine | None = None
         self._schema_ok = False
         self._init_lock = threading.Lock()
         self._upsert_cache: dict[str, Any] | None = None
@@ -403,14 +525,17 @@ class SQLBackend(Backend, scheme="sqlite"):
         return cls(uri, path, blobs=artifacts, busy_timeout=float(busy))
 
     def _default_blobs(self) -> BlobStore:
+        """Small blobs in the database, large ones in the sibling ``<stem>-blobs`` folder."""
         from labvault.backends.localfs import FileBlobStore
 
-        return FileBlobStore(self.path.with_name(f"{self.path.stem}-blobs"))
+        folder = FileBlobStore(self.path.with_name(f"{self.path.stem}-blobs"))
+        return TieredBlobStore(SQLBlobStore(self), folder)
 
     def close(self) -> None:
         """Dispose of the connection pool and close the blob store. Safe to call twice."""
         with self._init_lock:
-            engine, self._engine, self._writer = self._engine, None, None
+            engine, self._base_engine = self._base_engine, None
+            self._engine = self._writer = self._autocommit = None
             self._schema_ok = False
         if engine is not None:
             engine.dispose()
@@ -450,15 +575,15 @@ class SQLBackend(Backend, scheme="sqlite"):
         event.listen(engine, "begin", on_begin)
         return engine
 
+    def _engine_options(self) -> dict[str, Any]:
+        """Execution options every connection of this backend runs with (PostgreSQL: the schema map)."""
+        return {}
+
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, which has ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
-        if self._dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            return sqlite_insert(table)
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
+        return sqlite_insert(table)
 
     def _upserts(self) -> dict[str, Any]:
         """INSERT ... ON CONFLICT (run_id, key) DO UPDATE statements per table, built once per backend."""
@@ -472,18 +597,34 @@ class SQLBackend(Backend, scheme="sqlite"):
                     index_elements=sorted(keys),
                     set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
                 )
+            # RETURNING says whether the row was new (rowcount of an INSERT is not reliable everywhere).
+            upserts["blobs"] = (self._insert(t_blobs).on_conflict_do_nothing(index_elements=["key"])
+                                .returning(t_blobs.c.blob_id))
             self._upsert_cache = upserts
         return upserts
 
     def _lock_schema(self, conn: Connection) -> None:
         """Serialize schema creation and upgrades across processes (SQLite: BEGIN IMMEDIATE already does)."""
-        if self._dialect == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7021781865)"))
+
+    def _prepare_schema(self, conn: Connection) -> None:
+        """Make the namespace the tables go into exist (PostgreSQL: ``CREATE SCHEMA``), under the lock."""
+
+    def _table_names(self, conn: Connection) -> set[str]:
+        return set(sa.inspect(conn).get_table_names())
+
+    def _retryable(self, exc: sa_exc.DBAPIError) -> bool:
+        """Whether a failed transaction may succeed when run again (a lost connection, a deadlock)."""
+        return False
 
     @property
     def location(self) -> str:
         """Where the store lives, for messages (the database path; a server address for PostgreSQL)."""
         return str(self.path)
+
+    @property
+    def display_uri(self) -> str:
+        """The URI without secrets, for messages."""
+        return self.uri
 
     def _where(self) -> str:
         return f"SQLite store at {self.location}"
@@ -498,23 +639,20 @@ class SQLBackend(Backend, scheme="sqlite"):
             return ConflictError(f"{self._where()} rejected a write: {detail}")
         return BackendUnavailableError(f"{self._where()} is unavailable: {detail}")
 
-    @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
-        try:
-            yield
-        except sa_exc.DBAPIError as exc:
-            raise self._translate_error(exc) from exc
-
     def _engines(self) -> tuple[Engine, Engine]:
         with self._init_lock:
-            if self._engine is not None and self._pid != os.getpid():
-                # A forked child must not share the parent's SQLite connections: start a fresh pool.
-                self._engine.dispose(close=False)
-                self._engine = self._writer = None
-            if self._engine is None or self._writer is None:
+            if self._base_engine is not None and self._pid != os.getpid():
+                # A forked child must not share the parent's connections: start a fresh pool.
+                self._base_engine.dispose(close=False)
+                self._base_engine = self._engine = self._writer = self._autocommit = None
+            if self._base_engine is None or self._engine is None or self._writer is None:
                 self._pid = os.getpid()
-                self._engine = self._create_engine()
-                self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
+                base = self._create_engine()
+                options = self._engine_options()
+                self._base_engine = base
+                self._engine = base.execution_options(**options) if options else base
+                self._writer = base.execution_options(**options, **{_WRITE_OPTION: True})
+                self._autocommit = base.execution_options(**options, isolation_level="AUTOCOMMIT")
             return self._engine, self._writer
 
     def _ready(self) -> tuple[Engine, Engine]:
@@ -522,27 +660,52 @@ class SQLBackend(Backend, scheme="sqlite"):
         if self._schema_ok and engine is not None and writer is not None and self._pid == os.getpid():
             return engine, writer
         engine, writer = self._engines()
-        with self._translated():
-            self._open_schema(engine, writer)
+        self._open_schema(engine, writer)
         self._schema_ok = True
         return engine, writer
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        engine, _ = self._ready()
-        with self._translated(), engine.connect() as conn:
-            yield conn
+    def _run(self, work: Work[T], mode: Mode = "write", *, retry: bool = True, schema: bool = True) -> T:
+        """Run ``work(conn, attempt)`` in one transaction (``mode`` "read", "write" or "autocommit").
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        _, writer = self._ready()
-        with self._translated(), writer.begin() as conn:
-            yield conn
+        Driver errors become labvault errors. Where ``_retryable`` says so (PostgreSQL after a lost
+        connection), the whole transaction runs again after a pause growing from 50 ms to 2 s, for up to
+        ``retry_timeout`` seconds; ``attempt`` (0, 1, ...) tells ``work`` that an earlier attempt may have
+        committed, so writes check for their own effect before repeating it. ``schema=False`` skips the
+        schema check (for the upgrade itself).
+        """
+        attempt = 0
+        delay = _FIRST_BACKOFF
+        deadline: float | None = None
+        while True:
+            try:
+                engine, writer = self._ready() if schema else self._engines()
+                if mode == "write":
+                    with writer.begin() as conn:
+                        return work(conn, attempt)
+                if mode == "read":
+                    with engine.connect() as conn:
+                        return work(conn, attempt)
+                assert self._autocommit is not None
+                with self._autocommit.connect() as conn:
+                    return work(conn, attempt)
+            except sa_exc.DBAPIError as exc:
+                if not retry or not self._retryable(exc):
+                    raise self._translate_error(exc) from exc
+                clock = time.monotonic()
+                if deadline is None:
+                    deadline = clock + self.retry_timeout
+                if clock + delay > deadline:
+                    error = self._translate_error(exc)
+                    raise type(error)(f"{error} (gave up after {attempt + 1} attempts in "
+                                      f"{self.retry_timeout:g} s)") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF)
+            attempt += 1
 
     # -- schema versions ------------------------------------------------------------------------------------
     def _read_version(self, conn: Connection) -> int | None:
         """The store's schema version; None for an empty database."""
-        names = set(sa.inspect(conn).get_table_names())
+        names = self._table_names(conn)
         if "meta" not in names:
             if names & _LABVAULT_TABLES:
                 raise CorruptDataError(f"{self._where()} has labvault tables but no schema version")
@@ -556,12 +719,17 @@ class SQLBackend(Backend, scheme="sqlite"):
     def _create_schema(self, conn: Connection, version: int = SCHEMA_VERSION) -> None:
         schema_metadata(version).create_all(conn)
         conn.execute(sa.insert(t_meta).values(key="schema_version", value=str(version)))
+        if version == SCHEMA_VERSION:
+            self._tune_schema(conn)
+
+    def _tune_schema(self, conn: Connection) -> None:
+        """Physical settings of a current-version schema, after creation or upgrade (PostgreSQL: storage)."""
 
     def _check_version(self, version: int) -> None:
         if version < SCHEMA_VERSION:
             raise UnsupportedOperationError(
                 f"store at {self.location} has schema version {version}, "
-                f"this labvault needs {SCHEMA_VERSION}: run 'labvault db upgrade --uri {self.uri}'"
+                f"this labvault needs {SCHEMA_VERSION}: run 'labvault db upgrade --uri {self.display_uri}'"
             )
         if version > SCHEMA_VERSION:
             raise UnsupportedOperationError(
@@ -576,6 +744,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         if version is None:
             with writer.begin() as conn:
                 self._lock_schema(conn)
+                self._prepare_schema(conn)
                 version = self._read_version(conn)
                 if version is None:
                     self._create_schema(conn)
@@ -584,9 +753,7 @@ class SQLBackend(Backend, scheme="sqlite"):
 
     def schema_version(self) -> int | None:
         """The store's schema version without creating or upgrading anything (None: an empty store)."""
-        engine, _ = self._engines()
-        with self._translated(), engine.connect() as conn:
-            return self._read_version(conn)
+        return self._run(lambda conn, _: self._read_version(conn), "read", schema=False)
 
     def upgrade(self) -> tuple[int, int]:
         """Bring the store to ``SCHEMA_VERSION``; return (old version, new version).
@@ -594,28 +761,33 @@ class SQLBackend(Backend, scheme="sqlite"):
         An empty store is created, reported as version 0. Runs every pending migration in one write
         transaction after re-reading the version under the lock, so concurrent upgrades are safe.
         """
-        _, writer = self._engines()
-        with self._translated(), writer.begin() as conn:
+
+        def work(conn: Connection, _attempt: int) -> tuple[int, int]:
             self._lock_schema(conn)
+            self._prepare_schema(conn)
             version = self._read_version(conn)
             if version is None:
                 self._create_schema(conn)
-                result = (0, SCHEMA_VERSION)
-            else:
-                if version > SCHEMA_VERSION:
-                    self._check_version(version)
-                for step in range(version, SCHEMA_VERSION):
-                    MIGRATIONS[step - 1](conn)
-                    conn.execute(sa.update(t_meta).where(t_meta.c.key == "schema_version")
-                                 .values(value=str(step + 1)))
-                result = (version, SCHEMA_VERSION)
+                return (0, SCHEMA_VERSION)
+            if version > SCHEMA_VERSION:
+                self._check_version(version)
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step - 1](conn)
+                conn.execute(sa.update(t_meta).where(t_meta.c.key == "schema_version")
+                             .values(value=str(step + 1)))
+            if version < SCHEMA_VERSION:
+                self._tune_schema(conn)
+            return (version, SCHEMA_VERSION)
+
+        result = self._run(work, schema=False)
         self._schema_ok = True
         return result
 
     # -- helpers --------------------------------------------------------------------------------------------
     @staticmethod
-    def _require_run(conn: Connection, run_id: str) -> None:
-        if conn.execute(_S_RUN_EXISTS, {"b_run": run_id}).first() is None:
+    def _require_run(conn: Connection, run_id: str, *, lock: bool = False) -> None:
+        """``NotFoundError`` unless the run exists; ``lock`` also locks its row until the commit."""
+        if conn.execute(_S_RUN_LOCK if lock else _S_RUN_EXISTS, {"b_run": run_id}).first() is None:
             raise NotFoundError(f"run {run_id} not found")
 
     @staticmethod
@@ -626,29 +798,32 @@ class SQLBackend(Backend, scheme="sqlite"):
     def _ensure_experiment(self, name: str, project: str) -> ExperimentInfo:
         e = t_experiments
         where = sa.and_(e.c.project == project, e.c.name == name)
-        with self._read() as conn:
-            row = conn.execute(sa.select(e).where(where)).first()
+        row = self._run(lambda conn, _: conn.execute(sa.select(e).where(where)).first(), "read")
         if row is not None:
             return self._experiment_info(row)
-        with self._write() as conn:
-            stmt = self._insert(e).values(id=new_id(), name=name, project=project, created_at=now(),
-                                          run_counter=0)
+        created = {"id": new_id(), "name": name, "project": project, "created_at": now(), "run_counter": 0}
+
+        def work(conn: Connection, _attempt: int) -> Any:
+            stmt = self._insert(e).values(**created)
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["project", "name"]))
-            row = conn.execute(sa.select(e).where(where)).one()
-        return self._experiment_info(row)
+            return conn.execute(sa.select(e).where(where)).one()
+
+        return self._experiment_info(self._run(work))
 
     def _list_experiments(self, project: str | None) -> list[ExperimentInfo]:
         stmt = sa.select(t_experiments).order_by(t_experiments.c.created_at, t_experiments.c.name)
         if project is not None:
             stmt = stmt.where(t_experiments.c.project == project)
-        with self._read() as conn:
-            return [self._experiment_info(r) for r in conn.execute(stmt)]
+        rows = self._run(lambda conn, _: conn.execute(stmt).all(), "read")
+        return [self._experiment_info(r) for r in rows]
 
     def _delete_experiment(self, experiment_id: str) -> None:
-        with self._write() as conn:
+        def work(conn: Connection, attempt: int) -> None:
             result = conn.execute(sa.delete(t_experiments).where(t_experiments.c.id == experiment_id))
-            if result.rowcount == 0:
+            if result.rowcount == 0 and attempt == 0:  # later attempts: the first one may have deleted it
                 raise NotFoundError(f"experiment {experiment_id} not found")
+
+        self._run(work)
 
     # -- runs -----------------------------------------------------------------------------------------------
     def _create_run(
@@ -656,26 +831,38 @@ class SQLBackend(Backend, scheme="sqlite"):
         params: dict[str, Any], tags: dict[str, str],
     ) -> RunInfo:
         run_id = new_id()
-        with self._write() as conn:
+        params_json, tags_json = _dumps(params), _dumps(tags)
+        param_rows = self._param_rows(run_id, params) if params else None
+        tag_rows = [{"run_id": run_id, "key": k, "value": val} for k, val in tags.items()]
+
+        def work(conn: Connection, attempt: int) -> int:
+            if attempt:  # an earlier attempt may have committed: then the run exists with its number
+                done = conn.execute(_S_RUN_NUMBER, {"b_run": run_id}).scalar()
+                if done is not None:
+                    return int(done)
             if parent_id is not None:
                 try:
                     self._require_run(conn, parent_id)
                 except NotFoundError:
                     raise NotFoundError(f"parent run {parent_id} not found") from None
+            # The counter row stays locked until the commit, so numbers are dense and unique.
             number = conn.execute(_U_COUNTER, {"b_exp": experiment_id}).scalar()
             if number is None:
                 raise NotFoundError(f"experiment {experiment_id} not found")
             conn.execute(_I_RUN, {
                 "id": run_id, "experiment_id": experiment_id, "number": number, "name": name,
                 "parent_id": parent_id, "status": "running", "start_time": start_time,
-                "heartbeat": start_time, "params_json": _dumps(params), "tags_json": _dumps(tags),
+                "heartbeat": start_time, "params_json": params_json, "tags_json": tags_json,
             })
-            if params:
-                conn.execute(_I_PARAMS, self._param_rows(run_id, params))
-            if tags:
-                conn.execute(_I_TAGS, [{"run_id": run_id, "key": k, "value": val} for k, val in tags.items()])
+            if param_rows:
+                conn.execute(_I_PARAMS, param_rows)
+            if tag_rows:
+                conn.execute(_I_TAGS, tag_rows)
+            return int(number)
+
+        number = self._run(work)
         return RunInfo(
-            id=run_id, experiment_id=experiment_id, number=int(number), name=name, parent_id=parent_id,
+            id=run_id, experiment_id=experiment_id, number=number, name=name, parent_id=parent_id,
             status="running", start_time=start_time, heartbeat=start_time,
             params=dict(params), tags=dict(tags),
         )
@@ -690,10 +877,8 @@ class SQLBackend(Backend, scheme="sqlite"):
         return rows
 
     def _get_run(self, run_id: str) -> RunInfo:
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(t_runs.c.id == run_id)
-            ).first()
+        stmt = sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(t_runs.c.id == run_id)
+        row = self._run(lambda conn, _: conn.execute(stmt).first(), "read")
         if row is None:
             raise NotFoundError(f"run {run_id} not found")
         return self._infos_with_json_details([row])[0]
@@ -702,11 +887,9 @@ class SQLBackend(Backend, scheme="sqlite"):
         if not experiment_ids:
             return []
         r = t_runs
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(r.c.experiment_id.in_(experiment_ids))
-                .order_by(r.c.start_time, r.c.experiment_id, r.c.number)
-            ).all()
+        stmt = (sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(r.c.experiment_id.in_(experiment_ids))
+                .order_by(r.c.start_time, r.c.experiment_id, r.c.number))
+        rows = self._run(lambda conn, _: conn.execute(stmt).all(), "read")
         with _gc_paused(len(rows) > 500):
             return self._infos_with_json_details(rows)
 
@@ -718,36 +901,51 @@ class SQLBackend(Backend, scheme="sqlite"):
         limit: int | None,
         offset: int,
     ) -> list[RunInfo]:
-        from labvault import query
-
         if not experiment_ids or limit == 0:
             return []
+        stmt = self.search_statement(experiment_ids, expr, order, limit, offset)
+        rows = self._run(lambda conn, _: conn.execute(stmt).all(), "read")
+        with _gc_paused(len(rows) > 500):
+            return self._infos_with_json_details(rows)
+
+    def search_statement(self, experiment_ids: Sequence[str], expr: Expr, order: Sequence[OrderKey],
+                         limit: int | None = None, offset: int = 0) -> sa.Select[Any]:
+        """The one SELECT a search runs (public so its plan can be inspected with EXPLAIN)."""
+        from labvault import query
+
         r = t_runs
+        fields = _FieldJoins()
+        conditions: list[sa.ColumnElement[bool]] = [r.c.experiment_id.in_(experiment_ids)]
+        if not isinstance(expr, query.TrueExpr):
+            items = expr.items if isinstance(expr, query.And) else (expr,)
+            for item in items:  # rows that every match must have: inner joins the database can start from
+                required = _required_field(item)
+                if required is not None:
+                    fields.require(required)
+            conditions += [query.compile_sql(item, fields) for item in items]
+        ordering = query.compile_order_sql(order, fields)  # ends with number, id
         # The page's latest metrics and results ride along as JSON objects built by the database, so a
         # search is one query whatever the number of matches.
-        stmt = sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(r.c.experiment_id.in_(experiment_ids))
-        condition = query.compile_sql(expr, self._resolve_field)
-        if condition is not None:
-            stmt = stmt.where(*_implied_prefilters(expr), condition)
-        stmt = stmt.order_by(*query.compile_order_sql(order, self._resolve_field))  # ends with number, id
+        stmt = (sa.select(*_RUN_COLUMNS, *self._detail_columns()).select_from(fields.joined(r))
+                .where(*conditions).order_by(*ordering))
         if limit is not None:
             stmt = stmt.limit(limit)
         if offset:
             stmt = stmt.offset(offset)
-        with self._read() as conn:
-            rows = conn.execute(stmt).all()
-        with _gc_paused(len(rows) > 500):
-            return self._infos_with_json_details(rows)
+        return stmt
 
     def _detail_columns(self) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]:
-        """Correlated subqueries giving a run's latest metrics and its results as JSON objects."""
-        postgres = self._dialect == "postgresql"
-        agg = sa.func.json_object_agg if postgres else sa.func.json_group_object
-        stored = t_results.c.value_json
-        parsed = sa.cast(stored, sa.JSON) if postgres else sa.func.json(stored)
-        metrics = (sa.select(agg(t_latest.c.key, t_latest.c.value))
+        """Correlated subqueries giving a run's latest metrics and its results as JSON object texts.
+
+        An infinite latest value travels as the string ``"inf"`` / ``"-inf"`` (SQLite writes infinities
+        into JSON as ``Inf``, which no JSON parser reads); ``_infos_with_json_details`` converts it back.
+        """
+        value = t_latest.c.value
+        encoded = sa.case((value > _DBL_MAX, sa.literal("inf")), (value < -_DBL_MAX, sa.literal("-inf")),
+                          else_=value)
+        metrics = (sa.select(sa.func.json_group_object(t_latest.c.key, encoded))
                    .where(t_latest.c.run_id == t_runs.c.id).scalar_subquery())
-        results = (sa.select(agg(t_results.c.key, parsed))
+        results = (sa.select(sa.func.json_group_object(t_results.c.key, sa.func.json(t_results.c.value_json)))
                    .where(t_results.c.run_id == t_runs.c.id).scalar_subquery())
         return metrics, results
 
@@ -763,6 +961,8 @@ class SQLBackend(Backend, scheme="sqlite"):
             for key, value in metrics.items():
                 if value is None:  # a NaN latest value is stored as NULL
                     metrics[key] = nan
+                elif value.__class__ is str:  # an infinity (see _detail_columns)
+                    metrics[key] = float(value)
             out.append(RunInfo(
                 id=run_id, experiment_id=experiment_id, number=number, name=name, parent_id=parent_id,
                 status=status, start_time=start_time, end_time=end_time, error=error, heartbeat=heartbeat,
@@ -771,41 +971,15 @@ class SQLBackend(Backend, scheme="sqlite"):
             ))
         return out
 
-    @staticmethod
-    def _resolve_field(field: Field, kind: str) -> sa.ColumnElement[Any]:
-        """A field's numeric (``kind="number"``) or text value for the current run row, or NULL."""
-        r = t_runs
-        number = kind == "number"
-        if field.kind == "params":
-            col = t_params.c.value_num if number else t_params.c.value_text
-            return (sa.select(col).where(t_params.c.run_id == r.c.id, t_params.c.key == field.key)
-                    .scalar_subquery())
-        if field.kind == "metrics":
-            if not number:
-                return sa.null()
-            return (sa.select(t_latest.c.value)
-                    .where(t_latest.c.run_id == r.c.id, t_latest.c.key == field.key).scalar_subquery())
-        if field.kind == "tags":
-            if number:
-                return sa.null()
-            return (sa.select(t_tags.c.value).where(t_tags.c.run_id == r.c.id, t_tags.c.key == field.key)
-                    .scalar_subquery())
-        if field.kind == "attributes":
-            attr = r.c.get(field.key)
-            if attr is None:
-                return sa.null()
-            is_number = isinstance(attr.type, sa.Integer | sa.Double | sa.Float)
-            return attr if is_number == number else sa.null()
-        raise InvalidArgumentError(f"cannot search on {field.kind}.{field.key}")
-
     def _update_run(self, run_id: str, fields: dict[str, Any]) -> None:
-        with self._write() as conn:
-            result = conn.execute(_U_RUN, {"b_run": run_id, **fields})
-            if result.rowcount == 0:
+        def work(conn: Connection, _attempt: int) -> None:
+            if conn.execute(_U_RUN, {"b_run": run_id, **fields}).rowcount == 0:
                 raise NotFoundError(f"run {run_id} not found")
 
+        self._run(work)
+
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        with self._write() as conn:
+        def work(conn: Connection, _attempt: int) -> None:
             doc = self._run_document(conn, run_id, t_runs.c.params_json)
             check_params_conflict(run_id, doc, params)
             new = {k: val for k, val in params.items() if k not in doc}
@@ -814,16 +988,22 @@ class SQLBackend(Backend, scheme="sqlite"):
                 doc.update(new)
                 conn.execute(_U_RUN, {"b_run": run_id, "params_json": _dumps(doc)})
 
+        self._run(work)
+
     def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        with self._write() as conn:
+        rows = [{"run_id": run_id, "key": k, "value": val} for k, val in tags.items()]
+
+        def work(conn: Connection, _attempt: int) -> None:
             doc = self._run_document(conn, run_id, t_runs.c.tags_json)
-            rows = [{"run_id": run_id, "key": k, "value": val} for k, val in tags.items()]
             conn.execute(self._upserts()["run_tags"], rows)
             doc.update(tags)
             conn.execute(_U_RUN, {"b_run": run_id, "tags_json": _dumps(doc)})
 
+        self._run(work)
+
     @staticmethod
     def _run_document(conn: Connection, run_id: str, column: sa.Column[Any]) -> dict[str, Any]:
+        """A run's params or tags document, its row locked until the commit (read-modify-write)."""
         raw = conn.execute(_S_RUN_DOC[column.name], {"b_run": run_id}).scalar()
         if raw is None:
             raise NotFoundError(f"run {run_id} not found")
@@ -831,44 +1011,57 @@ class SQLBackend(Backend, scheme="sqlite"):
         return doc
 
     def _log_results(self, run_id: str, results: dict[str, Any]) -> None:
-        with self._write() as conn:
+        rows = [{"run_id": run_id, "key": k, "value_json": _dumps(val)} for k, val in results.items()]
+
+        def work(conn: Connection, _attempt: int) -> None:
             self._require_run(conn, run_id)
-            rows = [{"run_id": run_id, "key": k, "value_json": _dumps(val)} for k, val in results.items()]
             conn.execute(self._upserts()["run_results"], rows)
+
+        self._run(work)
 
     # -- metrics --------------------------------------------------------------------------------------------
     def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
-        segments: list[dict[str, Any]] = []
+        batch_id = new_id()
+        pieces: list[tuple[str, dict[str, Any]]] = []  # (key, segment row without run_id and seq)
         latest: dict[str, dict[str, Any]] = {}
-        with self._write() as conn:
-            self._require_run(conn, run_id)
-            keys = list({s.key for s in series})
+        for s in series:
+            n = len(s)
+            for start in range(0, n, SEGMENT_POINTS):
+                end = min(n, start + SEGMENT_POINTS)
+                pieces.append((s.key, {
+                    "run_id": run_id, "key": s.key, "n": end - start, "batch_id": batch_id,
+                    "steps": _blob(s.steps[start:end], "<i8"),
+                    "values": _blob(s.values[start:end], "<f8"),
+                    "timestamps": _blob(s.timestamps[start:end], "<f8"),
+                }))
+            value, step, stamp = s.last()
+            latest[s.key] = {"run_id": run_id, "key": s.key, "step": step, "timestamp": stamp,
+                             "value": None if math.isnan(value) else value}
+        keys = list({s.key for s in series})
+
+        def work(conn: Connection, attempt: int) -> None:
+            self._require_run(conn, run_id, lock=True)  # one writer of a run's series at a time
+            if attempt and conn.execute(_S_BATCH_STORED, {"b_run": run_id, "b_batch": batch_id}).first():
+                return  # an earlier attempt committed this batch (all of it: one transaction)
             next_seq: dict[str, int] = {
                 key: int(top) + 1 for key, top in conn.execute(_S_LAST_SEQ, {"b_run": run_id, "b_keys": keys})
             }
-            for s in series:
-                seq = next_seq.get(s.key, 0)
-                n = len(s)
-                for start in range(0, n, SEGMENT_POINTS):
-                    end = min(n, start + SEGMENT_POINTS)
-                    segments.append({
-                        "run_id": run_id, "key": s.key, "seq": seq, "n": end - start,
-                        "steps": _blob(s.steps[start:end], "<i8"),
-                        "values": _blob(s.values[start:end], "<f8"),
-                        "timestamps": _blob(s.timestamps[start:end], "<f8"),
-                    })
-                    seq += 1
-                next_seq[s.key] = seq
-                value, step, stamp = s.last()
-                latest[s.key] = {"run_id": run_id, "key": s.key, "step": step, "timestamp": stamp,
-                                 "value": None if math.isnan(value) else value}
+            segments = []
+            for key, row in pieces:
+                seq = next_seq.get(key, 0)
+                next_seq[key] = seq + 1
+                segments.append({**row, "seq": seq})
             conn.execute(_I_SEGMENTS, segments)
             conn.execute(self._upserts()["metric_latest"], list(latest.values()))
 
+        self._run(work)
+
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:
-        with self._read() as conn:
+        def work(conn: Connection, _attempt: int) -> Sequence[Any]:
             self._require_run(conn, run_id)
-            rows = conn.execute(_S_HISTORY, {"b_run": run_id, "b_key": key}).all()
+            return conn.execute(_S_HISTORY, {"b_run": run_id, "b_key": key}).all()
+
+        rows = self._run(work, "read")
         if not rows:
             return MetricSeries.empty(key)
         total = sum(int(row[0]) for row in rows)
@@ -889,22 +1082,364 @@ class SQLBackend(Backend, scheme="sqlite"):
 
     # -- artifacts ------------------------------------------------------------------------------------------
     def _add_artifact(self, run_id: str, info: ArtifactInfo) -> None:
-        with self._write() as conn:
+        row = {"run_id": run_id, "key": info.key, "digest": info.digest, "size": info.size,
+               "created_at": info.created_at}
+
+        def work(conn: Connection, _attempt: int) -> None:
             self._require_run(conn, run_id)
-            conn.execute(self._upserts()["artifacts"], {
-                "run_id": run_id, "key": info.key, "digest": info.digest, "size": info.size,
-                "created_at": info.created_at,
-            })
+            conn.execute(self._upserts()["artifacts"], row)
+
+        self._run(work)
 
     def _list_artifacts(self, run_id: str, prefix: str) -> list[ArtifactInfo]:
         a = t_artifacts
         stmt = sa.select(a.c.key, a.c.size, a.c.digest, a.c.created_at).where(a.c.run_id == run_id)
         if prefix:
             stmt = stmt.where(a.c.key.startswith(prefix, autoescape=True))
-        with self._read() as conn:
+
+        def work(conn: Connection, _attempt: int) -> Sequence[Any]:
             self._require_run(conn, run_id)
-            return [ArtifactInfo(key=k, size=int(size), digest=digest, created_at=created)
-                    for k, size, digest, created in conn.execute(stmt.order_by(a.c.key))]
+            return conn.execute(stmt.order_by(a.c.key)).all()
+
+        return [ArtifactInfo(key=k, size=int(size), digest=digest, created_at=created)
+                for k, size, digest, created in self._run(work, "read")]
+
+
+# -- blobs in the database ----------------------------------------------------------------------------------
+class _AlreadyStored(Exception):
+    """Raised inside an upload transaction to roll it back: the content was stored already."""
+
+
+class _ChunkReader(io.RawIOBase):
+    """A blob read back chunk by chunk, one query per chunk (the first came with the blob's row)."""
+
+    def __init__(self, store: SQLBlobStore, key: str, blob_id: int, chunks: int, first: bytes) -> None:
+        self._store = store
+        self._key = key
+        self._blob_id = blob_id
+        self._chunks = chunks
+        self._next = 1
+        self._buffer = memoryview(first)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._buffer:
+            if self._next >= self._chunks:
+                return 0
+            self._buffer = memoryview(self._store._chunk(self._key, self._blob_id, self._next))
+            self._next += 1
+        n = min(len(buffer), len(self._buffer))
+        memoryview(buffer).cast("B")[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+class SQLBlobStore(BlobStore):
+    """Blobs inside an SQL backend's database: ``blobs`` rows naming ``blob_chunks`` of up to 1 MiB.
+
+    An upload writes its chunks under a fresh random ``blob_id`` and the ``blobs`` row naming them in one
+    transaction, so a partial blob is never visible (a failed or killed upload leaves nothing), and a
+    replaced key never disturbs a reader still streaming the previous content. Reads fetch the blob's
+    row with its first chunk in one query (all of a small blob), then one query per further chunk, so
+    memory stays flat at any size. Content-addressed uploads (``put_content``) hash while they stream
+    and roll back when the content is stored already. Small writes (one chunk) are retried after a lost
+    connection like every transaction of the backend; a streamed upload cannot be replayed and fails
+    with ``BackendUnavailableError`` instead.
+
+    The default artifact store of PostgreSQL stores, and the small tier of SQLite's ``TieredBlobStore``.
+    """
+
+    def __init__(self, backend: SQLBackend) -> None:
+        self._backend = backend
+
+    def __repr__(self) -> str:
+        return f"SQLBlobStore({self._backend.location!r})"
+
+    # -- writes ----------------------------------------------------------------------------------------
+    def _insert_chunks(self, conn: Connection, blob_id: int, chunks: Iterable[bytes],
+                       sha: Any | None = None) -> tuple[int, int]:
+        """Insert the chunks under ``blob_id``; return (size, number of chunks)."""
+        size = count = 0
+        for chunk in chunks:
+            if not chunk:
+                continue
+            if sha is not None:
+                sha.update(chunk)
+            conn.execute(_I_CHUNK, {"blob_id": blob_id, "idx": count, "data": bytes(chunk)})
+            size += len(chunk)
+            count += 1
+        return size, count
+
+    def _replace(self, conn: Connection, key: str, blob_id: int, size: int, count: int) -> None:
+        """Point ``key`` at ``blob_id`` and drop the chunks it named before (same transaction)."""
+        old = conn.execute(_S_BLOB_ID.with_for_update(), {"b_key": key}).scalar()
+        row = {"key": key, "blob_id": blob_id, "size": size, "chunks": count, "created_at": now()}
+        if old is None:
+            stmt = self._backend._insert(t_blobs)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=["key"], set_={c: stmt.excluded[c] for c in ("blob_id", "size", "chunks",
+                                                                             "created_at")}), row)
+        else:
+            conn.execute(sa.update(t_blobs).where(t_blobs.c.key == key).values(
+                blob_id=blob_id, size=size, chunks=count, created_at=row["created_at"]))
+            conn.execute(_D_CHUNKS, {"b_id": old})
+
+    def _put(self, key: str, chunks: Iterator[bytes]) -> int:
+        first = next(chunks, b"")
+        second = next(chunks, None)
+        if second is None:  # all in memory already: one transaction, retried after a lost connection
+            data = bytes(first)
+
+            def small(conn: Connection, _attempt: int) -> int:
+                blob_id = secrets.randbits(63)
+                size, count = self._insert_chunks(conn, blob_id, [data])
+                self._replace(conn, key, blob_id, size, count)
+                return size
+
+            return self._backend._run(small)
+
+        def streamed(conn: Connection, _attempt: int) -> int:
+            blob_id = secrets.randbits(63)
+            size, count = self._insert_chunks(conn, blob_id, itertools.chain([first, second], chunks))
+            self._replace(conn, key, blob_id, size, count)
+            return size
+
+        return self._backend._run(streamed, retry=False)
+
+    def put_content(self, data: BlobSource) -> tuple[str, int]:
+        """Store ``data`` under its sha256 digest once; hash while streaming into the database."""
+        source = iter_source(data)
+        first = next(source, b"")
+        second = next(source, None)
+        if second is None:
+            return self._put_small_content(bytes(first))
+        sha = hashlib.sha256()
+
+        def streamed(conn: Connection, _attempt: int) -> tuple[str, int]:
+            blob_id = secrets.randbits(63)
+            size, count = self._insert_chunks(conn, blob_id, itertools.chain([first, second], source), sha)
+            digest = sha.hexdigest()
+            row = {"key": self.digest_key(digest), "blob_id": blob_id, "size": size, "chunks": count,
+                   "created_at": now()}
+            if conn.execute(self._backend._upserts()["blobs"], row).first() is None:
+                raise _AlreadyStored(digest, size)  # roll the chunks back: the content is there already
+            return digest, size
+
+        try:
+            return self._backend._run(streamed, retry=False)
+        except _AlreadyStored as stored:
+            return stored.args[0], stored.args[1]
+
+    def _put_small_content(self, data: bytes) -> tuple[str, int]:
+        """One chunk: one transaction inserting the row (if new) and the chunk."""
+        digest = hashlib.sha256(data).hexdigest()
+        row = {"key": self.digest_key(digest), "blob_id": secrets.randbits(63), "size": len(data),
+               "chunks": 1 if data else 0, "created_at": now()}
+        chunk = {"blob_id": row["blob_id"], "idx": 0, "data": data}
+
+        def work(conn: Connection, _attempt: int) -> None:
+            # A retry after a commit that did happen finds the row and inserts nothing.
+            if conn.execute(self._backend._upserts()["blobs"], row).first() is not None and data:
+                conn.execute(_I_CHUNK, chunk)
+
+        self._backend._run(work)
+        return digest, len(data)
+
+    # -- reads ------------------------------------------------------------------------------------------
+    def _head(self, key: str) -> tuple[int, int, int, bytes]:
+        row = self._backend._run(lambda conn, _: conn.execute(_S_BLOB_HEAD, {"b_key": key}).first(), "read")
+        if row is None:
+            raise NotFoundError(f"no blob {key!r} in {self._backend.location}")
+        blob_id, size, chunks, first = row
+        return int(blob_id), int(size), int(chunks), bytes(first or b"")
+
+    def _chunk(self, key: str, blob_id: int, idx: int) -> bytes:
+        data = self._backend._run(
+            lambda conn, _: conn.execute(_S_BLOB_CHUNK, {"b_id": blob_id, "b_idx": idx}).scalar(), "read")
+        if data is None:
+            raise NotFoundError(f"blob {key!r} in {self._backend.location} was replaced or deleted while "
+                                f"being read (chunk {idx} is gone)")
+        return bytes(data)
+
+    def _open(self, key: str) -> BinaryIO:
+        blob_id, _size, chunks, first = self._head(key)
+        return io.BufferedReader(_ChunkReader(self, key, blob_id, chunks, first), CHUNK_SIZE)
+
+    def get_content(self, digest: str) -> bytes:
+        """Read a content-addressed blob whole (one query when it is one chunk) and verify its digest."""
+        key = self.digest_key(digest)
+        blob_id, size, chunks, first = self._head(key)
+        if chunks <= 1:
+            data = first
+        else:
+            with io.BufferedReader(_ChunkReader(self, key, blob_id, chunks, first), CHUNK_SIZE) as fh:
+                data = fh.read()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest or len(data) != size:
+            raise CorruptDataError(f"blob {digest} is corrupt: its sha256 is {actual}")
+        return data
+
+    def _exists(self, key: str) -> bool:
+        return self._backend._run(
+            lambda conn, _: conn.execute(_S_BLOB_ID, {"b_key": key}).first() is not None, "read")
+
+    def _delete(self, key: str) -> None:
+        def work(conn: Connection, _attempt: int) -> None:
+            old = conn.execute(_S_BLOB_ID.with_for_update(), {"b_key": key}).scalar()
+            if old is not None:
+                conn.execute(_D_BLOB, {"b_key": key})
+                conn.execute(_D_CHUNKS, {"b_id": old})
+
+        self._backend._run(work)
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        stmt = sa.select(t_blobs.c.key).order_by(t_blobs.c.key)
+        if prefix:
+            stmt = stmt.where(t_blobs.c.key.startswith(prefix, autoescape=True))
+        return iter(self._backend._run(lambda conn, _: list(conn.execute(stmt).scalars()), "read"))
+
+    def delete_orphans(self) -> int:
+        """Delete chunks no blob names (left by two writers racing to replace one key); return how many.
+
+        Safe while others write: an upload's chunks are invisible until its transaction commits them
+        together with the row that names them.
+        """
+        stmt = sa.delete(t_chunks).where(t_chunks.c.blob_id.not_in(sa.select(t_blobs.c.blob_id)))
+        return int(self._backend._run(lambda conn, _: conn.execute(stmt).rowcount))
+
+
+class _PrefixedReader:
+    """A binary file object that returns ``head`` first, then the rest of ``rest``."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            n = len(self._head) if size < 0 else min(size, len(self._head))
+            out = bytes(self._head[:n])
+            self._head = self._head[n:]
+            return out
+        data = self._rest.read(size)
+        return bytes(data) if data else b""
+
+
+class TieredBlobStore(BlobStore):
+    """Small blobs (<= ``limit`` bytes) in one store, larger ones in another; reads try small first.
+
+    SQLite's default: small blobs inside the database (one transaction, no file to create and fsync, so
+    thousands of small artifacts a second), large ones as files in the sibling folder (copied by the
+    kernel, verified on read). Writing a key into one tier removes it from the other, so reads never
+    find a stale copy.
+    """
+
+    def __init__(self, small: BlobStore, large: BlobStore, limit: int = SMALL_BLOB_LIMIT) -> None:
+        self.small = small
+        self.large = large
+        self.limit = limit
+
+    def __repr__(self) -> str:
+        return f"TieredBlobStore({self.small!r}, {self.large!r}, limit={self.limit})"
+
+    @property
+    def pending(self) -> Any:
+        """The large tier's group-commit queue (files written since the last ``sync``)."""
+        return getattr(self.large, "pending", None)
+
+    def _read_head(self, read: Callable[[int], Any]) -> bytes:
+        """Up to ``limit + 1`` bytes from a file object's ``read`` (fewer only at its end)."""
+        parts: list[bytes] = []
+        got = 0
+        while got <= self.limit:
+            chunk = read(self.limit + 1 - got)
+            if not chunk:
+                break
+            if not isinstance(chunk, bytes | bytearray):
+                raise InvalidArgumentError("artifact file object must be opened in binary mode ('rb')")
+            parts.append(bytes(chunk))
+            got += len(chunk)
+        return b"".join(parts)
+
+    def put_content(self, data: BlobSource) -> tuple[str, int]:
+        if isinstance(data, bytes | bytearray | memoryview):
+            return (self.small if len(data) <= self.limit else self.large).put_content(data)
+        if isinstance(data, str | os.PathLike):
+            path = Path(data)
+            try:
+                small = path.is_file() and path.stat().st_size <= self.limit
+            except OSError:
+                small = False
+            if small:
+                with path.open("rb") as fh:
+                    return self.put_content(_PrefixedReader(b"", fh))  # type: ignore[arg-type]
+            return self.large.put_content(data)
+        read = getattr(data, "read", None)
+        if not callable(read):
+            return self.large.put_content(data)  # raises InvalidArgumentError naming the type
+        head = self._read_head(read)
+        if len(head) <= self.limit:
+            return self.small.put_content(head)
+        return self.large.put_content(_PrefixedReader(head, data))  # type: ignore[arg-type]
+
+    def _put(self, key: str, chunks: Iterator[bytes]) -> int:
+        parts: list[bytes] = []
+        got = 0
+        for chunk in chunks:
+            parts.append(chunk)
+            got += len(chunk)
+            if got > self.limit:
+                break
+        if got <= self.limit:
+            size = self.small._put(key, iter([b"".join(parts)]))
+            self.large._delete(key)
+            return size
+        size = self.large._put(key, itertools.chain(parts, chunks))
+        self.small._delete(key)
+        return size
+
+    def _open(self, key: str) -> BinaryIO:
+        try:
+            return self.small._open(key)
+        except NotFoundError:
+            return self.large._open(key)
+
+    def open_content(self, digest: str) -> BinaryIO:
+        try:
+            return self.small.open_content(digest)
+        except NotFoundError:
+            return self.large.open_content(digest)
+
+    def get_content(self, digest: str) -> bytes:
+        try:
+            return self.small.get_content(digest)
+        except NotFoundError:
+            return self.large.get_content(digest)
+
+    def copy_content_to(self, digest: str, dest: Path) -> int:
+        if self.small._exists(self.digest_key(digest)):
+            return self.small.copy_content_to(digest, dest)
+        return self.large.copy_content_to(digest, dest)
+
+    def _exists(self, key: str) -> bool:
+        return self.small._exists(key) or self.large._exists(key)
+
+    def _delete(self, key: str) -> None:
+        self.small._delete(key)
+        self.large._delete(key)
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        return iter(sorted(set(self.small._list(prefix)) | set(self.large._list(prefix))))
+
+    def sync(self) -> None:
+        self.small.sync()
+        self.large.sync()
+
+    def close(self) -> None:
+        self.small.close()
+        self.large.close()
 
 
 def _parse_sqlite_uri(uri: str) -> tuple[Path, dict[str, str]]:
@@ -935,47 +1470,92 @@ def _parse_sqlite_uri(uri: str) -> tuple[Path, dict[str, str]]:
     return Path(raw).expanduser(), query
 
 
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-    ">=": operator.ge,
-}
+class _FieldJoins:
+    """The query compiler's resolver for one search: each (kind, key) a filter or ordering refers to is
+    one join of ``run_params`` / ``metric_latest`` / ``run_tags`` on ``(run_id, key)``.
+
+    Every run has at most one row per key (the primary key), so a join never multiplies runs, and a
+    LEFT JOIN gives exactly the NULL a missing key must compare as. A key that every match must have
+    (see ``_required_field``) is an INNER JOIN instead: that changes nothing about which runs match,
+    but lets the database start from the (key, value) index of schema version 3 rather than from every
+    run of the experiments, and join the rest by hash or by primary key as it sees fit.
+    """
+
+    _TABLES: ClassVar[dict[str, sa.Table]] = {"params": t_params, "metrics": t_latest, "tags": t_tags}
+
+    def __init__(self) -> None:
+        self._aliases: dict[tuple[str, str], Any] = {}
+        self._required: set[tuple[str, str]] = set()
+
+    def require(self, field: Field) -> None:
+        """Every matching run has a row for ``field``: join it as an INNER JOIN."""
+        self._alias(field)
+        self._required.add((field.kind, field.key))
+
+    def _alias(self, field: Field) -> Any:
+        alias = self._aliases.get((field.kind, field.key))
+        if alias is None:
+            alias = self._TABLES[field.kind].alias(f"f{len(self._aliases)}")
+            self._aliases[(field.kind, field.key)] = alias
+        return alias
+
+    def __call__(self, field: Field, kind: str) -> sa.ColumnElement[Any]:
+        """A field's numeric (``kind="number"``) or text value for the current run row, or NULL."""
+        number = kind == "number"
+        if field.kind == "params":
+            alias = self._alias(field)
+            return alias.c.value_num if number else alias.c.value_text  # type: ignore[no-any-return]
+        if field.kind == "metrics":
+            return self._alias(field).c.value if number else sa.null()
+        if field.kind == "tags":
+            return sa.null() if number else self._alias(field).c.value
+        if field.kind == "attributes":
+            attr = t_runs.c.get(field.key)
+            if attr is None:
+                return sa.null()
+            is_number = isinstance(attr.type, sa.Integer | sa.Double | sa.Float)
+            return attr if is_number == number else sa.null()
+        raise InvalidArgumentError(f"cannot search on {field.kind}.{field.key}")
+
+    def joined(self, runs: sa.Table) -> Any:
+        """``runs`` joined with every referenced key, the required ones first."""
+        source: Any = runs
+        ordered = sorted(self._aliases.items(), key=lambda item: item[0] not in self._required)
+        for (kind, key), alias in ordered:
+            on = sa.and_(alias.c.run_id == runs.c.id, alias.c.key == key)
+            source = source.join(alias, on) if (kind, key) in self._required else source.outerjoin(alias, on)
+        return source
 
 
-def _implied_prefilters(expr: Any) -> list[sa.ColumnElement[bool]]:
-    """``runs.id IN (SELECT run_id ... WHERE key = ? AND value op ?)`` for each top-level comparison.
+def _required_field(item: Any) -> Field | None:
+    """The param, metric or tag a top-level conjunct can only be TRUE for when the run has its row.
 
-    A run can only satisfy ``params.x op v`` (in an AND at the top, outside any NOT) if it has a row with
-    that key whose value satisfies it, so these conditions are implied by the filter and change nothing
-    about which runs match, while the (key, value) indexes of schema version 3 let SQLite start from the
-    few matching rows instead of probing every run. The exact three-valued condition is still applied.
+    A comparison, an IN list, a LIKE and an IS NOT NULL are UNKNOWN for a missing key, so in an AND at
+    the top of the filter (outside any NOT) their key's row is required; IS NULL, NOT and OR are not.
     """
     from labvault import query
 
-    items = expr.items if isinstance(expr, query.And) else (expr,)
-    out: list[sa.ColumnElement[bool]] = []
-    for item in items:
-        if not isinstance(item, query.Compare):
-            continue
-        key, number = item.field.key, isinstance(item.value, float)
-        if item.field.kind == "params":
-            table, column = t_params, t_params.c.value_num if number else t_params.c.value_text
-        elif item.field.kind == "metrics" and number:
-            table, column = t_latest, t_latest.c.value
-        elif item.field.kind == "tags" and not number:
-            table, column = t_tags, t_tags.c.value
-        else:
-            continue
-        holders = sa.select(table.c.run_id).where(table.c.key == key, _OPS[item.op](column, item.value))
-        out.append(t_runs.c.id.in_(holders))
-    return out
+    needs_row = isinstance(item, query.Compare) or (
+        isinstance(item, query.InList | query.Like) and not item.negated) or (
+        isinstance(item, query.IsNull) and item.negated)
+    if not needs_row or item.field.kind not in ("params", "metrics", "tags"):
+        return None
+    field: Field = item.field
+    return field
 
 
 def upgrade(uri: str) -> tuple[int, int]:
-    """Upgrade the store at ``uri`` to this labvault's schema; return (old, new) versions.
+    """Upgrade the SQL store at ``uri`` (SQLite or PostgreSQL) to this labvault's schema; return (old, new).
 
-    This is what ``labvault db upgrade --uri sqlite:///...`` runs.
+    This is what ``labvault db upgrade --uri ...`` runs. Safe when several processes run it at once.
     """
-    backend = SQLBackend.from_uri(uri)
+    from labvault.backends import registry
+
+    scheme = uri.split("://", 1)[0].lower() if isinstance(uri, str) and "://" in uri else ""
+    cls = registry.backend_class(scheme) if scheme else None
+    if cls is None or not issubclass(cls, SQLBackend):
+        raise InvalidArgumentError(f"{uri!r} is not an SQL store (sqlite:// or postgresql://)")
+    backend = cls.from_uri(uri)
     try:
         return backend.upgrade()
     finally:

@@ -1,0 +1,59 @@
+"""The conformance suite on PostgreSQL: one throwaway database per module, a fresh schema per test.
+
+The database is created with an ICU ``en-US`` default collation (where ``'b' < 'B'``), so the suite also
+proves that labvault compares text by code point whatever the database's collation. It is dropped at the
+end; nothing else on the server is touched. Set ``LABVAULT_TEST_POSTGRES`` to an admin URI to use
+another server (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from labvault.testing import BackendTests
+from labvault.testing.plugin import require_service
+
+ADMIN_URI = os.environ.get("LABVAULT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+def _admin() -> Any:
+    import psycopg
+
+    return psycopg.connect(ADMIN_URI, autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A fresh database ``labvault_test_<hex>``; yields its URI (no options) and drops it afterwards."""
+    try:
+        admin = _admin()
+    except Exception:
+        admin = None
+    require_service("PostgreSQL", admin is not None, START)
+    assert admin is not None
+    name = f"labvault_test_{secrets.token_hex(6)}"
+    try:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' '
+                      "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'")
+    except Exception:  # a server without ICU: its default collation
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = ADMIN_URI.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+class TestPostgresBackend(BackendTests):
+    heavy = True
+
+    @pytest.fixture
+    def uri(self, pg_database: str) -> str:
+        return f"{pg_database}?schema=t_{secrets.token_hex(6)}"
