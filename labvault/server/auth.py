@@ -1,0 +1,325 @@
+"""Users, roles and API tokens for the labvault server, kept in a small SQLite file of its own.
+
+Tokens look like ``lv_<id>_<secret>``: ``<id>`` (12 hex digits) is public and finds the token's row at
+once; only an argon2 hash of ``<secret>`` is stored, so a stolen auth file reveals no usable token. The
+server verifies a token with argon2 the first time it sees it and then remembers a sha256 of the secret
+in memory (compared with ``hmac.compare_digest``), so later requests cost a primary-key lookup, which
+also makes a revocation or a role change take effect on the very next request.
+
+There are no default users or passwords. Roles are ordered: ``reader`` (read everything), ``writer``
+(read and write runs, metrics, artifacts), ``admin`` (also delete experiments, write raw blobs and manage
+users and tokens).
+
+The file lives at ``--auth-db`` / ``$LABVAULT_AUTH_DB``, else ``<config dir>/auth.db`` where the config
+dir is ``$LABVAULT_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/labvault``, else ``~/.config/labvault``. It is
+created with mode 0600 in a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labvault.errors import (
+    AlreadyExistsError,
+    AuthenticationError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+ROLES: tuple[str, ...] = ("reader", "writer", "admin")
+_RANK = {role: i for i, role in enumerate(ROLES)}
+_USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
+_TOKEN_RE = re.compile(r"lv_([0-9a-f]{12})_([A-Za-z0-9_\-]{20,128})")
+_TOKEN_ID_RE = re.compile(r"[0-9a-f]{12}")
+#: Shown instead of a reason: the server never tells a caller which part of a token was wrong.
+BAD_TOKEN = "invalid, expired or revoked API token"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    secret_hash TEXT NOT NULL,
+    description TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens(user);
+"""
+
+
+def config_dir() -> Path:
+    """Where labvault keeps per-user configuration (auth store, CLI credentials)."""
+    explicit = os.environ.get("LABVAULT_CONFIG_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "labvault"
+
+
+def default_auth_db() -> Path:
+    """``$LABVAULT_AUTH_DB``, else ``<config dir>/auth.db``."""
+    explicit = os.environ.get("LABVAULT_AUTH_DB")
+    return Path(explicit).expanduser() if explicit else config_dir() / "auth.db"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as."""
+
+    user: str
+    role: str
+    token_id: str | None = None
+
+    def allows(self, role: str) -> bool:
+        """Whether this principal's role includes ``role``."""
+        return _RANK[self.role] >= _RANK[role]
+
+    def require(self, role: str) -> None:
+        """Raise ``PermissionDeniedError`` unless the principal has at least ``role``."""
+        if not self.allows(role):
+            raise PermissionDeniedError(
+                f"user {self.user!r} has role {self.role!r}; this needs the {role!r} role"
+            )
+
+
+#: The principal of a server started with ``--insecure`` (no authentication at all).
+ANONYMOUS_ADMIN = Principal("anonymous", "admin", None)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A token as listed (never with its secret)."""
+
+    id: str
+    user: str
+    description: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+def check_role(role: object) -> str:
+    """Return ``role`` when it is one of reader, writer, admin."""
+    if role not in _RANK:
+        raise InvalidArgumentError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    assert isinstance(role, str)
+    return role
+
+
+def check_user_name(name: object) -> str:
+    """User names: 1-64 letters, digits, '_', '.', '@' and '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not _USER_RE.fullmatch(name):
+        raise InvalidArgumentError(
+            f"invalid user name {name!r}: use 1-64 letters, digits, '_', '.', '@' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """Split ``lv_<id>_<secret>`` into (id, secret); ``AuthenticationError`` when malformed."""
+    match = _TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
+    if match is None:
+        raise AuthenticationError(BAD_TOKEN)
+    return match.group(1), match.group(2)
+
+
+class AuthStore:
+    """The server's users and tokens in one SQLite file (safe to share between server processes)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self._local = threading.local()
+        self._verified: dict[str, bytes] = {}  # token id -> sha256(secret) of a secret argon2 accepted
+        self._verified_lock = threading.Lock()
+        self._hasher: Any = None
+        self._dummy_hash: str | None = None
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"AuthStore({str(self.path)!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    def _ph(self) -> Any:
+        if self._hasher is None:
+            from argon2 import PasswordHasher
+
+            self._hasher = PasswordHasher()
+        return self._hasher
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if not self._ready:
+                self._create()
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+        return conn
+
+    def _create(self) -> None:
+        with self._ready_lock:
+            if self._ready:
+                return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not self.path.exists():
+                    fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                    os.close(fd)
+                conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+                try:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.executescript(_SCHEMA)
+                finally:
+                    conn.close()
+            except (OSError, sqlite3.Error) as exc:
+                raise InvalidArgumentError(f"cannot open the auth store {str(self.path)!r}: {exc}") from exc
+            self._ready = True
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- users --------------------------------------------------------------------------------------------
+    def add_user(self, name: str, role: str) -> None:
+        """Create a user; ``AlreadyExistsError`` when the name is taken."""
+        check_user_name(name)
+        check_role(role)
+        try:
+            self._connect().execute("INSERT INTO users (name, role, created_at) VALUES (?, ?, ?)",
+                                    (name, role, time.time()))
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExistsError(f"user {name!r} exists already") from exc
+
+    def set_role(self, name: str, role: str) -> None:
+        """Change a user's role (takes effect on the user's next request)."""
+        check_role(role)
+        cur = self._connect().execute("UPDATE users SET role = ? WHERE name = ?",
+                                      (role, check_user_name(name)))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no user {name!r}")
+
+    def remove_user(self, name: str) -> None:
+        """Delete a user and all of their tokens."""
+        cur = self._connect().execute("DELETE FROM users WHERE name = ?", (check_user_name(name),))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no user {name!r}")
+
+    def users(self) -> list[tuple[str, str, float]]:
+        """(name, role, created_at) of every user, by name."""
+        rows = self._connect().execute("SELECT name, role, created_at FROM users ORDER BY name").fetchall()
+        return [(str(n), str(r), float(c)) for n, r, c in rows]
+
+    def has_users(self) -> bool:
+        """Whether any user exists (a server refuses to start without one unless ``--insecure``)."""
+        return self._connect().execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+
+    # -- tokens -------------------------------------------------------------------------------------------
+    def create_token(self, user: str, description: str | None = None,
+                     expires_in: float | None = None) -> tuple[str, str]:
+        """Issue a token for ``user``; return (token id, token). The token is shown only this once."""
+        check_user_name(user)
+        if expires_in is not None and not (isinstance(expires_in, int | float) and expires_in > 0):
+            raise InvalidArgumentError(f"expires_in must be a positive number of seconds, got {expires_in!r}")
+        if description is not None and (not isinstance(description, str) or len(description) > 200):
+            raise InvalidArgumentError("token description must be a string of at most 200 characters")
+        conn = self._connect()
+        if conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
+            raise NotFoundError(f"no user {user!r}; add it with: labvault users add {user} --role reader")
+        token_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        created = time.time()
+        conn.execute(
+            "INSERT INTO tokens (id, user, secret_hash, description, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (token_id, user, self._ph().hash(secret), description, created,
+             None if expires_in is None else created + float(expires_in)),
+        )
+        return token_id, f"lv_{token_id}_{secret}"
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke a token by its id (the ``lv_<id>_`` part); it fails from the next request on."""
+        if not isinstance(token_id, str) or not _TOKEN_ID_RE.fullmatch(token_id):
+            if isinstance(token_id, str) and _TOKEN_RE.fullmatch(token_id):
+                token_id = token_id[3:15]  # a whole token was given: use its id
+            else:
+                raise InvalidArgumentError("a token id is 12 hex digits (the part after 'lv_')")
+        cur = self._connect().execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), token_id))
+        if cur.rowcount == 0:
+            row = self._connect().execute("SELECT 1 FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no token {token_id!r}")
+        with self._verified_lock:
+            self._verified.pop(token_id, None)
+
+    def tokens(self, user: str | None = None) -> list[TokenRecord]:
+        """Tokens (of one user when given), oldest first; secrets are never returned."""
+        sql = "SELECT id, user, description, created_at, expires_at, revoked_at FROM tokens"
+        args: tuple[Any, ...] = ()
+        if user is not None:
+            sql += " WHERE user = ?"
+            args = (check_user_name(user),)
+        rows = self._connect().execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [TokenRecord(*row) for row in rows]
+
+    # -- authentication -----------------------------------------------------------------------------------
+    def authenticate(self, token: str) -> Principal:
+        """The principal a bearer token stands for, or ``AuthenticationError`` (never saying why)."""
+        token_id, secret = parse_token(token)
+        row = self._connect().execute(
+            "SELECT t.secret_hash, t.expires_at, t.revoked_at, u.name, u.role "
+            "FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?", (token_id,)
+        ).fetchone()
+        fingerprint = hashlib.sha256(secret.encode()).digest()
+        if row is None:
+            self._burn(secret)  # as slow as a real check, so timing does not reveal which ids exist
+            raise AuthenticationError(BAD_TOKEN)
+        secret_hash, expires_at, revoked_at, user, role = row
+        if revoked_at is not None or (expires_at is not None and expires_at < time.time()):
+            raise AuthenticationError(BAD_TOKEN)
+        with self._verified_lock:
+            known = self._verified.get(token_id)
+        if known is None or not hmac.compare_digest(known, fingerprint):
+            from argon2.exceptions import VerificationError, VerifyMismatchError
+
+            try:
+                self._ph().verify(secret_hash, secret)
+            except (VerifyMismatchError, VerificationError) as exc:
+                raise AuthenticationError(BAD_TOKEN) from exc
+            except Exception as exc:  # a damaged hash in the store: still a refusal, not a 500
+                raise AuthenticationError(BAD_TOKEN) from exc
+            with self._verified_lock:
+                self._verified[token_id] = fingerprint
+        return Principal(str(user), str(role), token_id)
+
+    def _burn(self, secret: str) -> None:
+        from argon2.exceptions import VerificationError
+
+        if self._dummy_hash is None:
+            self._dummy_hash = self._ph().hash(secrets.token_urlsafe(32))
+        with contextlib.suppress(VerificationError):
+            self._ph().verify(self._dummy_hash, secret)
