@@ -913,33 +913,645 @@ def _download(run: Run, key: str, output: Path, size: int, force: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# -- transfers: artifacts put, blobs cp / ls, gc ----------------------------------------------------------
+_ARTIFACTS_HELP = (
+    "Where the vault keeps artifact bytes when not in its default place, e.g. "
+    "s3://bucket/prefix?endpoint_url=http://127.0.0.1:8333 or file:///mnt/blobs."
+)
+ArtifactsOption = Annotated[
+    str | None, typer.Option("--artifacts", metavar="URL", help=_ARTIFACTS_HELP, show_default=False)
+]
+
+blobs_app = typer.Typer(
+    help=(
+        "Copy and list bytes in any blob store (file, s3, memory) by URL. A location is URL#KEY, e.g. "
+        "s3://bucket/prefix#data/train.csv or file:///srv/blobs#a/b.bin, or a local path (no '#'), "
+        "or '-' for stdin/stdout."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(blobs_app, name="blobs")
+
+
+class _ProgressReader:
+    """A binary file wrapper that advances a rich progress task as it is read."""
+
+    def __init__(self, raw: Any, advance: Any) -> None:
+        self._raw = raw
+        self._advance = advance
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(n)
+        if data:
+            self._advance(len(data))
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+@contextmanager
+def _progress(description: str, total: int | None) -> Iterator[Any]:
+    """A transient progress bar on stderr with size, rate and time left; yields an ``advance(n)``."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=_err(), transient=True,
+                        disable=total is not None and total < PROGRESS_MIN_BYTES)
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _source_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+@artifacts_app.command("put")
+def artifacts_put(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+                                          help="The run's id (or a unique prefix).", show_default=False)],
+    key: Annotated[
+        str, typer.Argument(metavar="KEY", help="The artifact's key, e.g. plots/roc.png.", show_default=False)
+    ],
+    path: Annotated[
+        str, typer.Argument(metavar="PATH", help="The local file to upload, or - for stdin.",
+                            show_default=False)
+    ],
+    uri: UriOption = None,
+    artifacts: ArtifactsOption = None,
+) -> None:
+    """Upload a local file as an artifact of a run (streamed, content-addressed, deduplicated).
+
+    Replaces an earlier artifact of the same key. Ctrl-C leaves nothing behind: the artifact is recorded
+    only after its bytes are stored completely.
+
+    Example: labvault artifacts put 3f2a9c1e model/weights.bin ./weights.bin
+    """
+    with _errors():
+        vault = labvault.open(_given_uri(ctx, uri), artifacts=artifacts)
+        try:
+            run = _find_run(vault, run_id)
+            if path == "-":
+                source: Any = typer.get_binary_stream("stdin")
+                size = None
+            else:
+                file = Path(path)
+                if not file.is_file():
+                    raise InvalidArgumentError(f"{path!r} is not a readable file")
+                size = _source_size(file)
+                source = file.open("rb")
+            try:
+                with _progress(key, size) as advance:
+                    info = run.log_artifact(key, _ProgressReader(source, advance))  # type: ignore[arg-type]
+            finally:
+                if path != "-":
+                    source.close()
+        finally:
+            vault.close()
+    _err().print(Text(f"stored {key} for run {run.id} ({_fmt_size(info.size)}, sha256 {info.digest[:12]})"))
+
+
+def _parse_location(text: str) -> tuple[Any, str] | Path | None:
+    """(store, key) for URL#KEY, a Path for a local path, None for '-' (stdin/stdout)."""
+    import labvault.blobs
+
+    if text == "-":
+        return None
+    split = labvault.blobs.split_location(text)
+    if split is None:
+        return Path(text)
+    url, key = split
+    store = labvault.blobs.open(url)
+    store.info  # noqa: B018 - fail early on a store without the API
+    from labvault.domain import validation as v
+
+    v.validate_artifact_key(key)
+    return store, key
+
+
+@blobs_app.command("cp")
+def blobs_cp(
+    src: Annotated[str, typer.Argument(metavar="SRC", help="URL#KEY, a local path, or - (stdin).",
+                                       show_default=False)],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="URL#KEY, a local path, or - (stdout).",
+                                       show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+) -> None:
+    """Copy bytes between blob stores and local files: streamed, atomic, with a progress bar.
+
+    A location is URL#KEY (a key inside the blob store the URL opens), a local path, or - for
+    stdin (SRC) / stdout (DST). Within one store the copy runs server-side. DST is never replaced unless
+    --force is given (checked atomically: a conditional write). Ctrl-C leaves no partial DST: blob
+    stores publish an object only once it is complete (S3 multipart uploads are aborted) and local
+    files are written to a temporary name first.
+
+    \b
+    Examples:
+      labvault blobs cp ./train.csv "s3://data/sets?endpoint_url=http://127.0.0.1:8333#train.csv"
+      labvault blobs cp "s3://data/sets#train.csv" ./copy.csv
+      labvault blobs cp "file:///srv/blobs#a/b.bin" "s3://backup#a/b.bin" --force
+    S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, the endpoint
+    from ?endpoint_url= or AWS_ENDPOINT_URL.
+    """
+    with _errors():
+        source = _parse_location(src)
+        target = _parse_location(dst)
+        if source is None and target is None:
+            raise InvalidArgumentError("SRC and DST cannot both be - ; name a file or a URL#KEY")
+        # -- where the bytes come from
+        size: int | None = None
+        if source is None:
+            reader: Any = typer.get_binary_stream("stdin")
+            label = "stdin"
+        elif isinstance(source, Path):
+            if not source.is_file():
+                raise InvalidArgumentError(f"{src!r} is not a readable file")
+            size = _source_size(source)
+            reader = None
+            label = source.name
+        else:
+            store, key = source
+            size = store.info(key).size
+            reader = None
+            label = key
+        if isinstance(target, Path) and target.exists() and not force:
+            _fail(name="FileExistsError", message=f"{target} exists; pass --force to replace it")
+        if isinstance(target, tuple) and not force and target[0].exists(target[1]):
+            _fail(name="ConflictError", message=f"{dst} exists; pass --force to replace it")
+        # -- same store: server-side copy
+        if isinstance(source, tuple) and isinstance(target, tuple) and _same_store(source[0], target[0]):
+            copied = target[0].copy(source[1], target[1])
+            _err().print(Text(f"copied {label} ({_fmt_size(copied)}) within the store"))
+            return
+        opened: Any = None
+        try:
+            if reader is None:
+                if isinstance(source, Path):
+                    opened = source.open("rb")
+                else:
+                    assert isinstance(source, tuple)
+                    opened = source[0].open(source[1])
+                reader = opened
+            with _progress(label, size) as advance:
+                stream = _ProgressReader(reader, advance)
+                if target is None:
+                    out = typer.get_binary_stream("stdout")
+                    while chunk := stream.read(_CHUNK):
+                        out.write(chunk)
+                    out.flush()
+                    return
+                if isinstance(target, Path):
+                    written = _write_local(stream, target, force)
+                else:
+                    store, key = target
+                    written = store.put(key, stream, if_absent=not force)
+        finally:
+            if opened is not None:
+                opened.close()
+    _err().print(Text(f"copied {label} -> {dst} ({_fmt_size(written)})"))
+
+
+def _same_store(a: Any, b: Any) -> bool:
+    """Whether two opened stores address the same place (so a server-side copy works)."""
+    if type(a) is not type(b):
+        return False
+    for attrs in (("bucket", "endpoint_url"), ("root",)):
+        if all(hasattr(a, n) and hasattr(b, n) for n in attrs):
+            if all(getattr(a, n) == getattr(b, n) for n in attrs):
+                return not hasattr(a, "prefix") or a.prefix == b.prefix
+            return False
+    return False
+
+
+def _write_local(stream: Any, target: Path, force: bool) -> int:
+    """Stream into a temp file beside ``target``, then publish it (never a partial file)."""
+    if target.is_dir():
+        raise InvalidArgumentError(f"{target} is a directory; name the file to write")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        size = 0
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        if force:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                _fail(name="FileExistsError", message=f"{target} exists; pass --force to replace it")
+        return size
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@blobs_app.command("ls")
+def blobs_ls(
+    url: Annotated[str, typer.Argument(metavar="URL", help="The blob store, e.g. s3://bucket/prefix.",
+                                       show_default=False)],
+    prefix: Annotated[str, typer.Argument(metavar="[PREFIX]", help="Only keys starting with this.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per blob.")] = False,
+) -> None:
+    """List the blobs of a store: key, size, last write time and digest (sha256, or the etag).
+
+    Example: labvault blobs ls "s3://bucket/runs?endpoint_url=http://127.0.0.1:8333" sha256/
+    """
+    import labvault.blobs
+
+    with _errors():
+        store = labvault.blobs.open(url)
+        found = list(store.scan(prefix))
+    if as_json:
+        for b in found:
+            typer.echo(_dumps({"key": b.key, "size": b.size, "digest": b.digest, "modified": b.modified,
+                               "etag": b.etag}))
+        return
+    total = sum(b.size for b in found)
+    table = Table(title=f"{len(found)} blob(s), {_fmt_size(total)}", title_justify="left")
+    for column in ("key", "size", "modified", "digest"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for b in found:
+        table.add_row(Text(b.key), _fmt_size(b.size), _fmt_time(b.modified), Text(b.digest[:16]))
+    _out().print(table)
+
+
+@app.command("gc")
+def gc_command(
+    ctx: typer.Context,
+    uri: UriOption = None,
+    artifacts: ArtifactsOption = None,
+    grace: Annotated[
+        float, typer.Option("--grace", metavar="HOURS", min=0.0,
+                            help="Keep blobs written less than this many hours ago (protects a writer "
+                                 "running now).")
+    ] = 24.0,
+    delete: Annotated[bool, typer.Option("--delete", help="Really delete (default: a dry run).")] = False,
+) -> None:
+    """Remove artifact blobs that no run references any more (after deleted runs or experiments).
+
+    A dry run by default: prints what would be deleted and the bytes it would free. Blobs written within
+    --grace hours are kept, so a collection is safe beside processes logging artifacts. If several vaults
+    share one artifact store, a blob only another vault uses looks unreferenced: do not collect such a
+    store from one vault.
+
+    Example: labvault gc --uri sqlite:///runs.db --artifacts s3://bucket/blobs --delete
+    """
+    from labvault.gc import collect_garbage
+
+    out = _out()
+    with _errors():
+        vault = labvault.open(_given_uri(ctx, uri), artifacts=artifacts)
+        try:
+            report = collect_garbage(vault, grace_hours=grace, delete=delete)
+        finally:
+            vault.close()
+    verb = "deleted" if report.deleted else "would delete"
+    for blob in report.garbage:
+        out.print(Text(f"{verb} {blob.key} ({_fmt_size(blob.size)}, written {_fmt_time(blob.modified)})"))
+    summary = (f"{verb} {len(report.garbage)} unreferenced blob(s), {_fmt_size(report.bytes_freed)} "
+               f"{'freed' if report.deleted else 'to free'}; {len(report.recent)} kept inside the "
+               f"{grace:g} h grace period; {report.referenced} referenced of {report.scanned} stored")
+    out.print(Text(summary, style="green" if report.deleted else ""))
+    if report.missing:
+        out.print(Text(f"warning: {len(report.missing)} referenced blob(s) are missing from the store, "
+                       f"e.g. {report.missing[0]}", style="yellow"))
+    if not report.deleted and report.garbage:
+        out.print(Text("dry run: pass --delete to delete them", style="dim"))
+
+
 # -- db ----------------------------------------------------------------------------------------------------
 _SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, uri: UriOption = None) -> None:
-    """Upgrade a SQL store's schema to this labvault's version (creating it if empty).
+    """Upgrade a SQL store's schema (SQLite or PostgreSQL) to this labvault's version, creating it if empty.
 
-    A store made by an older labvault is never changed silently: opening it asks for this command.
+    A store made by an older labvault is never changed silently: opening it asks for this command. Safe
+    to run from several processes at once (PostgreSQL: under an advisory lock; the others find nothing to
+    do). Passwords in the URI are never printed.
 
     Example: labvault db upgrade --uri sqlite:///runs.db
+    (or --uri postgresql://lab@db.example.org:5432/labvault)
     """
     out = _out()
     with _errors():
         scheme, resolved = labvault._resolve_uri(_given_uri(ctx, uri))
+        shown = resolved
+        if "@" in resolved and "://" in resolved:  # user:password@host: hide the password
+            from sqlalchemy.engine import make_url
+
+            try:
+                shown = make_url(resolved).render_as_string(hide_password=True)
+            except Exception:
+                shown = resolved.split("://", 1)[0] + "://***@" + resolved.rsplit("@", 1)[1]
         if scheme.split("+", 1)[0] not in _SQL_SCHEMES:
-            out.print(Text(f"{resolved} is a {scheme} store: it has no schema version, nothing to upgrade."))
+            out.print(Text(f"{shown} is a {scheme} store: it has no schema version, nothing to upgrade."))
             return
         from labvault.backends.sql import upgrade
 
         old, new = upgrade(resolved)
     if old == 0:
-        out.print(Text(f"created a new store at {resolved} (schema version {new})."))
+        out.print(Text(f"created a new store at {shown} (schema version {new})."))
     elif old == new:
-        out.print(Text(f"{resolved} is already at schema version {new}: nothing to do."))
+        out.print(Text(f"{shown} is already at schema version {new}: nothing to do."))
     else:
-        out.print(Text(f"upgraded {resolved} from schema version {old} to {new}.", style="green"))
+        out.print(Text(f"upgraded {shown} from schema version {old} to {new}.", style="green"))
+
+
+# -- server, users, tokens, login (issue 6) ----------------------------------------------------------------
+users_app = typer.Typer(
+    help="Users of a labvault server and their roles (reader, writer, admin), kept in its auth store.",
+    no_args_is_help=True,
+)
+tokens_app = typer.Typer(
+    help="API tokens of a labvault server's users (shown once when created; stored hashed).",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+
+AuthDbOption = Annotated[
+    Path | None,
+    typer.Option("--auth-db", metavar="PATH", envvar="LABVAULT_AUTH_DB", show_default=False,
+                 help="The server's auth store (SQLite). Default: $LABVAULT_AUTH_DB, else auth.db in the "
+                      "user's config dir (~/.config/labvault)."),
+]
+_ROLE_HELP = "reader (read), writer (read and write runs), admin (also deletes, users and tokens)."
+
+
+def _auth_store(auth_db: Path | None) -> Any:
+    from labvault.server.auth import AuthStore, default_auth_db
+
+    return AuthStore(auth_db if auth_db is not None else default_auth_db())
+
+
+@app.command()
+def server(
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", metavar="URI", show_default=False,
+                     help="The store to serve, e.g. postgresql://user@db/labvault or sqlite:///runs.db. "
+                          "Default: $LABVAULT_URI."),
+    ] = None,
+    artifacts: Annotated[
+        str | None,
+        typer.Option("--artifacts", metavar="URI", show_default=False,
+                     help="Keep artifact bytes in this blob store (e.g. s3://bucket/prefix) instead."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64,
+                                         help="Worker processes (the server is stateless).")] = 1,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="No authentication at all (every caller is an admin). "
+                                        "Only on 127.0.0.1; for trying things out."),
+    ] = False,
+    certfile: Annotated[Path | None, typer.Option("--certfile", metavar="PEM", show_default=False,
+                                                  help="TLS certificate (serve https).")] = None,
+    keyfile: Annotated[Path | None, typer.Option("--keyfile", metavar="PEM", show_default=False,
+                                                 help="TLS private key.")] = None,
+    auth_db: AuthDbOption = None,
+    max_request_mb: Annotated[float, typer.Option("--max-request-mb", min=0.001,
+                                                  help="Largest JSON / metric batch body (MB).")] = 64.0,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.0,
+                                                 help="Largest single upload (MB); 0: no limit.")] = 0.0,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a store over HTTP: a REST API (/api/v1, OpenAPI at /api/v1/openapi.json) with token auth.
+
+    There are no default users: add one first (labvault users add ana --role admin; labvault tokens
+    create ana). Without users the server refuses to start unless --insecure (loopback only).
+
+    Example: labvault server --backend postgresql://lab@db/labvault --artifacts s3://lab-artifacts
+    --host 0.0.0.0 --port 8443 --workers 4 --certfile cert.pem --keyfile key.pem
+    """
+    from labvault.server.app import ServerConfig, config_to_env, create_app, is_loopback
+
+    err = _err()
+    uri = backend or os.environ.get("LABVAULT_URI") or None
+    if not uri:
+        _fail(name="InvalidArgumentError",
+              message="say which store to serve: --backend URI (or set LABVAULT_URI)")
+    if (certfile is None) != (keyfile is None):
+        _fail(name="InvalidArgumentError", message="TLS needs both --certfile and --keyfile")
+    for tls_file in (certfile, keyfile):
+        if tls_file is not None and not tls_file.is_file():
+            _fail(name="InvalidArgumentError", message=f"{str(tls_file)!r} is not a readable file")
+    config = ServerConfig(max_request_size=int(max_request_mb * 1024 * 1024),
+                          max_upload_size=int(max_upload_mb * 1024 * 1024) or None)
+    store_path = None
+    with _errors():
+        if insecure:
+            if not is_loopback(host):
+                _fail(name="InvalidArgumentError",
+                      message=f"--insecure serves without authentication, so only on 127.0.0.1, not {host!r}")
+            err.print(Text("WARNING: --insecure: this server has NO AUTHENTICATION; every caller is an "
+                           f"admin. It listens on {host} only.", style="bold red"))
+        else:
+            store = _auth_store(auth_db)
+            store_path = store.path
+            if not store.has_users():
+                _fail(name="AuthenticationError",
+                      message=f"the auth store {str(store.path)!r} has no users, and a server without users "
+                              "would refuse everyone. Add one: labvault users add NAME --role admin; then "
+                              "labvault tokens create NAME. (Or --insecure for a loopback-only trial.)")
+            store.close()
+        probe = labvault.open_backend(uri, artifacts=artifacts)  # fail fast on a wrong URI or a dead database
+        try:
+            probe.list_experiments()
+        finally:
+            probe.close()
+    scheme = "https" if certfile else "http"
+    err.print(Text(f"labvault server {labvault.__version__}: {scheme}://{host}:{port}/api/v1 serving "
+                   f"{uri.split('://', 1)[0]} ({workers} worker(s); auth: "
+                   f"{'NONE' if insecure else f'tokens from {store_path}'})"))
+    import uvicorn
+
+    ssl: dict[str, Any] = {}
+    if certfile is not None and keyfile is not None:
+        ssl = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "timeout_keep_alive": 5,
+                              "timeout_graceful_shutdown": 5, "server_header": False, **ssl}
+    if workers == 1:
+        with _errors():
+            application = create_app(uri, artifacts=artifacts, auth=store_path, insecure=insecure,
+                                     config=config)
+        uvicorn.run(application, **common)
+        return
+    os.environ.update({
+        "LABVAULT_SERVER_BACKEND": uri, "LABVAULT_SERVER_ARTIFACTS": artifacts or "",
+        "LABVAULT_SERVER_INSECURE": "1" if insecure else "0", "LABVAULT_SERVER_CONFIG": config_to_env(config),
+    })
+    if store_path is not None:
+        os.environ["LABVAULT_AUTH_DB"] = str(store_path)
+    uvicorn.run("labvault.server.app:create_app_from_env", factory=True, workers=workers, **common)
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="User name.", show_default=False)],
+    role: Annotated[str, typer.Option("--role", metavar="ROLE", help=_ROLE_HELP)] = "reader",
+    auth_db: AuthDbOption = None,
+) -> None:
+    """Add a user with a role. Then give them a token: labvault tokens create NAME."""
+    with _errors():
+        store = _auth_store(auth_db)
+        store.add_user(name, role)
+    _out().print(Text(f"added user {name!r} ({role}) to {store.path}"))
+
+
+@users_app.command("list")
+def users_list(auth_db: AuthDbOption = None) -> None:
+    """List users, their roles and how many live tokens each has."""
+    with _errors():
+        store = _auth_store(auth_db)
+        users = store.users()
+        tokens = store.tokens()
+    now = time.time()
+    table = Table(box=None, header_style="bold")
+    for column in ("user", "role", "tokens", "created"):
+        table.add_column(column)
+    for name, role, created in users:
+        live = sum(1 for t in tokens if t.user == name and t.revoked_at is None
+                   and (t.expires_at is None or t.expires_at > now))
+        table.add_row(Text(name), role, str(live), _fmt_time(created))
+    _out().print(table)
+
+
+@users_app.command("set-role")
+def users_set_role(
+    name: Annotated[str, typer.Argument(metavar="NAME", show_default=False)],
+    role: Annotated[str, typer.Argument(metavar="ROLE", help=_ROLE_HELP, show_default=False)],
+    auth_db: AuthDbOption = None,
+) -> None:
+    """Change a user's role (takes effect on their next request)."""
+    with _errors():
+        _auth_store(auth_db).set_role(name, role)
+    _out().print(Text(f"user {name!r} is now {role}"))
+
+
+@users_app.command("remove")
+def users_remove(
+    name: Annotated[str, typer.Argument(metavar="NAME", show_default=False)],
+    auth_db: AuthDbOption = None,
+) -> None:
+    """Remove a user and every token of theirs."""
+    with _errors():
+        _auth_store(auth_db).remove_user(name)
+    _out().print(Text(f"removed user {name!r} and their tokens"))
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The user the token acts as.",
+                                        show_default=False)],
+    description: Annotated[str | None, typer.Option("--description", metavar="TEXT",
+                                                    help="What the token is for.")] = None,
+    expires_days: Annotated[float | None, typer.Option("--expires-days", metavar="DAYS", min=0.0001,
+                                                       help="Expire after this many days.")] = None,
+    auth_db: AuthDbOption = None,
+) -> None:
+    """Issue a token for a user and print it once (stdout); only a hash of it is stored.
+
+    Example: export LABVAULT_TOKEN=$(labvault tokens create ana --description laptop)
+    """
+    with _errors():
+        store = _auth_store(auth_db)
+        token_id, token = store.create_token(name, description,
+                                             None if expires_days is None else expires_days * 86400)
+    typer.echo(token)
+    _err().print(Text(f"token {token_id} for {name!r}: shown only now; revoke it with "
+                      f"labvault tokens revoke {token_id}", style="yellow"))
+
+
+@tokens_app.command("list")
+def tokens_list(
+    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="Only this user's tokens.",
+                                               show_default=False)] = None,
+    auth_db: AuthDbOption = None,
+) -> None:
+    """List tokens (ids, users, state), never their secrets."""
+    with _errors():
+        tokens = _auth_store(auth_db).tokens(name)
+    now = time.time()
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "user", "state", "created", "description"):
+        table.add_column(column)
+    for t in tokens:
+        state = ("revoked" if t.revoked_at is not None
+                 else "expired" if t.expires_at is not None and t.expires_at <= now else "active")
+        table.add_row(t.id, Text(t.user), state, _fmt_time(t.created_at), Text(t.description or ""))
+    _out().print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", help="The 12 hex digits after 'lv_'.",
+                                            show_default=False)],
+    auth_db: AuthDbOption = None,
+) -> None:
+    """Revoke a token: every server using this auth store refuses it from the next request on."""
+    with _errors():
+        _auth_store(auth_db).revoke_token(token_id)
+    _out().print(Text(f"revoked token {token_id}"))
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Argument(metavar="URL", help="The server, e.g. https://lab.example:8443.",
+                                       show_default=False)],
+    token: Annotated[str | None, typer.Option("--token", metavar="TOKEN", show_default=False,
+                                              help="The token (default: $LABVAULT_TOKEN, else a prompt).")]
+    = None,
+) -> None:
+    """Check a token against a server and store it (mode 0600) for every later command on that URL.
+
+    Example: labvault login https://lab.example:8443, then labvault --uri https://lab.example:8443 runs exp
+    """
+    from labvault.backends.http import HTTPBackend, save_token
+
+    with _errors():
+        secret = token or os.environ.get("LABVAULT_TOKEN") or typer.prompt("token", hide_input=True)
+        probe = HTTPBackend(url, token=secret.strip())
+        try:
+            info = probe.server_info()
+        finally:
+            probe.close()
+        user = info.get("user") or {}
+        path = save_token(url, secret.strip(), user.get("name"))
+    _out().print(Text(f"logged in to {probe.base_url} as {user.get('name')!r} ({user.get('role')}); "
+                      f"token saved in {path}", style="green"))
+
+
+@app.command()
+def logout(
+    url: Annotated[str, typer.Argument(metavar="URL", show_default=False)],
+) -> None:
+    """Forget the token stored for a server."""
+    from labvault.backends.http import forget_token
+
+    with _errors():
+        had = forget_token(url)
+    _out().print(Text(f"forgot the token of {url}" if had else f"no token was stored for {url}"))
 
 
 # -- entry point -------------------------------------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""The BlobStore contract on the file, memory and S3 stores; registration and ``labvault.blobs.open``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+from s3_server import s3_server, s3_url  # noqa: F401 - pytest fixtures
+
+import labvault
+import labvault.blobs
+from labvault.backends import registry
+from labvault.backends.base import BlobStore
+from labvault.backends.localfs import FileBlobStore
+from labvault.backends.memory import MemoryBlobStore
+from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
+from labvault.testing.blobs_suite import BlobStoreTests
+
+
+class TestFileBlobStore(BlobStoreTests):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> FileBlobStore:
+        return FileBlobStore(tmp_path / "blobs")
+
+    def test_creates_parents_and_leaves_no_temp_files(self, store: FileBlobStore) -> None:
+        store.put("deep/ly/nested/key", b"x")
+        assert (store.root / "deep" / "ly" / "nested" / "key").read_bytes() == b"x"
+        with pytest.raises(ConflictError):
+            store.put("deep/ly/nested/key", b"y", if_absent=True)
+        leftovers = [p.name for p in store.root.rglob("*") if p.name.endswith(".tmp")]
+        assert leftovers == []
+
+    @pytest.mark.multiprocess
+    def test_conditional_writes_are_atomic_across_processes(self, store: FileBlobStore) -> None:
+        store.put("counter", b"0")
+        script = textwrap.dedent(f"""
+            import sys
+            from labvault.backends.localfs import FileBlobStore
+            from labvault.errors import ConflictError
+            store = FileBlobStore({str(store.root)!r})
+            try:
+                store.put("winner", sys.argv[1].encode(), if_absent=True)
+                print("won")
+            except ConflictError:
+                print("lost")
+            for _ in range(10):
+                while True:
+                    etag = store.info("counter").etag
+                    value = int(store.get("counter"))
+                    try:
+                        store.put("counter", str(value + 1).encode(), if_match=etag)
+                        break
+                    except ConflictError:
+                        pass
+        """)
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE, text=True)
+                 for i in range(4)]
+        outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        assert sorted(outs) == ["lost", "lost", "lost", "won"]
+        assert store.get("counter") == b"40"
+
+
+class TestMemoryBlobStore(BlobStoreTests):
+    @pytest.fixture
+    def store(self) -> MemoryBlobStore:
+        return MemoryBlobStore()
+
+
+class TestS3BlobStore(BlobStoreTests):
+    @pytest.fixture
+    def store(self, s3_url: str) -> Iterator[BlobStore]:  # noqa: F811 - the imported fixture
+        with labvault.blobs.open(s3_url, part_size="5MiB", multipart_threshold="5MiB",
+                                 max_concurrency=4) as store:
+            yield store
+
+    @pytest.fixture
+    def large_size(self) -> int:
+        return 11 * 1024 * 1024  # three 5 MiB parts
+
+
+# -- opening by URL and registration -----------------------------------------------------------------------
+def test_open_file_urls_and_bare_paths(tmp_path: Path) -> None:
+    for url in (str(tmp_path / "a"), f"file://{tmp_path / 'b'}", tmp_path.joinpath("c").as_uri()):
+        store = labvault.blobs.open(url)
+        assert isinstance(store, FileBlobStore)
+        store.put("x/y", b"1")
+        assert store.get("x/y") == b"1"
+    assert (tmp_path / "a" / "x" / "y").is_file()
+
+
+def test_open_memory_and_options() -> None:
+    assert isinstance(labvault.blobs.open("memory://"), MemoryBlobStore)
+    store = labvault.blobs.open("s3://some-bucket/pre/fix?region=eu-west-1", part_size="8MiB")
+    assert store.part_size == 8 * 1024 * 1024  # type: ignore[attr-defined]
+    assert store.url == "s3://some-bucket/pre/fix"  # type: ignore[attr-defined]
+
+
+def test_unknown_scheme_lists_known_ones() -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        labvault.blobs.open("nosuch://x")
+    message = str(err.value)
+    assert "'nosuch'" in message
+    for scheme in ("file", "memory", "s3"):
+        assert scheme in message
+    assert {"file", "memory", "s3"} <= set(labvault.blobs.known_schemes())
+
+
+@pytest.mark.parametrize("url", ["", 5, None])
+def test_open_rejects_non_urls(url: Any) -> None:
+    with pytest.raises(InvalidArgumentError):
+        labvault.blobs.open(url)
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    saved = dict(registry._blob_stores)
+    yield
+    registry._blob_stores.clear()
+    registry._blob_stores.update(saved)
+
+
+class _DictStore(BlobStore):
+    """A minimal third-party store: only the five hooks and from_url."""
+
+    shared: dict[str, bytes] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> _DictStore:
+        return cls()
+
+    def _put(self, key: str, chunks: Iterator[bytes]) -> int:
+        data = b"".join(chunks)
+        self.shared[key] = data
+        return len(data)
+
+    def _open(self, key: str) -> BinaryIO:
+        import io
+
+        if key not in self.shared:
+            raise NotFoundError(f"no blob {key!r}")
+        return io.BytesIO(self.shared[key])
+
+    def _exists(self, key: str) -> bool:
+        return key in self.shared
+
+    def _delete(self, key: str) -> None:
+        self.shared.pop(key, None)
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        return iter([k for k in list(self.shared) if k.startswith(prefix)])
+
+
+def test_register_by_subclassing(clean_registry: None) -> None:
+    class Mine(_DictStore, scheme="mine-test"):
+        pass
+
+    store = labvault.blobs.open("mine-test://anything")
+    assert isinstance(store, Mine)
+    # the defaults in base.py give a minimal store the whole API
+    store.put("k", b"v1", if_absent=True)
+    with pytest.raises(ConflictError, match="precondition failed"):
+        store.put("k", b"v2", if_absent=True)
+    store.put("k", b"v2", if_match=store.info("k").etag)
+    store.copy("k", "k2")
+    assert store.get("k2") == b"v2"
+    assert [i.key for i in store.scan()] == ["k", "k2"]
+
+
+def test_duplicate_scheme_raises_unless_replace(clean_registry: None) -> None:
+    class First(_DictStore, scheme="dup-test"):
+        pass
+
+    with pytest.raises(AlreadyExistsError, match="dup-test"):
+        class Second(_DictStore, scheme="dup-test"):
+            pass
+
+    with pytest.raises(AlreadyExistsError, match="replace=True"):
+        labvault.blobs.register("s3", "elsewhere:Store")
+
+    class Third(_DictStore, scheme="dup-test", replace=True):
+        pass
+
+    assert isinstance(labvault.blobs.open("dup-test://"), Third)
+    labvault.blobs.register("dup-test", First, replace=True)
+    assert isinstance(labvault.blobs.open("dup-test://"), First)
+
+
+def test_split_location() -> None:
+    assert labvault.blobs.split_location("s3://b/p?endpoint_url=http://h:1#a/b.txt") == (
+        "s3://b/p?endpoint_url=http://h:1", "a/b.txt")
+    assert labvault.blobs.split_location("local/file.txt") is None
+    for bad in ("s3://b#", "#key", ""):
+        with pytest.raises(InvalidArgumentError):
+            labvault.blobs.split_location(bad)
+
+
+def test_file_store_permission_error_is_translated(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(0o500)
+    try:
+        with pytest.raises(labvault.BackendUnavailableError):
+            FileBlobStore(root).put("k", b"x")
+    finally:
+        root.chmod(0o700)
