@@ -55,10 +55,10 @@ MB = 1024 * 1024
 
 # Workload sizes per mode and system. W8 has no run of its own: it reads the memory figures of W3 and W6.
 FULL: dict[str, dict[str, dict[str, Any]]] = {
-    "W1": {"labvault": {"n": 2000}, "mlflow": {"n": 2000}},
+    "W1": {"labvault": {"n": 2000}, "mlflow": {"n": 1000}},
     "W2": {"labvault": {"n": 100_000}, "mlflow": {"n": 3000}},
     "W3": {"labvault": {"n": 2_000_000, "batch": 1000, "keys": 10},
-           "mlflow": {"n": 200_000, "batch": 1000, "keys": 10}},
+           "mlflow": {"n": 100_000, "batch": 1000, "keys": 10}},
     "W4": {"labvault": {"n": 1_000_000, "batch": 1000}, "mlflow": {"n": 100_000, "batch": 1000}},
     "W5": {"labvault": {"n": 10_000, "queries": 5}, "mlflow": {"n": 2000, "queries": 5}},
     "W6": {"labvault": {"big_mb": 1024, "n_small": 5000, "small_size": 1024},
@@ -100,9 +100,13 @@ class Target:
         return self.store if self.system == "labvault" else f"mlflow-{self.store}"
 
 
-def ensure_mlflow_python(log: Callable[[str], None]) -> str:
-    """MLflow's interpreter, creating ``.bench/mlflow-venv`` with ``pip install mlflow`` if needed."""
+def ensure_mlflow_python(log: Callable[[str], None], postgres: bool = False) -> str:
+    """MLflow's interpreter, creating ``.bench/mlflow-venv`` with ``pip install mlflow`` if needed
+    (plus ``psycopg[binary]``, MLflow's PostgreSQL driver, when ``postgres``)."""
     python = MLFLOW_VENV / "bin" / "python"
+    if postgres and python.exists() and not _imports(str(python), "psycopg"):
+        log("installing psycopg[binary] into the MLflow venv (MLflow's PostgreSQL driver)")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "psycopg[binary]"], check=True)
     if python.exists() and _imports(str(python), "mlflow"):
         return str(python)
     base = shutil.which("python3") or sys.executable
@@ -111,7 +115,8 @@ def ensure_mlflow_python(log: Callable[[str], None]) -> str:
     if not python.exists():
         subprocess.run([base, "-m", "venv", str(MLFLOW_VENV)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "-U", "pip"], check=False)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", MLFLOW_SPEC], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", MLFLOW_SPEC,
+                    *(["psycopg[binary]"] if postgres else [])], check=True)
     if not _imports(str(python), "mlflow"):
         raise SystemExit(f"installed {MLFLOW_SPEC} into {MLFLOW_VENV} but `import mlflow` still fails")
     return str(python)
@@ -403,17 +408,70 @@ def sizes_text(workload: str, runner: Runner, lv: list[Target], ml: list[Target]
     return f"{lv_size} / {ml_size}"
 
 
-def build_table(runner: Runner, workloads: list[str]) -> tuple[list[str], list[list[str]], list[str]]:
-    """(header, rows, failures) of the result table."""
-    lv = [t for t in runner.targets if t.system == "labvault"]
-    ml = [t for t in runner.targets if t.system == "mlflow"]
+@dataclass(frozen=True)
+class Family:
+    """A group of stores compared in one table, with the budgets that apply to them."""
+
+    title: str
+    lv_stores: tuple[str, ...]
+    ml_stores: tuple[str, ...]
+    server: bool = False
+
+
+SERVER_STORES = ("postgresql", "redis")
+FAMILIES = (
+    Family("Local stores", ("file", "sqlite", "memory"), ("sqlite", "file")),
+    Family("Server stores", SERVER_STORES, ("postgresql",), server=True),
+)
+FAMILY_NOTES = {
+    "Server stores": "PostgreSQL 15 and Redis 7 on this machine (loopback). Budgets (issue 4): W1 and W5 at "
+                     "least as good relative to MLflow-on-PostgreSQL as labvault-sqlite is to MLflow-sqlite "
+                     "in the same run (n/a when the local stores were not run), W3 >= 300,000 points/s.",
+}
+
+
+Check = Callable[[float, dict[str, float], Outcome], bool | None]
+
+
+def _relative_to_sqlite(runner: Runner, row: Row) -> Check:
+    """Budget for server stores: their ratio to MLflow-postgresql >= labvault-sqlite's to MLflow-sqlite."""
+    def check(lv: float, ml: dict[str, float], _: Outcome) -> bool | None:
+        ref_lv = runner.outcomes.get(("labvault-sqlite", row.source), Outcome()).median(row.value)
+        ref_ml = runner.outcomes.get(("mlflow-sqlite", row.source), Outcome()).median(row.value)
+        pg = ml.get("postgresql")
+        if not ref_lv or not ref_ml or not pg:
+            return None
+        ours, reference = (lv / pg, ref_lv / ref_ml) if row.higher_is_better else (pg / lv, ref_ml / ref_lv)
+        return ours >= reference
+    return check
+
+
+def family_rows(family: Family, runner: Runner) -> list[Row]:
+    """The table's rows: the local budgets, or for server stores the issue-4 budgets."""
+    if not family.server:
+        return rows()
+    out = []
+    for row in rows():
+        if row.workload in ("W1", "W5") and row.check is not None:
+            row.budget, row.check = "ratio >= sqlite's to MLflow-sqlite", _relative_to_sqlite(runner, row)
+        elif row.workload == "W3":
+            row.budget, row.check = ">= 300,000 pts/s", (lambda lv, ml, o: lv >= 300_000)
+        elif row.workload != "W8":
+            row.budget, row.check = "", None
+        out.append(row)
+    return out
+
+
+def build_table(runner: Runner, workloads: list[str], family: Family, lv: list[Target],
+                ml: list[Target]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, rows, failures) of one family's result table."""
     header = ["workload", "figure", "sizes (lv / mlflow)"]
     header += [f"labvault {t.store}" for t in lv] + [f"MLflow {t.store}" for t in ml]
     header += [f"{a.store} vs mlflow-{b.store}" for a in lv for b in ml]
     header += ["budget", "holds?"]
     out: list[list[str]] = []
     failures: list[str] = []
-    for row in rows():
+    for row in family_rows(family, runner):
         if row.workload not in workloads or (row.workload == "W8" and row.source not in workloads):
             continue
         figures: dict[str, float | None] = {}
@@ -533,9 +591,9 @@ def keep_profile_section(path: Path) -> str:
     return f"{PROFILE_HEADING}\n\n{PROFILE_PLACEHOLDER}"
 
 
-def write_results(path: Path, *, args: argparse.Namespace, command: str, header: list[str],
-                  body: list[list[str]], failures: list[str], runner: Runner, lv_versions: dict[str, str],
-                  ml_versions: dict[str, str], elapsed: float) -> None:
+def write_results(path: Path, *, args: argparse.Namespace, command: str,
+                  tables: list[tuple[str, list[str], list[list[str]], list[str]]], runner: Runner,
+                  lv_versions: dict[str, str], ml_versions: dict[str, str], elapsed: float) -> None:
     m = machine_info()
     mode = "quick" if args.quick else "full"
     repeats = args.repeats or REPEATS[mode]
@@ -570,12 +628,13 @@ def write_results(path: Path, *, args: argparse.Namespace, command: str, header:
         "smaller size (the *sizes* column, labvault / MLflow), rates are compared; W5 times compare labvault "
         "at its size with MLflow at its smaller size, which favours MLflow.",
         "",
-        markdown_table(header, body),
-        "### Budgets that do not hold",
-        "",
     ]
-    lines += [f"- {f}" for f in failures] or ["- none"]
-    lines += ["", "## How each workload is measured", "", METHOD_NOTES, keep_profile_section(path)]
+    for title, header, body, failures in tables:
+        lines += [f"### {title}", "", FAMILY_NOTES.get(title, ""), "", markdown_table(header, body),
+                  f"Budgets that do not hold ({title.lower()}):", ""]
+        lines += [f"- {f}" for f in failures] or ["- none"]
+        lines.append("")
+    lines += ["## How each workload is measured", "", METHOD_NOTES, keep_profile_section(path)]
     path.write_text("\n".join(lines))
 
 
@@ -626,7 +685,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backends", default="file,sqlite",
                    help=f"labvault backends, comma-separated (known: {', '.join(BACKENDS)})")
     p.add_argument("--mlflow-stores", default="sqlite,file",
-                   help="MLflow stores to compare with (sqlite, file); '' for none")
+                   help="MLflow stores to compare with (sqlite, file, postgresql); '' for none")
+    p.add_argument("--servers", action="store_true",
+                   help="add the server-backed stores: labvault postgresql + redis and MLflow postgresql "
+                        "(PostgreSQL on LABVAULT_BENCH_PG=postgres@127.0.0.1:5432, Redis on "
+                        "LABVAULT_BENCH_REDIS=127.0.0.1:6379/0); they get a table of their own")
     p.add_argument("--no-mlflow", action="store_true", help="labvault only (no MLflow venv needed)")
     p.add_argument("--repeats", type=int, default=0, help="override the number of repeats (full 3, quick 1)")
     p.add_argument("--timeout", type=int, default=0,
@@ -646,11 +709,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "W8" in args.workloads and "W3" not in args.workloads and "W6" not in args.workloads:
         args.workloads = sorted({*args.workloads, "W3", "W6"}, key=known.index)
     args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.servers:
+        args.backend_list += [b for b in SERVER_STORES if b not in args.backend_list]
+        if not args.no_mlflow and "postgresql" not in args.mlflow_stores:
+            args.mlflow_stores += ",postgresql"
     if bad := [b for b in args.backend_list if b not in BACKENDS]:
         p.error(f"unknown labvault backend(s) {', '.join(bad)}; known: {', '.join(BACKENDS)}")
     args.ml_stores = [] if args.no_mlflow else [s.strip() for s in args.mlflow_stores.split(",") if s.strip()]
-    if bad := [s for s in args.ml_stores if s not in ("sqlite", "file")]:
-        p.error(f"unknown MLflow store(s) {', '.join(bad)}; known: sqlite, file")
+    if bad := [s for s in args.ml_stores if s not in ("sqlite", "file", "postgresql")]:
+        p.error(f"unknown MLflow store(s) {', '.join(bad)}; known: sqlite, file, postgresql")
     return args
 
 
@@ -663,12 +730,15 @@ def main(argv: list[str] | None = None) -> int:
     targets = [Target("labvault", b, sys.executable, lv_script) for b in args.backend_list]
     ml_versions: dict[str, str] = {}
     if args.ml_stores:
-        ml_python = ensure_mlflow_python(lambda t: print(t, file=sys.stderr, flush=True))
+        ml_python = ensure_mlflow_python(lambda t: print(t, file=sys.stderr, flush=True),
+                                         postgres="postgresql" in args.ml_stores)
         targets += [Target("mlflow", s, ml_python, BENCH_DIR / "mlflow_workloads.py") for s in args.ml_stores]
         ml_versions = versions(ml_python, ["mlflow", "numpy", "sqlalchemy", "pandas"])
     lv_versions = versions(sys.executable, ["labvault", "numpy", "sqlalchemy", "pandas"])
 
     session = Path(tempfile.mkdtemp(prefix="labvault-bench-", dir=args.tmpdir))
+    session_id = os.urandom(4).hex()
+    os.environ["LABVAULT_BENCH_SESSION"] = session_id  # names the databases / key prefixes it creates
     runner = Runner(args, targets, session)
     started = time.perf_counter()
     try:
@@ -676,18 +746,31 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(session, ignore_errors=True)
+            if any(t.store in SERVER_STORES for t in targets):
+                sys.path.insert(0, str(BENCH_DIR))
+                from _benchcommon import drop_session_stores
+
+                drop_session_stores(session_id)
     elapsed = time.perf_counter() - started
 
-    header, body, failures = build_table(runner, args.workloads)
     mode = "quick" if args.quick else "full"
-    print_table(header, body, f"labvault vs MLflow ({mode} mode, medians; ratios > 1 = labvault better)")
-    if failures:
-        print("\nbudgets that do not hold:\n  " + "\n  ".join(failures))
+    tables: list[tuple[str, list[str], list[list[str]], list[str]]] = []
+    for family in FAMILIES:
+        lv = [t for t in targets if t.system == "labvault" and t.store in family.lv_stores]
+        ml = [t for t in targets if t.system == "mlflow" and t.store in family.ml_stores]
+        if not lv:
+            continue
+        header, body, failures = build_table(runner, args.workloads, family, lv, ml)
+        tables.append((family.title, header, body, failures))
+        print_table(header, body, f"{family.title}: labvault vs MLflow ({mode} mode, medians; "
+                    "ratios > 1 = labvault better)")
+        if failures:
+            print("\nbudgets that do not hold:\n  " + "\n  ".join(failures))
 
     output = args.output or (REPO / ".bench" / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md")
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_results(output, args=args, command=command, header=header, body=body, failures=failures,
-                  runner=runner, lv_versions=lv_versions, ml_versions=ml_versions, elapsed=elapsed)
+    write_results(output, args=args, command=command, tables=tables, runner=runner,
+                  lv_versions=lv_versions, ml_versions=ml_versions, elapsed=elapsed)
     raw = REPO / ".bench" / f"results-{time.strftime('%Y%m%d-%H%M%S')}-{mode}.json"
     dump = {f"{label} {workload}": {"config": o.config, "samples": o.samples, "errors": o.errors}
             for (label, workload), o in runner.outcomes.items()}

@@ -170,3 +170,68 @@ def settle() -> None:
 def expected_matches(n: int) -> int:
     """How many of ``n`` search-workload runs match ``SEARCH_FILTER`` (to check each system's answer)."""
     return sum(1 for i in range(n) if run_params(i)["optimizer"] == "adam" and run_metrics(i)["acc"] > 0.5)
+
+
+# -- server-backed stores (PostgreSQL, Redis) ----------------------------------------------------------------
+#: Where the server stores live; override with LABVAULT_BENCH_PG / LABVAULT_BENCH_REDIS.
+PG_SERVER = os.environ.get("LABVAULT_BENCH_PG", "postgres@127.0.0.1:5432")
+REDIS_SERVER = os.environ.get("LABVAULT_BENCH_REDIS", "127.0.0.1:6379/0")
+
+
+def bench_session() -> str:
+    """The driver's session id (lower-case hex), which names every database and key prefix it creates."""
+    return os.environ.get("LABVAULT_BENCH_SESSION", "manual")
+
+
+def store_name(system: str, where: Path) -> str:
+    """A database / prefix name unique to one store directory of one session, e.g. ``lvbench_ab12_cd34``."""
+    import hashlib
+
+    digest = hashlib.sha1(str(where.resolve()).encode()).hexdigest()[:12]
+    return f"{system}bench_{bench_session()}_{digest}"
+
+
+def _psql(sql: str, database: str = "postgres") -> str:
+    import subprocess
+
+    user, _, hostport = PG_SERVER.partition("@")
+    host, _, port = hostport.partition(":")
+    done = subprocess.run(["psql", "-h", host, "-p", port or "5432", "-U", user, "-d", database, "-tAc", sql],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"psql failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def pg_database(system: str, where: Path) -> str:
+    """Create (once) the benchmark database for ``where`` and return its ``host:port/name`` URL tail."""
+    name = store_name(system, where)
+    if _psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":
+        _psql(f'CREATE DATABASE "{name}"')
+    user, _, hostport = PG_SERVER.partition("@")
+    return f"{user}@{hostport}/{name}"
+
+
+def drop_session_stores(session: str) -> None:
+    """Drop every database and delete every Redis key this benchmark session created (only those)."""
+    import subprocess
+
+    if not session.isalnum():
+        raise ValueError(f"bad session id {session!r}")
+    try:
+        names = _psql(f"SELECT datname FROM pg_database WHERE datname LIKE '%bench\\_{session}\\_%'").split()
+        for name in names:
+            _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except (SystemExit, FileNotFoundError):
+        pass
+    hostport, _, db = REDIS_SERVER.partition("/")
+    host, _, port = hostport.partition(":")
+    try:
+        keys = subprocess.run(["redis-cli", "-h", host, "-p", port or "6379", "-n", db or "0", "--scan",
+                               "--pattern", f"lvbench_{session}_*"], capture_output=True, text=True,
+                              check=False).stdout.split()
+        for start in range(0, len(keys), 500):
+            subprocess.run(["redis-cli", "-h", host, "-p", port or "6379", "-n", db or "0", "unlink",
+                            *keys[start:start + 500]], capture_output=True, check=False)
+    except FileNotFoundError:
+        pass

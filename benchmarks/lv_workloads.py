@@ -30,9 +30,18 @@ class BackendSpec:
 BACKENDS: dict[str, BackendSpec] = {
     "file": BackendSpec(lambda tmp: f"file://{tmp.resolve()}/store"),
     "sqlite": BackendSpec(lambda tmp: f"sqlite:///{tmp.resolve()}/store.db"),
+    # Server-backed stores: a database / key prefix per store directory, dropped by the driver at the end.
+    "postgresql": BackendSpec(lambda tmp: f"postgresql://{_bc().pg_database('lv', tmp)}"),
+    "redis": BackendSpec(lambda tmp: f"redis://{_bc().REDIS_SERVER}?prefix={_bc().store_name('lv', tmp)}:"),
     # For developing the harness only: a process-local store, no I/O at all.
     "memory": BackendSpec(lambda tmp: "memory://bench", persistent=False),
 }
+
+
+def _bc() -> Any:
+    import _benchcommon
+
+    return _benchcommon
 
 
 def w7_import(spec: BackendSpec, tmp: Path) -> dict[str, Any]:

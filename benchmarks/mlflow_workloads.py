@@ -27,7 +27,15 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 STORES: dict[str, Callable[[Path], str]] = {
     "sqlite": lambda tmp: f"sqlite:///{tmp.resolve()}/mlflow.db",
     "file": lambda tmp: f"file://{tmp.resolve()}/mlruns",
+    # MLflow on the same PostgreSQL server as labvault's postgresql backend (psycopg 3 in MLflow's venv).
+    "postgresql": lambda tmp: f"postgresql://{_pg_database(tmp)}",
 }
+
+
+def _pg_database(tmp: Path) -> str:
+    from _benchcommon import pg_database
+
+    return pg_database("ml", tmp)
 
 
 def _open(store: str, tmp: Path, experiment: str = "bench") -> tuple[Any, str, str]:
