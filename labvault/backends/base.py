@@ -623,15 +623,23 @@ class Backend(ABC):
         start_time: float,
         params: Mapping[str, Any],
         tags: Mapping[str, str],
+        run_id: str | None = None,
     ) -> RunInfo:
-        """Create a running run with the next dense run number of its experiment."""
+        """Create a running run with the next dense run number of its experiment.
+
+        ``run_id`` chooses the new run's id (sync uses it so a run keeps its id in every store); it is
+        validated like every id, and an id that exists already raises ``AlreadyExistsError``. By default
+        the backend generates a fresh one.
+        """
         if name is not None:
             v.validate_name(name, "run name")
         if parent_id is not None:
             _check_id(parent_id, "parent run id")
+        if run_id is not None:
+            _check_id(run_id, "run id")
         info = self._create_run(
             _check_id(experiment_id, "experiment id"), name, parent_id, start_time,
-            v.validate_params(params), v.validate_tags(tags),
+            v.validate_params(params), v.validate_tags(tags), run_id=run_id,
         )
         self._emit("run.created", info.experiment_id, info.id, number=info.number, name=info.name,
                    parent_id=info.parent_id)
@@ -781,8 +789,9 @@ class Backend(ABC):
     @abstractmethod
     def _create_run(
         self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
-        params: dict[str, Any], tags: dict[str, str],
-    ) -> RunInfo: ...
+        params: dict[str, Any], tags: dict[str, str], *, run_id: str | None = None,
+    ) -> RunInfo:
+        """Create the run (with id ``run_id`` when given: ``AlreadyExistsError`` if that id exists)."""
 
     @abstractmethod
     def _get_run(self, run_id: str) -> RunInfo: ...
@@ -816,6 +825,13 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
+
+
+def run_exists_error(run_id: str) -> Exception:
+    """The ``AlreadyExistsError`` ``create_run(run_id=...)`` raises for an id that is taken."""
+    from labvault.errors import AlreadyExistsError
+
+    return AlreadyExistsError(f"run id {run_id!r} exists already")
 
 
 def _check_id(value: object, what: str) -> str:

@@ -107,7 +107,13 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import numpy as np
 import orjson
 
-from labvault.backends.base import Backend, BlobStore, check_options, check_params_conflict
+from labvault.backends.base import (
+    Backend,
+    BlobStore,
+    check_options,
+    check_params_conflict,
+    run_exists_error,
+)
 from labvault.backends.localfs import FileBlobStore, SyncQueue, atomic_write_bytes, fsync_dir, path_from_uri
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
@@ -1431,7 +1437,7 @@ class FileBackend(Backend, scheme="file"):
     @_translate_os_errors
     def _create_run(
         self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
-        params: dict[str, Any], tags: dict[str, str],
+        params: dict[str, Any], tags: dict[str, str], *, run_id: str | None = None,
     ) -> RunInfo:
         if not self._check_readable():
             raise NotFoundError(f"experiment {experiment_id} not found")
@@ -1441,9 +1447,19 @@ class FileBackend(Backend, scheme="file"):
             raise NotFoundError(f"experiment {experiment_id} not found")
         if parent_id is not None:
             self._locate(parent_id)  # NotFoundError when absent
-        run_id = uuid.uuid4().hex
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        else:
+            try:
+                self._locate(run_id)
+            except NotFoundError:
+                pass
+            else:
+                raise run_exists_error(run_id)
 
         def build(st: _Exp) -> dict[str, Any]:
+            if run_id in st.pos:  # created meanwhile by another process
+                raise run_exists_error(run_id)
             return {"op": "create", "id": run_id, "number": st.max_number + 1, "name": name,
                     "parent_id": parent_id, "start_time": start_time, "params": params, "tags": tags}
 

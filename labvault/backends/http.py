@@ -370,10 +370,12 @@ class HTTPBackend(Backend):
     # -- runs ------------------------------------------------------------------------------------------------
     def _create_run(
         self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
-        params: dict[str, Any], tags: dict[str, str],
+        params: dict[str, Any], tags: dict[str, str], *, run_id: str | None = None,
     ) -> RunInfo:
         body = {"name": name, "parent_id": parent_id, "start_time": start_time, "params": params,
                 "tags": tags}
+        if run_id is not None:
+            body["id"] = run_id
         return wire.run_in(self._json("POST", f"/experiments/{experiment_id}/runs", json_body=body))
 
     def _get_run(self, run_id: str) -> RunInfo:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from copy import deepcopy
 from typing import Any, BinaryIO, ClassVar
 
-from labvault.backends.base import Backend, BlobStore, check_params_conflict
+from labvault.backends.base import Backend, BlobStore, check_params_conflict, run_exists_error
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.domain.model import BlobInfo
 from labvault.errors import InvalidArgumentError, NotFoundError
@@ -149,10 +149,12 @@ class MemoryBackend(Backend, scheme="memory"):
 
     def _create_run(
         self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
-        params: dict[str, Any], tags: dict[str, str],
+        params: dict[str, Any], tags: dict[str, str], *, run_id: str | None = None,
     ) -> RunInfo:
         s = self._store
         with s.lock:
+            if run_id is not None and run_id in s.runs:
+                raise run_exists_error(run_id)
             if experiment_id not in s.experiments:
                 raise NotFoundError(f"experiment {experiment_id} not found")
             if parent_id is not None and parent_id not in s.runs:
@@ -160,7 +162,7 @@ class MemoryBackend(Backend, scheme="memory"):
             number = s.counters.get(experiment_id, 0) + 1
             s.counters[experiment_id] = number
             run = RunInfo(
-                id=new_id(), experiment_id=experiment_id, number=number, name=name,
+                id=run_id or new_id(), experiment_id=experiment_id, number=number, name=name,
                 parent_id=parent_id, status="running", start_time=start_time, heartbeat=start_time,
                 params=dict(params), tags=dict(tags),
             )

@@ -101,6 +101,7 @@ from labvault.backends.base import (
     check_options,
     check_params_conflict,
     iter_source,
+    run_exists_error,
 )
 from labvault.domain import ArtifactInfo, ChangeEvent, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
@@ -1200,10 +1201,13 @@ class RedisBackend(Backend, scheme="redis"):
     # -- runs -----------------------------------------------------------------------------------------------
     def _create_run(
         self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
-        params: dict[str, Any], tags: dict[str, str],
+        params: dict[str, Any], tags: dict[str, str], *, run_id: str | None = None,
     ) -> RunInfo:
-        run_id = uuid.uuid4().hex
+        chosen = run_id is not None
+        run_id = run_id or uuid.uuid4().hex
         run_key, summary = self._run_keys(run_id)
+        if chosen and self._conn.call(lambda c: c.exists(run_key), "run lookup"):
+            raise run_exists_error(run_id)
         parent_key = self._run_keys(parent_id)[0] if parent_id else run_key
         stamp = _dumps(start_time)
         # The event's JSON around the run number, which only the script knows: head .. number .. tail.

@@ -116,6 +116,7 @@ from labvault.backends.base import (
     check_options,
     check_params_conflict,
     iter_source,
+    run_exists_error,
 )
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
@@ -828,17 +829,20 @@ class SQLBackend(Backend, scheme="sqlite"):
     # -- runs -----------------------------------------------------------------------------------------------
     def _create_run(
         self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
-        params: dict[str, Any], tags: dict[str, str],
+        params: dict[str, Any], tags: dict[str, str], *, run_id: str | None = None,
     ) -> RunInfo:
-        run_id = new_id()
+        chosen = run_id is not None
+        run_id = run_id or new_id()
         params_json, tags_json = _dumps(params), _dumps(tags)
         param_rows = self._param_rows(run_id, params) if params else None
         tag_rows = [{"run_id": run_id, "key": k, "value": val} for k, val in tags.items()]
 
         def work(conn: Connection, attempt: int) -> int:
-            if attempt:  # an earlier attempt may have committed: then the run exists with its number
+            if attempt or chosen:  # an earlier attempt may have committed: then the run exists
                 done = conn.execute(_S_RUN_NUMBER, {"b_run": run_id}).scalar()
                 if done is not None:
+                    if chosen and not attempt:
+                        raise run_exists_error(run_id)
                     return int(done)
             if parent_id is not None:
                 try:

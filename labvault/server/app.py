@@ -113,6 +113,7 @@ class ExperimentIn(_Model):
 
 
 class RunIn(_Model):
+    id: str | None = Field(None, description="the run's id (kept across stores); generated if omitted")
     name: str | None = None
     parent_id: str | None = None
     start_time: FiniteFloat | None = Field(None, description="epoch seconds; the server's clock when omitted")
@@ -794,7 +795,7 @@ def _router(state: ServerState) -> APIRouter:
         info = backend.create_run(
             experiment_id, name=body.name, parent_id=body.parent_id,
             start_time=now() if body.start_time is None else body.start_time,
-            params=body.params, tags=body.tags,
+            params=body.params, tags=body.tags, run_id=body.id,
         )
         return _JSON(wire.run_out(info))
 

@@ -26,6 +26,7 @@ import pytest
 import labvault
 from labvault.api import Run, Vault
 from labvault.errors import (
+    AlreadyExistsError,
     ConflictError,
     CorruptDataError,
     InvalidArgumentError,
@@ -154,6 +155,25 @@ class BackendTests:
             assert r.number == 1
         with pytest.raises(NotFoundError):
             exp.start_run(parent="0" * 32)
+
+    def test_create_run_with_chosen_id(self, vault: Vault) -> None:
+        exp = vault.experiment("chosen-ids")
+        backend = vault.backend
+        first = backend.create_run(exp.id, name="a", parent_id=None, start_time=1.5, params={"lr": 0.1},
+                                   tags={"t": "x"}, run_id="abc123" * 5)
+        assert first.id == "abc123" * 5 and first.number == 1
+        child = backend.create_run(exp.id, name=None, parent_id=first.id, start_time=2.0, params={},
+                                   tags={}, run_id="Child42")
+        got = backend.get_run("Child42")
+        assert (got.parent_id, got.number, got.start_time) == (first.id, 2, 2.0)
+        assert backend.get_run(first.id).params == {"lr": 0.1}
+        with pytest.raises(AlreadyExistsError, match="abc123"):
+            backend.create_run(exp.id, name=None, parent_id=None, start_time=3.0, params={}, tags={},
+                               run_id=first.id)
+        with pytest.raises(InvalidArgumentError, match="not a valid labvault id"):
+            backend.create_run(exp.id, name=None, parent_id=None, start_time=3.0, params={}, tags={},
+                               run_id="../etc")
+        assert [r.id for r in exp.runs()] == [first.id, child.id]
 
     def test_loaded_runs_answer_from_snapshot_until_refresh(self, uri: str, vault: Vault) -> None:
         if not self._capability(vault, "persistent") and not uri.startswith("memory://"):
