@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from labvault import errors
@@ -32,6 +32,7 @@ from labvault.errors import (
 if TYPE_CHECKING:
     from labvault.api import Experiment, Run, RunList, Vault
     from labvault.backends.base import Backend, BlobStore
+    from labvault.sync import SyncReport
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "UnsupportedOperationError",
     "Vault",
     "__version__",
+    "copy",
     "errors",
     "open",
     "open_backend",
@@ -162,6 +164,7 @@ def open(
     config: Mapping[str, Any] | None = None,
     flush_interval: float = 1.0,
     heartbeat_timeout: float = 120.0,
+    remote: str | None = None,
     **options: Any,
 ) -> Vault:
     """Open a vault.
@@ -171,11 +174,33 @@ def open(
     backend; ``"sqlite:///path.db"``; ``"memory://"``. ``artifacts`` puts blobs in another store.
     ``config={"backend": "sqlite", "uri": ...}`` or ``{"module": "pkg.mod", ...}`` selects a backend by
     configuration (validated by JSON schema). ``flush_interval`` bounds how long a logged metric point
-    stays in memory before it is written (seconds).
+    stays in memory before it is written (seconds). ``remote`` (default ``$LABVAULT_REMOTE``) is the store
+    ``vault.push()`` / ``vault.pull()`` / ``vault.sync_status()`` talk to; it is not contacted on open.
     """
     from labvault.api import Vault
 
     if token is not None:
         options["token"] = token
+    if remote is None:
+        remote = os.environ.get("LABVAULT_REMOTE") or None
     backend = open_backend(uri, artifacts=artifacts, config=config, **options)
-    return Vault(backend, flush_interval=flush_interval, heartbeat_timeout=heartbeat_timeout)
+    return Vault(backend, flush_interval=flush_interval, heartbeat_timeout=heartbeat_timeout, remote=remote)
+
+
+def copy(
+    src_uri: str | os.PathLike[str] | Vault,
+    dst_uri: str | os.PathLike[str] | Vault,
+    experiments: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> SyncReport:
+    """Copy a whole vault (or the named experiments) from one store to another, any backend to any backend.
+
+    Run ids are kept, metrics merged without duplicates, blobs sent only when missing: copying again
+    sends nothing new. Keyword arguments (``project``, ``on_conflict``, ``progress``) are those of
+    ``labvault.sync.copy``.
+    """
+    from labvault import sync
+
+    src = os.fspath(src_uri) if isinstance(src_uri, os.PathLike) else src_uri
+    dst = os.fspath(dst_uri) if isinstance(dst_uri, os.PathLike) else dst_uri
+    return sync.copy(src, dst, experiments, **kwargs)

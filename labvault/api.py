@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from labvault.backends.base import Backend, BlobSource, ChangeFeed
+    from labvault.sync import RunStatus, SyncReport
 
 DeleteMode = Literal["local", "remote", "all"]
 
@@ -56,7 +57,10 @@ class Vault:
         flush_interval: float = 1.0,
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 120.0,
+        remote: str | None = None,
     ) -> None:
+        if remote is not None and (not isinstance(remote, str) or not remote):
+            raise InvalidArgumentError(f"remote must be a store URI, got {remote!r}")
         if not (isinstance(flush_interval, int | float) and 0 < flush_interval <= 3600):
             raise InvalidArgumentError(f"flush_interval must be in (0, 3600] seconds, got {flush_interval!r}")
         if not (isinstance(heartbeat_timeout, int | float) and heartbeat_timeout > 0):
@@ -70,6 +74,12 @@ class Vault:
         self._closed = False
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
+        #: The default store ``push``/``pull``/``sync_status`` talk to (``labvault.open(remote=...)``).
+        self.remote = remote
+        self._remotes: dict[str, Backend] = {}
+        self._remotes_lock = threading.Lock()
+        #: What the last ``pull`` did (a ``labvault.sync.SyncReport``).
+        self.last_sync: SyncReport | None = None
         _open_vaults.add(self)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -80,7 +90,13 @@ class Vault:
 
     @property
     def online(self) -> bool:
-        """Whether the store answers: a health check on a server (``http(s)://``); True for local stores."""
+        """Whether the vault can sync: the remote answers (when the vault has one, see ``remote``).
+
+        Without a remote: a health check on a server (``http(s)://``); True for local stores. Logging never
+        needs the remote: an offline vault keeps writing locally and ``push`` uploads it later.
+        """
+        if self.remote is not None:
+            return _reachable(self._remote_backend(self.remote))
         check = getattr(self.backend, "check_online", None)
         return bool(check()) if callable(check) else True
 
@@ -117,6 +133,10 @@ class Vault:
         self._wake.set()
         if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join(timeout=5)
+        with self._remotes_lock:
+            remotes, self._remotes = list(self._remotes.values()), {}
+        for backend in remotes:
+            backend.close()
         self.backend.close()
         _open_vaults.discard(self)
 
@@ -209,9 +229,21 @@ class Vault:
         if mode not in ("local", "remote", "all"):
             raise InvalidArgumentError(f"mode must be 'local', 'remote' or 'all', got {mode!r}")
         if mode != "local":
-            raise UnsupportedOperationError(
-                f"delete_experiment(mode={mode!r}) needs a remote, and vault {self.uri!r} has none"
-            )
+            if self.remote is None:
+                raise UnsupportedOperationError(
+                    f"delete_experiment(mode={mode!r}) needs a remote, and vault {self.uri!r} has none"
+                )
+            from labvault import sync
+
+            remote = self._remote_backend(self.remote)
+            found = remote.find_experiment(name, project)
+            run_ids = [r.id for r in remote.list_runs([found.id])]
+            remote.delete_experiment(found.id)
+            state = sync.SyncState(self.backend.blobs, self.remote)
+            state.forget(run_ids)
+            state.save()
+            if mode == "remote":
+                return
         info = self._find_experiment(name, project)
         with self._active_lock:
             active = [r for r in self._active.values() if r.experiment.id == info.id]
@@ -219,6 +251,133 @@ class Vault:
             run._discard_buffer()
             self._unregister_active(run)
         self.backend.delete_experiment(info.id)
+
+    # -- sync -----------------------------------------------------------------------------------------------
+    def _remote_backend(self, uri: str) -> Backend:
+        """The backend of a remote store, opened once per URI and closed with the vault."""
+        self._check_open()
+        with self._remotes_lock:
+            backend = self._remotes.get(uri)
+            if backend is None:
+                from labvault import open_backend
+
+                backend = self._remotes[uri] = open_backend(uri)
+            return backend
+
+    def _target(self, uri: str | None, what: str) -> str:
+        target = uri if uri is not None else self.remote
+        if target is None:
+            raise InvalidArgumentError(
+                f"{what} needs a remote: open the vault with remote=... (or $LABVAULT_REMOTE) or pass one"
+            )
+        if not isinstance(target, str) or not target:
+            raise InvalidArgumentError(f"remote must be a store URI, got {target!r}")
+        return target
+
+    def push(
+        self,
+        exp_or_name: str | Experiment | Sequence[str | Experiment] | None = None,
+        to: str | None = None,
+        *,
+        project: str | None = None,
+        on_conflict: Literal["ours", "theirs"] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> SyncReport:
+        """Upload experiments (all when None) to the remote ``to`` (default: the vault's ``remote``).
+
+        Only runs changed since the last sync are read and sent; metrics merge without duplicates and
+        only missing blobs travel, so pushing twice sends nothing the second time and an interrupted push
+        finishes when run again. A run whose params or tags changed here and on the remote raises
+        ``ConflictError`` (before anything is written) unless ``on_conflict`` is ``"ours"`` or
+        ``"theirs"``. Raises ``BackendUnavailableError`` when the remote is unreachable (nothing is lost:
+        push again later). See ``labvault.sync`` for the details.
+        """
+        from labvault import sync
+
+        self._check_open()
+        target = self._target(to, "push")
+        self.flush()
+        names = None if exp_or_name is None else (
+            [exp_or_name] if isinstance(exp_or_name, str | Experiment) else list(exp_or_name))
+        exps = sync._experiments(self.backend, names, project)
+        remote = self._remote_backend(target)
+        transfer = sync.Transfer(self.backend, remote, state=sync.SyncState(self.backend.blobs, target),
+                                 src_is_local=True, on_conflict=on_conflict, progress=progress,
+                                 direction="push")
+        return transfer.run(exps)
+
+    def pull(
+        self,
+        exp_or_name_or_url: str | Experiment,
+        from_: str | None = None,
+        *,
+        project: str | None = None,
+        on_conflict: Literal["ours", "theirs"] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Experiment:
+        """Download an experiment from the remote when it is newer there (or absent here); return the
+        local copy.
+
+        ``exp_or_name_or_url`` is an experiment, its name, or a URL ``<remote-uri>#<project>/<name>`` (or
+        ``#<name>``) naming the remote too. Runs unchanged on the remote since the last sync are not
+        transferred; conflicts as in ``push``. ``self.last_sync`` holds the ``SyncReport``.
+        """
+        from labvault import sync
+
+        self._check_open()
+        name: str
+        if isinstance(exp_or_name_or_url, Experiment):
+            name, project = exp_or_name_or_url.name, exp_or_name_or_url.project
+        elif isinstance(exp_or_name_or_url, str) and "#" in exp_or_name_or_url \
+                and "://" in exp_or_name_or_url.split("#", 1)[0]:
+            url, _, fragment = exp_or_name_or_url.partition("#")
+            if from_ is not None and from_ != url:
+                raise InvalidArgumentError(f"pull: the URL names remote {url!r} but from_={from_!r}")
+            from_ = url
+            if "/" in fragment:
+                project, name = fragment.split("/", 1)
+            else:
+                name = fragment
+        elif isinstance(exp_or_name_or_url, str):
+            name = exp_or_name_or_url
+        else:
+            raise InvalidArgumentError(
+                f"pull takes an experiment, a name or a URL, got {type(exp_or_name_or_url).__name__}")
+        target = self._target(from_, "pull")
+        remote = self._remote_backend(target)
+        found = remote.find_experiment(name, project)
+        self.flush()
+        transfer = sync.Transfer(remote, self.backend, state=sync.SyncState(self.backend.blobs, target),
+                                 src_is_local=False, on_conflict=on_conflict, progress=progress,
+                                 direction="pull")
+        self.last_sync = transfer.run([found])
+        return Experiment(self, self.backend.ensure_experiment(found.name, found.project))
+
+    def sync_status(
+        self, exp: str | Experiment, remote: str | None = None, *, project: str | None = None
+    ) -> list[RunStatus]:
+        """Per run of an experiment: ``"in sync"``, ``"ahead"`` (changed here since the last sync, or only
+        here), ``"behind"`` (changed on / only on the remote) or ``"diverged"`` (changed on both; the
+        conflicting param/tag fields are listed)."""
+        from labvault import sync
+
+        self._check_open()
+        target = self._target(remote, "sync_status")
+        if isinstance(exp, Experiment):
+            name, project = exp.name, exp.project
+        else:
+            name = v.validate_name(exp, "experiment name")
+        self.flush()
+        backend = self._remote_backend(target)
+        if project is None:
+            for side in (self.backend, backend):
+                try:
+                    project = side.find_experiment(name).project
+                    break
+                except NotFoundError:
+                    continue
+        return sync.run_states(self.backend, backend, sync.SyncState(self.backend.blobs, target), name,
+                               project or "default")
 
     # -- change feed ----------------------------------------------------------------------------------------
     def watch(self) -> ChangeFeed:
@@ -294,6 +453,20 @@ class Vault:
             else:
                 out.append(self._find_experiment(item, project))
         return out
+
+
+def _reachable(backend: Backend) -> bool:
+    """Whether a store answers (a server's health check; a cheap listing otherwise)."""
+    check = getattr(backend, "check_online", None)
+    if callable(check):
+        return bool(check())
+    from labvault.errors import LabvaultError
+
+    try:
+        backend.list_experiments()
+    except (LabvaultError, OSError):
+        return False
+    return True
 
 
 class Experiment:

@@ -1,0 +1,643 @@
+"""Offline-first sync between any two labvault stores: push, pull, status, copy.
+
+Every run carries a **revision**: the sha256 of its *summary*, a small document with one digest per field
+(``p:<param>``, ``t:<tag>``, ``r:<result>``, ``a:<artifact key>`` -> the blob digest, ``m:<metric key>`` ->
+the number of points, ``s`` -> status, end time and error). Summaries are computed from what every backend
+already stores (``get_run``, ``list_artifacts``, ``metric_history``), so no backend's schema changes.
+
+The local store remembers, per remote, the summary of each run on both sides as of the last sync (the
+*base*). It keeps that in its own blob store under ``labvault-sync/<hash of the remote URI>.json`` (gc only
+collects ``sha256/``), so it works for every local backend. A sync is a three-way merge per field:
+
+* a field changed on the sending side only (against its base) is written to the receiving side;
+* a field changed on the receiving side only is left alone (it is newer there);
+* a **param or tag** changed on both sides to different values makes the run *diverged*: push and pull
+  raise ``ConflictError`` naming the run and the fields before writing anything, unless
+  ``on_conflict="ours"`` (the local value wins) or ``"theirs"`` (the remote value wins). Params are
+  write-once in every store, so a resolved param conflict keeps each store's value and only stops the
+  run being reported as diverged; tags take the winner's value;
+* results, artifacts and status changed on both sides: the sending side wins;
+* metrics merge as a union keyed by (key, step, timestamp): the receiver's history is read and only the
+  missing points are sent, so nothing is ever duplicated;
+* artifacts move by digest: a blob the receiver has already is not sent again.
+
+Runs keep their id in every store (``create_run(run_id=...)``); run *numbers* are assigned by each store.
+Experiments are matched by (project, name). The sync state is saved after every run, so a push killed
+half way and started again re-reads only the runs not yet recorded, and sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from labvault.backends.base import Backend, BlobStore
+from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo
+from labvault.errors import ConflictError, InvalidArgumentError, NotFoundError
+
+if TYPE_CHECKING:
+    from labvault.api import Experiment, Vault
+
+OnConflict = Literal["ours", "theirs"]
+RunState = Literal["in sync", "ahead", "behind", "diverged"]
+#: ``progress(phase, done, total)``: called before the first run and after each run of an operation.
+Progress = Callable[[str, int, int], None]
+
+STATE_PREFIX = "labvault-sync/"
+_STATE_VERSION = 1
+#: Metric points sent per ``log_metrics`` call (bounds a request to a server).
+POINTS_PER_BATCH = 200_000
+#: Param and tag fields take part in conflict detection (the others: the sending side wins).
+_CONFLICT_KINDS = ("p", "t")
+
+
+# -- summaries and revisions ---------------------------------------------------------------------------------
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class RunSnapshot:
+    """One run as read from one store, with its summary (field -> digest) and revision."""
+
+    info: RunInfo
+    artifacts: dict[str, ArtifactInfo]
+    metrics: dict[str, str]
+    summary: dict[str, str]
+
+    @property
+    def revision(self) -> str:
+        """The sha256 of the summary: changes whenever anything about the run changes."""
+        return revision_of(self.summary)
+
+
+def revision_of(summary: Mapping[str, str]) -> str:
+    """The revision of a run summary (a hex digest)."""
+    return hashlib.sha256(json.dumps(dict(summary), sort_keys=True).encode()).hexdigest()
+
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """splitmix64's finalizer, elementwise (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def series_digest(series: MetricSeries) -> str:
+    """An order-independent digest of a metric's points keyed by (step, timestamp), with their number.
+
+    Two stores holding the same points in any order agree; any point more or less changes it. It is a
+    sum and an xor of 64-bit hashes, so a million points take a few milliseconds.
+    """
+    n = len(series)
+    if n == 0:
+        return "0"
+    with np.errstate(over="ignore"):
+        h = _mix(series.steps.astype(np.uint64) ^ _mix(series.timestamps.view(np.uint64)))
+        total = int(h.sum(dtype=np.uint64))
+    xor = int(np.bitwise_xor.reduce(h))
+    return f"{n}:{total:016x}{xor:016x}"
+
+
+def summarize(info: RunInfo, artifacts: Iterable[ArtifactInfo], metrics: Mapping[str, str]) -> dict[str, str]:
+    """A run's summary: one digest per param, tag, result, artifact, metric key (``series_digest``) and
+    status (with end time and error)."""
+    out: dict[str, str] = {"s": _digest([info.status, info.end_time, info.error])}
+    for k, val in info.params.items():
+        out["p:" + k] = _digest(val)
+    for k, text in info.tags.items():
+        out["t:" + k] = _digest(text)
+    for k, val in info.results.items():
+        out["r:" + k] = _digest(val)
+    for a in artifacts:
+        out["a:" + a.key] = a.digest
+    for k, digest in metrics.items():
+        if digest != "0":
+            out["m:" + k] = digest
+    return out
+
+
+def _metric_digests(backend: Backend, run_id: str, keys: Iterable[str]) -> tuple[dict[str, str],
+                                                                                   dict[str, MetricSeries]]:
+    digests: dict[str, str] = {}
+    histories: dict[str, MetricSeries] = {}
+    for key in sorted(keys):
+        series = backend.metric_history(run_id, key)
+        histories[key] = series
+        digests[key] = series_digest(series)
+    return digests, histories
+
+
+def snapshot(backend: Backend, info: RunInfo) -> tuple[RunSnapshot, dict[str, MetricSeries]]:
+    """Read a run's artifacts and metric histories; return its snapshot and the histories read."""
+    arts = {a.key: a for a in backend.list_artifacts(info.id)}
+    digests, histories = _metric_digests(backend, info.id, info.metrics)
+    return RunSnapshot(info, arts, digests, summarize(info, arts.values(), digests)), histories
+
+
+# -- the sync state kept in the local store ------------------------------------------------------------------
+def _redact(uri: str) -> str:
+    """A URI without its password, for display and for the state document."""
+    if "://" not in uri or "@" not in uri.split("://", 1)[1].split("/", 1)[0]:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    creds, host = rest.split("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+def state_key(remote_uri: str) -> str:
+    """The blob key under which a local store keeps its sync state for ``remote_uri``."""
+    return f"{STATE_PREFIX}{hashlib.sha256(remote_uri.encode()).hexdigest()[:32]}.json"
+
+
+class SyncState:
+    """What a local store remembers about one remote: per run, the base summaries of both sides."""
+
+    def __init__(self, blobs: BlobStore | None, remote_uri: str) -> None:
+        self._blobs = blobs
+        self.remote = remote_uri
+        self.key = state_key(remote_uri)
+        self.runs: dict[str, dict[str, Any]] = {}
+        if blobs is not None and blobs.exists(self.key):
+            try:
+                doc = json.loads(blobs.get(self.key))
+                self.runs = dict(doc.get("runs") or {})
+            except (ValueError, AttributeError) as exc:
+                from labvault.errors import CorruptDataError
+
+                raise CorruptDataError(f"sync state {self.key!r} for remote {_redact(remote_uri)!r} is "
+                                       f"unreadable: {exc}") from exc
+
+    def base(self, run_id: str) -> tuple[dict[str, str], dict[str, str]] | None:
+        """(local summary, remote summary) at the last sync of the run, or None if never synced."""
+        entry = self.runs.get(run_id)
+        if entry is None:
+            return None
+        return dict(entry["local"]), dict(entry["remote"])
+
+    def record(self, run_id: str, local: Mapping[str, str], remote: Mapping[str, str]) -> None:
+        """Remember both sides of a run as just synced (saved by ``save``)."""
+        self.runs[run_id] = {"local": dict(local), "remote": dict(remote),
+                             "local_revision": revision_of(local), "remote_revision": revision_of(remote),
+                             "time": time.time()}
+
+    def forget(self, run_ids: Iterable[str]) -> None:
+        """Drop the runs (after their experiment was deleted on one side)."""
+        for run_id in run_ids:
+            self.runs.pop(run_id, None)
+
+    def save(self) -> None:
+        """Write the state to the local store (atomically: a blob put)."""
+        if self._blobs is None:
+            return
+        doc = {"version": _STATE_VERSION, "remote": _redact(self.remote), "runs": self.runs}
+        self._blobs.put(self.key, json.dumps(doc, separators=(",", ":")).encode())
+
+
+# -- results -------------------------------------------------------------------------------------------------
+@dataclass
+class RunStatus:
+    """How one run compares between the local store and the remote (``Vault.sync_status``)."""
+
+    run_id: str
+    name: str | None
+    state: RunState
+    local_revision: str | None
+    remote_revision: str | None
+    #: Fields changed on the side(s) that moved since the last sync (``p:lr``, ``t:team``, ``m:loss`` ...).
+    changed: list[str] = field(default_factory=list)
+    #: Param / tag fields changed on both sides to different values (only when ``state == "diverged"``).
+    conflicts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SyncReport:
+    """What a push, pull or copy did."""
+
+    direction: str
+    source: str
+    destination: str
+    experiments: list[str] = field(default_factory=list)
+    runs_created: int = 0
+    runs_updated: int = 0
+    runs_unchanged: int = 0
+    points_sent: int = 0
+    blobs_sent: int = 0
+    bytes_sent: int = 0
+    conflicts_resolved: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was written to the destination."""
+        return bool(self.runs_created or self.runs_updated)
+
+
+# -- the merge -----------------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    src: RunSnapshot
+    src_hist: dict[str, MetricSeries]
+    dst: RunSnapshot | None
+    base_src: dict[str, str]
+    base_dst: dict[str, str]
+    conflicts: list[str]
+
+
+def _changed(cur: Mapping[str, str], base: Mapping[str, str]) -> set[str]:
+    return {k for k in set(cur) | set(base) if cur.get(k) != base.get(k)}
+
+
+def _conflicts(src: Mapping[str, str], dst: Mapping[str, str], base_src: Mapping[str, str],
+               base_dst: Mapping[str, str]) -> list[str]:
+    both = _changed(src, base_src) & _changed(dst, base_dst)
+    return sorted(f for f in both if f.split(":", 1)[0] in _CONFLICT_KINDS and f in src and f in dst
+                  and src[f] != dst[f])
+
+
+def _describe(run: RunInfo, fields: Sequence[str], src: RunSnapshot, dst: RunSnapshot,
+              src_name: str, dst_name: str) -> str:
+    parts = []
+    for f in fields:
+        kind, key = f.split(":", 1)
+        where = src.info.params if kind == "p" else src.info.tags
+        there = dst.info.params if kind == "p" else dst.info.tags
+        label = "param" if kind == "p" else "tag"
+        parts.append(f"{label} {key!r} ({src_name} {where.get(key)!r}, {dst_name} {there.get(key)!r})")
+    return f"run {run.id} ({run.name or 'unnamed'}) diverged: " + "; ".join(parts)
+
+
+def _missing_points(src: MetricSeries, dst: MetricSeries) -> MetricSeries:
+    """The points of ``src`` whose (step, timestamp) ``dst`` lacks, in ``src`` order."""
+    if len(dst) == 0:
+        return src
+    have = set(zip(dst.steps.tolist(), dst.timestamps.tolist(), strict=True))
+    mask = np.fromiter(((s, t) not in have for s, t in zip(src.steps.tolist(), src.timestamps.tolist(),
+                                                            strict=True)), dtype=bool, count=len(src))
+    if mask.all():
+        return src
+    return MetricSeries(src.key, src.steps[mask], src.values[mask], src.timestamps[mask])
+
+
+class _Side:
+    """One store taking part in a transfer, with the experiments matched by (project, name)."""
+
+    def __init__(self, backend: Backend, label: str) -> None:
+        self.backend = backend
+        self.label = label
+
+    def find(self, name: str, project: str) -> ExperimentInfo | None:
+        for e in self.backend.list_experiments(project):
+            if e.name == name:
+                return e
+        return None
+
+    def runs(self, exp: ExperimentInfo | None) -> dict[str, RunInfo]:
+        if exp is None:
+            return {}
+        return {r.id: r for r in self.backend.list_runs([exp.id])}
+
+
+def _ordered(runs: Mapping[str, RunInfo]) -> list[RunInfo]:
+    """Runs with every parent before its children, then by start time."""
+    out: list[RunInfo] = []
+    done: set[str] = set()
+
+    def visit(r: RunInfo, depth: int) -> None:
+        if r.id in done or depth > len(runs):
+            return
+        if r.parent_id is not None and r.parent_id in runs:
+            visit(runs[r.parent_id], depth + 1)
+        done.add(r.id)
+        out.append(r)
+
+    for r in sorted(runs.values(), key=lambda r: (r.start_time, r.number)):
+        visit(r, 0)
+    return out
+
+
+class Transfer:
+    """Moves experiments from a source store to a destination store (one direction of a sync).
+
+    ``state`` is the sync state of the local store; ``src_is_local`` says which side is local (push:
+    True, pull: False). Without a state (``copy``) every run is merged against an empty base, which is
+    idempotent too: copying twice sends nothing the second time.
+    """
+
+    def __init__(self, src: Backend, dst: Backend, *, state: SyncState | None, src_is_local: bool,
+                 on_conflict: OnConflict | None = None, progress: Progress | None = None,
+                 direction: str = "push") -> None:
+        if on_conflict not in (None, "ours", "theirs"):
+            raise InvalidArgumentError(f"on_conflict must be None, 'ours' or 'theirs', got {on_conflict!r}")
+        self.src = _Side(src, "local" if src_is_local else "remote")
+        self.dst = _Side(dst, "remote" if src_is_local else "local")
+        self.state = state
+        self.src_is_local = src_is_local
+        #: Whether the source's value wins a param/tag conflict.
+        self.src_wins: bool | None = None if on_conflict is None else (
+            (on_conflict == "ours") == src_is_local)
+        self.progress = progress
+        self.report = SyncReport(direction, _redact(src.uri), _redact(dst.uri))
+
+    def _bases(self, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        found = self.state.base(run_id) if self.state is not None else None
+        if found is None:
+            return {}, {}
+        local, remote = found
+        return (local, remote) if self.src_is_local else (remote, local)
+
+    def _record(self, run_id: str, src: Mapping[str, str], dst: Mapping[str, str]) -> None:
+        if self.state is None:
+            return
+        if self.src_is_local:
+            self.state.record(run_id, src, dst)
+        else:
+            self.state.record(run_id, dst, src)
+        self.state.save()
+
+    # -- planning (reads only) -------------------------------------------------------------------------------
+    def plan(self, exp: ExperimentInfo) -> tuple[ExperimentInfo | None, list[_Plan]]:
+        """What to send for one source experiment; raises ``ConflictError`` for unresolved divergence."""
+        dst_exp = self.dst.find(exp.name, exp.project)
+        dst_runs = self.dst.runs(dst_exp)
+        plans: list[_Plan] = []
+        problems: list[str] = []
+        for info in _ordered(self.src.runs(exp)):
+            base_src, base_dst = self._bases(info.id)
+            # Cheap test first: a run whose source doc, artifacts and metric keys match its base, and whose
+            # counts are unchanged, was synced already.
+            src_snap, src_hist = snapshot(self.src.backend, info)
+            dst_info = dst_runs.get(info.id)
+            if self.state is not None and base_src and src_snap.summary == base_src and dst_info is not None:
+                self.report.runs_unchanged += 1
+                continue
+            dst_snap = snapshot(self.dst.backend, dst_info)[0] if dst_info is not None else None
+            if dst_snap is not None and dst_snap.summary == src_snap.summary:  # equal already
+                self.report.runs_unchanged += 1
+                self._record(info.id, src_snap.summary, dst_snap.summary)
+                continue
+            conflicts: list[str] = []
+            if dst_snap is not None:
+                conflicts = _conflicts(src_snap.summary, dst_snap.summary, base_src, base_dst)
+                if conflicts and self.src_wins is None:
+                    problems.append(_describe(info, conflicts, src_snap, dst_snap, self.src.label,
+                                              self.dst.label))
+            plans.append(_Plan(src_snap, src_hist, dst_snap, base_src, base_dst, conflicts))
+        if problems:
+            raise ConflictError(
+                f"experiment {exp.project}/{exp.name}: " + " | ".join(problems)
+                + "; pass on_conflict='ours' or 'theirs' to resolve"
+            )
+        return dst_exp, plans
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def run(self, experiments: Sequence[ExperimentInfo]) -> SyncReport:
+        """Plan every experiment (raising on conflicts before anything is written), then send."""
+        planned = [(exp, *self.plan(exp)) for exp in experiments]
+        total = sum(len(p) for _e, _d, p in planned)
+        done = 0
+        if self.progress is not None:
+            self.progress(self.report.direction, 0, total)
+        for exp, dst_exp, plans in planned:
+            self.report.experiments.append(f"{exp.project}/{exp.name}")
+            if dst_exp is None:
+                dst_exp = self.dst.backend.ensure_experiment(exp.name, exp.project)
+            for p in plans:
+                self._apply(dst_exp, p)
+                done += 1
+                if self.progress is not None:
+                    self.progress(self.report.direction, done, total)
+        return self.report
+
+    def _apply(self, dst_exp: ExperimentInfo, p: _Plan) -> None:
+        dst = self.dst.backend
+        info = p.src.info
+        run_id = info.id
+        base_src = p.base_src
+        # a run the destination lacks gets everything, even when the base says it was synced (the
+        # destination's copy was deleted since)
+        src_changed = _changed(p.src.summary, base_src) if p.dst is not None else set(p.src.summary)
+        if p.dst is None:
+            try:
+                dst_info = dst.get_run(run_id)  # created by a push that was cut off before recording it
+            except NotFoundError:
+                dst_info = dst.create_run(dst_exp.id, name=info.name, parent_id=info.parent_id,
+                                          start_time=info.start_time, params=info.params, tags=info.tags,
+                                          run_id=run_id)
+                self.report.runs_created += 1
+            else:
+                self.report.runs_updated += 1
+            dst_summary: dict[str, str] = summarize(dst_info, [], {})
+            dst_arts: dict[str, ArtifactInfo] = {a.key: a for a in dst.list_artifacts(run_id)}
+            dst_mdig: dict[str, str] = {}
+            dst_changed: set[str] = set()
+            dst_known = False
+        else:
+            dst_info = p.dst.info
+            dst_summary = dict(p.dst.summary)
+            dst_arts = dict(p.dst.artifacts)
+            dst_mdig = dict(p.dst.metrics)
+            dst_changed = _changed(p.dst.summary, p.base_dst)
+            dst_known = True
+            self.report.runs_updated += 1
+        conflicts = set(p.conflicts)
+        if conflicts:
+            self.report.conflicts_resolved += [f"{run_id}:{f}" for f in sorted(conflicts)]
+
+        def wanted(f: str) -> bool:
+            """Write field ``f`` of the source to the destination? (Missing there: always, a union.)"""
+            if f not in p.src.summary:
+                return False
+            if f not in dst_summary:
+                return True
+            if p.src.summary[f] == dst_summary[f]:
+                return False
+            if f in conflicts:
+                return bool(self.src_wins)
+            return f in src_changed and (f not in dst_changed or f.split(":", 1)[0] not in _CONFLICT_KINDS)
+
+        # params (write-once: only keys the destination lacks) and tags
+        params = {k: val for k, val in info.params.items() if k not in dst_info.params}
+        if params:
+            dst.log_params(run_id, params)
+        tags = {k: text for k, text in info.tags.items() if wanted("t:" + k)}
+        if tags:
+            dst.set_tags(run_id, tags)
+        results = {k: val for k, val in info.results.items() if wanted("r:" + k)}
+        if results:
+            dst.log_results(run_id, results)
+        # metrics: union keyed by (step, timestamp)
+        batch: list[MetricSeries] = []
+        pending = 0
+        for key, series in p.src_hist.items():
+            if ("m:" + key) not in src_changed and dst_known and ("m:" + key) in dst_summary:
+                continue
+            have = dst.metric_history(run_id, key)
+            missing = _missing_points(series, have)
+            for start in range(0, len(missing), POINTS_PER_BATCH):
+                part = MetricSeries(key, missing.steps[start:start + POINTS_PER_BATCH],
+                                    missing.values[start:start + POINTS_PER_BATCH],
+                                    missing.timestamps[start:start + POINTS_PER_BATCH])
+                batch.append(part)
+                pending += len(part)
+                if pending >= POINTS_PER_BATCH:
+                    dst.log_metrics(run_id, batch)
+                    self.report.points_sent += pending
+                    batch, pending = [], 0
+            dst_mdig[key] = series_digest(MetricSeries.concat(key, [have, missing]))
+        if batch:
+            dst.log_metrics(run_id, batch)
+            self.report.points_sent += pending
+        # artifacts: by digest, only the blobs the destination lacks
+        for key, art in p.src.artifacts.items():
+            have_art = dst_arts.get(key)
+            if have_art is not None and (have_art.digest == art.digest or not wanted("a:" + key)):
+                continue
+            self._send_blob(art.digest)
+            dst.add_artifact(run_id, art)
+        # status, end time, error, heartbeat
+        if wanted("s") or (p.dst is None and info.status != dst_info.status):
+            dst.update_run(run_id, status=info.status, end_time=info.end_time, error=info.error,
+                           heartbeat=info.heartbeat)
+        elif p.dst is None and info.heartbeat is not None:
+            dst.update_run(run_id, heartbeat=info.heartbeat)
+        # a tag conflict the destination won: its value goes back to the source, so both agree
+        src_base = dict(p.src.summary)
+        if not self.src_wins:
+            back = {f.split(":", 1)[1]: dst_info.tags[f.split(":", 1)[1]] for f in conflicts
+                    if f.startswith("t:") and f.split(":", 1)[1] in dst_info.tags}
+            if back:
+                self.src.backend.set_tags(run_id, back)
+                for k in back:
+                    src_base["t:" + k] = dst_summary["t:" + k]
+        # what the destination looks like now: re-read the doc and artifacts, counts are known
+        final = dst.get_run(run_id)
+        arts_now = dst.list_artifacts(run_id)
+        for key in final.metrics:
+            if key not in dst_mdig:
+                dst_mdig[key] = series_digest(dst.metric_history(run_id, key))
+        after = summarize(final, arts_now, dst_mdig)
+        # The destination's own changes that the source has not got yet (extra points, a tag set only
+        # there) keep their old base, so they still count as changed: a later pull brings them over.
+        dst_base: dict[str, str] = {}
+        for f in set(after) | set(p.base_dst):
+            keep = f in dst_changed and f not in conflicts and after.get(f) != p.src.summary.get(f)
+            val = p.base_dst.get(f) if keep else after.get(f)
+            if val is not None:
+                dst_base[f] = val
+        self._record(run_id, src_base, dst_base)
+
+    def _send_blob(self, digest: str) -> None:
+        src_blobs, dst_blobs = self.src.backend.blobs, self.dst.backend.blobs
+        if dst_blobs.exists(BlobStore.digest_key(digest)):
+            return
+        with src_blobs.open_content(digest) as fh:
+            got, size = dst_blobs.put_content(fh)
+        if got != digest:  # pragma: no cover - open_content verifies the digest at end of file
+            from labvault.errors import CorruptDataError
+
+            raise CorruptDataError(f"blob {digest} arrived as {got}")
+        self.report.blobs_sent += 1
+        self.report.bytes_sent += size
+
+
+# -- status --------------------------------------------------------------------------------------------------
+def run_states(local: Backend, remote: Backend, state: SyncState, name: str, project: str) -> list[RunStatus]:
+    """Per run of experiment ``project/name``: in sync, ahead (local newer), behind or diverged."""
+    lside, rside = _Side(local, "local"), _Side(remote, "remote")
+    lruns = lside.runs(lside.find(name, project))
+    rruns = rside.runs(rside.find(name, project))
+    if not lruns and not rruns:
+        raise NotFoundError(f"experiment {project}/{name} exists neither locally nor on the remote")
+    out: list[RunStatus] = []
+    merged = {**rruns, **lruns}
+    for info in _ordered(merged):
+        lsnap = snapshot(local, lruns[info.id])[0] if info.id in lruns else None
+        rsnap = snapshot(remote, rruns[info.id])[0] if info.id in rruns else None
+        found = state.base(info.id)
+        base_l, base_r = found if found is not None else ({}, {})
+        lsum = lsnap.summary if lsnap else {}
+        rsum = rsnap.summary if rsnap else {}
+        lch = _changed(lsum, base_l) if lsnap else set()
+        rch = _changed(rsum, base_r) if rsnap else set()
+        conflicts: list[str] = []
+        st: RunState
+        if lsnap and rsnap and found is None:
+            # never synced from here (e.g. copied): equal content is in sync
+            same = lsum == rsum
+            conflicts = _conflicts(lsum, rsum, {}, {})
+            st = "in sync" if same else ("diverged" if conflicts else "ahead")
+            lch = set() if same else _changed(lsum, rsum)
+        elif lch and rch:
+            conflicts = _conflicts(lsum, rsum, base_l, base_r)
+            st = "diverged"
+        elif lch or (lsnap and not rsnap):
+            st = "ahead"
+        elif rch or (rsnap and not lsnap):
+            st = "behind"
+        else:
+            st = "in sync"
+        out.append(RunStatus(info.id, info.name, st, lsnap.revision if lsnap else None,
+                             rsnap.revision if rsnap else None, sorted(lch | rch), conflicts))
+    return out
+
+
+# -- public entry points used by Vault and labvault.copy -----------------------------------------------------
+def _experiments(backend: Backend, names: Sequence[str | Experiment | ExperimentInfo] | None,
+                 project: str | None = None) -> list[ExperimentInfo]:
+    from labvault.api import Experiment
+
+    if names is None:
+        return backend.list_experiments(project)
+    out: list[ExperimentInfo] = []
+    for item in names:
+        if isinstance(item, Experiment):
+            out.append(item.info)
+        elif isinstance(item, ExperimentInfo):
+            out.append(item)
+        else:
+            out.append(backend.find_experiment(item, project))
+    return out
+
+
+def copy(src_uri: str | Vault, dst_uri: str | Vault, experiments: Sequence[str] | None = None, *,
+         project: str | None = None, on_conflict: OnConflict | None = None,
+         progress: Progress | None = None) -> SyncReport:
+    """Copy whole vaults (or the named experiments) from one store to another, any backend to any backend.
+
+    Run ids are kept; metrics are merged without duplicates and blobs sent only when missing, so copying
+    again sends nothing new. A run whose params or tags differ in both stores raises ``ConflictError``
+    unless ``on_conflict="ours"`` (the source wins) or ``"theirs"``.
+    """
+    import labvault
+    from labvault.api import Vault
+
+    opened: list[Vault] = []
+
+    def vault_of(x: str | Vault) -> Vault:
+        if isinstance(x, Vault):
+            x.flush()
+            return x
+        v = labvault.open(x)
+        opened.append(v)
+        return v
+
+    try:
+        src, dst = vault_of(src_uri), vault_of(dst_uri)
+        exps = _experiments(src.backend, experiments, project)
+        transfer = Transfer(src.backend, dst.backend, state=None, src_is_local=True,
+                            on_conflict=on_conflict, progress=progress, direction="copy")
+        return transfer.run(exps)
+    finally:
+        for v in opened:
+            v.close()

@@ -1,0 +1,474 @@
+"""Offline-first sync (``labvault.sync``): push, pull, status, copy, delete between real stores.
+
+Every store is real: memory, file, SQLite, PostgreSQL (a throwaway database, a schema per test), Redis
+(a key prefix per test, deleted afterwards), the labvault server in process (``asgi://``) and, for the
+offline test, a ``labvault server`` process on a loopback socket that is stopped and started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_conformance_http import free_port, wait_healthy
+from test_conformance_postgres import pg_database  # noqa: F401  (module fixture)
+from test_conformance_redis import fresh_redis_uri
+
+import labvault
+from labvault import sync
+from labvault.api import Vault
+from labvault.backends.base import Backend
+from labvault.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnsupportedOperationError,
+)
+from labvault.server.app import create_app
+from labvault.server.auth import AuthStore
+from labvault.server.inprocess import serve_in_process
+
+BACKENDS = ("memory", "file", "sqlite", "postgresql", "redis", "http")
+
+
+# -- stores -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def auth_token(tmp_path_factory: pytest.TempPathFactory) -> tuple[AuthStore, str]:
+    store = AuthStore(tmp_path_factory.mktemp("auth") / "auth.db")
+    store.add_user("sync", "admin")
+    _, token = store.create_token("sync")
+    return store, token
+
+
+@pytest.fixture
+def make_store(
+    tmp_path: Path, request: pytest.FixtureRequest, auth_token: tuple[AuthStore, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[str], str]]:
+    """``make_store(kind)`` -> the URI of a fresh, empty store of that kind (cleaned up afterwards)."""
+    stack = contextlib.ExitStack()
+
+    def make(kind: str) -> str:
+        tag = uuid.uuid4().hex[:10]
+        if kind == "memory":
+            return f"memory://sync-{tag}"
+        if kind == "file":
+            return str(tmp_path / f"file-{tag}")
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path / f'sq-{tag}.db'}"
+        if kind == "postgresql":
+            db = request.getfixturevalue("pg_database")
+            return f"{db}?schema=s_{secrets.token_hex(6)}"
+        if kind == "redis":
+            gen = fresh_redis_uri()
+            uri = next(gen)
+            stack.callback(lambda: next(gen, None))
+            return uri
+        if kind == "http":
+            store, token = auth_token
+            monkeypatch.setenv("LABVAULT_TOKEN", token)
+            return stack.enter_context(serve_in_process(create_app("memory://", auth=store)))
+        raise AssertionError(kind)
+
+    with stack:
+        yield make
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+def fill(vault: Vault, points: int, name: str = "exp") -> dict[str, np.ndarray]:
+    """An experiment with a parent, two children and a grandchild, metrics, artifacts and results."""
+    rng = np.random.default_rng(7)
+    exp = vault.experiment(name, project="proj")
+    logged: dict[str, np.ndarray] = {}
+    shared = rng.bytes(300_000)
+    with exp.start_run(name="parent", params={"lr": 0.1, "layers": [64, 32]}, tags={"team": "a"}) as parent:
+        values = rng.standard_normal(points)
+        values[3] = np.nan
+        parent.log_metric_series("loss", values, timestamps=1000.0 + np.arange(points) * 0.001)
+        logged[parent.id] = values
+        parent.log_result("confusion", [[5, 1], [0, 7]])
+        parent.log_artifact("model/weights.bin", shared)
+        parent.log_artifact("notes.txt", b"first")
+        for i in range(2):
+            with exp.start_run(name=f"child{i}", parent=parent, params={"fold": i}) as child:
+                child.log_metrics({"acc": 0.5 + i / 10, "f1": 0.4}, step=0)
+                child.log_metrics({"acc": 0.6 + i / 10, "f1": 0.5}, step=1)
+                child.log_artifact("model/weights.bin", shared)  # same blob: stored and sent once
+                if i == 0:
+                    with exp.start_run(name="grandchild", parent=child) as grand:
+                        grand.log_metric("x", 1.0, step=3)
+    with pytest.raises(RuntimeError), exp.start_run(name="broken") as broken:
+        broken.log_metric("loss", 9.0)
+        raise RuntimeError("boom")
+    return logged
+
+
+def assert_same(a: Backend, b: Backend, name: str = "exp", project: str = "proj") -> int:
+    """Both stores hold the same experiment: runs by id, every field, every point, every blob.
+
+    Returns the number of metric points compared.
+    """
+    ea, eb = a.find_experiment(name, project), b.find_experiment(name, project)
+    runs_a = {r.id: r for r in a.list_runs([ea.id])}
+    runs_b = {r.id: r for r in b.list_runs([eb.id])}
+    assert sorted(runs_a) == sorted(runs_b)
+    points = 0
+    for run_id, ra in runs_a.items():
+        rb = runs_b[run_id]
+        for attr in ("name", "parent_id", "status", "start_time", "end_time", "error", "params", "tags",
+                     "results"):
+            assert getattr(ra, attr) == getattr(rb, attr), (run_id, attr)
+        assert sorted(ra.metrics) == sorted(rb.metrics)
+        for key in ra.metrics:
+            ha, hb = a.metric_history(run_id, key), b.metric_history(run_id, key)
+            order_a, order_b = np.lexsort((ha.timestamps, ha.steps)), np.lexsort((hb.timestamps, hb.steps))
+            assert np.array_equal(ha.steps[order_a], hb.steps[order_b]), (run_id, key)
+            assert np.array_equal(ha.timestamps[order_a], hb.timestamps[order_b]), (run_id, key)
+            assert np.array_equal(ha.values[order_a], hb.values[order_b], equal_nan=True), (run_id, key)
+            points += len(ha)
+        arts_a = [(x.key, x.size, x.digest) for x in a.list_artifacts(run_id)]
+        arts_b = [(x.key, x.size, x.digest) for x in b.list_artifacts(run_id)]
+        assert arts_a == arts_b
+        for _key, _size, digest in arts_b:
+            assert hashlib.sha256(b.blobs.get_content(digest)).hexdigest() == digest
+    return points
+
+
+def run_by_name(vault: Vault, name: str, exp: str = "exp") -> labvault.Run:
+    return next(r for r in vault.experiment(exp, project="proj").runs() if r.name == name)
+
+
+# -- the matrix: each backend as source and destination, push then pull back -------------------------------
+RING = list(zip(BACKENDS, BACKENDS[1:] + BACKENDS[:1], strict=True))
+PAIRS = RING + [(b, a) for a, b in RING]
+
+
+@pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS, ids=[f"{a}->{b}" for a, b in PAIRS])
+def test_matrix_push_then_pull(src_kind: str, dst_kind: str, make_store: Callable[[str], str]) -> None:
+    points = 50_000
+    src_uri, dst_uri = make_store(src_kind), make_store(dst_kind)
+    with labvault.open(src_uri, remote=dst_uri) as local, labvault.open(dst_uri) as remote:
+        logged = fill(local, points)
+        report = local.push("exp")
+        assert report.runs_created == 5 and report.points_sent == points + 10
+        assert report.blobs_sent == 2  # the shared 300 kB blob once, notes.txt once
+        assert assert_same(local.backend, remote.backend) == points + 10
+        parent = run_by_name(local, "parent")
+        assert np.array_equal(remote.get_run(parent.id).metric_history("loss").values, logged[parent.id],
+                              equal_nan=True)
+        again = local.push("exp")
+        assert not again.changed and again.points_sent == 0 and again.runs_unchanged == 5
+        # the remote moves on: more points on an existing run, a tag, a new run; pull brings it back
+        rparent = remote.get_run(parent.id)
+        rparent.log_metric_series("loss", [1.0, 2.0], steps=[points, points + 1], timestamps=[5e9, 5e9 + 1])
+        rparent.set_tag("team", "b")
+        with remote.experiment("exp", project="proj").start_run(name="remote-only", parent=parent.id) as r:
+            r.log_metric("z", 3.0)
+            r.log_artifact("r.txt", b"from the remote")
+        assert {s.state for s in local.sync_status("exp")} == {"in sync", "behind"}
+        pulled = local.pull("exp")
+        assert pulled.name == "exp" and local.last_sync is not None
+        assert local.last_sync.runs_created == 1 and local.last_sync.runs_updated == 1
+        assert local.last_sync.points_sent == 3 and local.last_sync.runs_unchanged == 4
+        assert assert_same(local.backend, remote.backend) == points + 13
+        assert {s.state for s in local.sync_status("exp")} == {"in sync"}
+        local.pull("exp")
+        assert local.last_sync.points_sent == 0 and not local.last_sync.changed
+        assert not local.push("exp").changed
+
+
+# -- semantics -----------------------------------------------------------------------------------------------
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Vault, Vault]]:
+    """A file vault whose remote is a SQLite store, and a handle on that remote."""
+    remote_uri = f"sqlite:///{tmp_path / 'remote.db'}"
+    with labvault.open(str(tmp_path / "local"), remote=remote_uri) as local, \
+            labvault.open(remote_uri) as remote:
+        yield local, remote
+
+
+def test_push_sends_only_changed_runs_and_new_points(pair: tuple[Vault, Vault]) -> None:
+    local, remote = pair
+    fill(local, 1000)
+    local.push()
+    parent = run_by_name(local, "parent")
+    local.get_run(parent.id).log_metric_series("loss", [7.0], steps=[1000], timestamps=[9e9])
+    report = local.push()
+    assert (report.runs_updated, report.runs_created, report.runs_unchanged) == (1, 0, 4)
+    assert report.points_sent == 1 and report.blobs_sent == 0
+    assert len(remote.get_run(parent.id).metric_history("loss")) == 1001
+    assert_same(local.backend, remote.backend)
+
+
+def test_metrics_merge_as_union_both_ways(pair: tuple[Vault, Vault]) -> None:
+    local, remote = pair
+    with local.experiment("u", project="proj").start_run(name="r") as run:
+        run.log_metric_series("m", [1.0, 2.0], steps=[0, 1], timestamps=[10.0, 11.0])
+    local.push("u")
+    local.get_run(run.id).log_metric_series("m", [3.0], steps=[2], timestamps=[12.0])
+    remote.get_run(run.id).log_metric_series("m", [30.0], steps=[2], timestamps=[20.0])
+    assert local.sync_status("u")[0].state == "diverged"  # both moved; metrics never conflict
+    local.push("u")
+    assert local.sync_status("u")[0].state == "behind"  # the remote's own point is still to pull
+    local.pull("u")
+    for v in (local, remote):
+        h = v.get_run(run.id).metric_history("m")
+        assert sorted(zip(h.steps.tolist(), h.timestamps.tolist(), h.values.tolist(), strict=True)) == [
+            (0, 10.0, 1.0), (1, 11.0, 2.0), (2, 12.0, 3.0), (2, 20.0, 30.0)]
+    assert local.sync_status("u")[0].state == "in sync"
+    assert not local.push("u").changed
+    local.pull("u")
+    assert local.last_sync is not None and not local.last_sync.changed
+
+
+def test_conflicting_tags_and_params_raise_naming_run_and_fields(pair: tuple[Vault, Vault]) -> None:
+    local, remote = pair
+    with local.experiment("c", project="proj").start_run(name="r", tags={"t": "0"}) as run:
+        pass
+    local.push("c")
+    local.get_run(run.id).set_tag("t", "mine")
+    local.get_run(run.id).log_param("seed", 1)
+    remote.get_run(run.id).set_tag("t", "theirs")
+    remote.get_run(run.id).log_param("seed", 2)
+    remote.get_run(run.id).set_tag("other", "x")  # changed on the remote only: no conflict
+    [status] = local.sync_status("c")
+    assert status.state == "diverged" and status.conflicts == ["p:seed", "t:t"]
+    for op in (lambda: local.push("c"), lambda: local.pull("c")):
+        with pytest.raises(ConflictError) as info:
+            op()
+        text = str(info.value)
+        assert run.id in text and "'seed'" in text and "'t'" in text and "mine" in text and "theirs" in text
+    assert remote.get_run(run.id).tags["t"] == "theirs"  # nothing written
+    with pytest.raises(InvalidArgumentError):
+        local.push("c", on_conflict="mine")  # type: ignore[arg-type]
+    report = local.push("c", on_conflict="ours")
+    assert sorted(report.conflicts_resolved) == [f"{run.id}:p:seed", f"{run.id}:t:t"]
+    assert remote.get_run(run.id).tags == {"t": "mine", "other": "x"}
+    assert remote.get_run(run.id).params == {"seed": 2}  # write-once: each store keeps its param
+    local.pull("c")
+    assert local.get_run(run.id).tags == {"t": "mine", "other": "x"}
+    assert [s.state for s in local.sync_status("c")] == ["in sync"]
+
+
+def test_theirs_takes_the_remote_value_on_pull(pair: tuple[Vault, Vault]) -> None:
+    local, remote = pair
+    with local.experiment("c", project="proj").start_run(name="r", tags={"t": "0"}) as run:
+        pass
+    local.push("c")
+    local.get_run(run.id).set_tag("t", "mine")
+    remote.get_run(run.id).set_tag("t", "theirs")
+    local.pull("c", on_conflict="theirs")
+    assert local.get_run(run.id).tags["t"] == "theirs"
+    assert [s.state for s in local.sync_status("c")] == ["in sync"]
+    assert not local.push("c").changed
+
+
+def test_status_ahead_behind_in_sync(pair: tuple[Vault, Vault]) -> None:
+    local, remote = pair
+    exp = local.experiment("s", project="proj")
+    with exp.start_run(name="a") as a, exp.start_run(name="b") as b:
+        pass
+    assert [s.state for s in local.sync_status("s")] == ["ahead", "ahead"]
+    local.push("s")
+    local.get_run(a.id).log_result("acc", 1.0)
+    remote.get_run(b.id).log_metric_series("m", [1.0])
+    states = {s.run_id: s for s in local.sync_status("s")}
+    assert states[a.id].state == "ahead" and states[a.id].changed == ["r:acc"]
+    assert states[b.id].state == "behind" and states[b.id].changed == ["m:m"]
+    assert states[a.id].local_revision != states[a.id].remote_revision
+
+
+def test_pull_by_url_returns_local_copy_and_downloads_only_when_newer(tmp_path: Path) -> None:
+    remote_uri = str(tmp_path / "server-store")
+    with labvault.open(remote_uri) as remote:
+        fill(remote, 200, name="shared")
+    with labvault.open(f"sqlite:///{tmp_path / 'l.db'}") as local:
+        with pytest.raises(InvalidArgumentError, match="needs a remote"):
+            local.pull("shared")
+        exp = local.pull(f"file://{remote_uri}#proj/shared")
+        assert exp.vault is local and len(exp.runs()) == 5
+        assert local.last_sync is not None and local.last_sync.runs_created == 5
+        local.pull("shared", from_=f"file://{remote_uri}")
+        assert local.last_sync.runs_unchanged == 5 and not local.last_sync.changed
+        with labvault.open(remote_uri) as remote:
+            assert_same(remote.backend, local.backend, "shared")
+        with pytest.raises(NotFoundError, match="nope"):
+            local.pull("nope", from_=f"file://{remote_uri}")
+
+
+def test_delete_experiment_modes(pair: tuple[Vault, Vault], tmp_path: Path) -> None:
+    local, remote = pair
+    fill(local, 10)
+    local.push("exp")
+    local.delete_experiment("exp", mode="remote")
+    with pytest.raises(NotFoundError):
+        remote.backend.find_experiment("exp")
+    assert local.backend.find_experiment("exp")
+    # the remote copy is gone, so the next push sends everything again
+    report = local.push("exp")
+    assert report.runs_created == 5
+    assert_same(local.backend, remote.backend)
+    local.delete_experiment("exp", mode="all")
+    for v in (local, remote):
+        with pytest.raises(NotFoundError):
+            v.backend.find_experiment("exp")
+    with labvault.open(str(tmp_path / "alone")) as alone, pytest.raises(UnsupportedOperationError):
+        alone.delete_experiment("x", mode="all")
+
+
+def test_copy_whole_vault_is_idempotent(tmp_path: Path, make_store: Callable[[str], str]) -> None:
+    src, dst = str(tmp_path / "src"), make_store("sqlite")
+    with labvault.open(src) as v:
+        fill(v, 500, name="one")
+        fill(v, 50, name="two")
+    first = labvault.copy(src, dst)
+    assert first.runs_created == 10 and sorted(first.experiments) == ["proj/one", "proj/two"]
+    second = labvault.copy(src, dst)
+    assert not second.changed and second.points_sent == 0 and second.blobs_sent == 0
+    only = labvault.copy(dst, make_store("memory"), experiments=["two"])
+    assert only.experiments == ["proj/two"]
+    with labvault.open(src) as a, labvault.open(dst) as b:
+        assert_same(a.backend, b.backend, "one")
+        assert_same(a.backend, b.backend, "two")
+
+
+def test_remote_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    remote_uri = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("LABVAULT_REMOTE", remote_uri)
+    with labvault.open(str(tmp_path / "local")) as local:
+        assert local.remote == remote_uri and local.online
+        with local.experiment("e").start_run() as run:
+            run.log_metric("m", 1.0)
+        local.push()
+    with labvault.open(remote_uri) as remote:
+        assert remote.get_run(run.id).metric_history("m").values.tolist() == [1.0]
+
+
+# -- resumable: a push killed half way -----------------------------------------------------------------------
+_PUSHER = textwrap.dedent("""
+    import sys, labvault
+    local, remote = sys.argv[1], sys.argv[2]
+    def progress(phase, done, total):
+        print(done, total, flush=True)
+    with labvault.open(local, remote=remote) as vault:
+        vault.push(progress=progress)
+""")
+
+
+def test_push_killed_half_way_finishes_without_duplicates(tmp_path: Path) -> None:
+    local_uri, remote_uri = str(tmp_path / "local"), f"sqlite:///{tmp_path / 'remote.db'}"
+    with labvault.open(local_uri) as local:
+        exp = local.experiment("big", project="proj")
+        for i in range(12):
+            with exp.start_run(name=f"r{i}") as run:
+                run.log_metric_series("loss", np.arange(150_000, dtype=np.float64) + i,
+                                      timestamps=np.arange(150_000) * 0.5)
+                run.log_metric_series("acc", np.linspace(0, 1, 50_000))
+                run.log_artifact("a.bin", os.urandom(200_000))
+    proc = subprocess.Popen([sys.executable, "-c", _PUSHER, local_uri, remote_uri], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).parent.parent)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.split()[0] == "4":
+            break
+    time.sleep(0.05)  # somewhere inside the fifth run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with labvault.open(remote_uri) as remote:
+        done_before = len(remote.experiment("big", project="proj").runs())
+    assert 4 <= done_before < 12
+    with labvault.open(local_uri, remote=remote_uri) as local, labvault.open(remote_uri) as remote:
+        report = local.push()
+        assert report.runs_unchanged >= 4 and report.runs_created + report.runs_updated == 12 - \
+            report.runs_unchanged
+        assert assert_same(local.backend, remote.backend, "big") == 12 * 200_000
+        assert not local.push().changed
+
+
+# -- offline: the server stops, logging goes on, push later --------------------------------------------------
+def _start_server(root: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labvault", "server", "--backend", f"sqlite:///{root / 'store.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--insecure",
+         "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "LABVAULT_AUTH_DB": str(root / "auth.db"), "LABVAULT_TOKEN": ""},
+    )
+    wait_healthy(f"http://127.0.0.1:{port}", proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_TOKEN", "")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    try:
+        with labvault.open(str(tmp_path / "local"), remote=url, flush_interval=0.05) as local:
+            exp = local.experiment("offline", project="proj")
+            with exp.start_run(name="online-run") as first:
+                first.log_metric("m", 1.0)
+            local.push("offline")
+            assert local.online
+            _stop(server)
+            assert not local.online
+            logged: list[tuple[int, float, float]] = []
+            with exp.start_run(name="offline-run", params={"lr": 0.5}) as run:
+                for step in range(2000):
+                    value = float(np.sin(step))
+                    ts = 1_700_000_000.0 + step
+                    run.log_metric("loss", value, step=step, timestamp=ts)
+                    logged.append((step, value, ts))
+                run.log_artifact("out.bin", b"x" * 100_000)
+            with pytest.raises(BackendUnavailableError):
+                local.push("offline")
+            server = _start_server(tmp_path, port)
+            assert local.online
+            report = local.push("offline")
+            assert report.runs_created == 1 and report.points_sent == 2000 and report.runs_unchanged == 1
+            with labvault.open(url) as remote:
+                got = remote.get_run(run.id)
+                h = got.metric_history("loss")
+                assert list(zip(h.steps.tolist(), h.values.tolist(), h.timestamps.tolist(),
+                                strict=True)) == logged
+                assert got.params == {"lr": 0.5} and got.status == "finished"
+                assert got.get_artifact("out.bin") == b"x" * 100_000
+                assert_same(local.backend, remote.backend, "offline")
+    finally:
+        _stop(server)
+
+
+def test_state_survives_reopen_and_is_kept_per_remote(tmp_path: Path) -> None:
+    r1, r2 = f"sqlite:///{tmp_path / 'r1.db'}", f"sqlite:///{tmp_path / 'r2.db'}"
+    local_uri = f"sqlite:///{tmp_path / 'local.db'}"
+    with labvault.open(local_uri, remote=r1) as local:
+        fill(local, 100)
+        local.push()
+        assert local.push(to=r2).runs_created == 5
+    with labvault.open(local_uri, remote=r1) as local:
+        assert not local.push().changed
+        assert not local.push(to=r2).changed
+        keys = local.backend.blobs.list(sync.STATE_PREFIX)
+    assert sorted(keys) == sorted([sync.state_key(r1), sync.state_key(r2)])
