@@ -14,7 +14,7 @@ import re
 import shlex
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -1552,6 +1552,191 @@ def logout(
     with _errors():
         had = forget_token(url)
     _out().print(Text(f"forgot the token of {url}" if had else f"no token was stored for {url}"))
+
+
+# -- sync: push / pull / status / copy ----------------------------------------------------------------------
+_REMOTE_HELP = "The remote store, e.g. http://server:8000 or postgresql://... Default: $LABVAULT_REMOTE."
+RemoteOption = Annotated[
+    str | None, typer.Option("--remote", "-r", metavar="URI", help=_REMOTE_HELP, show_default=False)
+]
+ConflictOption = Annotated[
+    str | None, typer.Option("--on-conflict", metavar="ours|theirs", show_default=False,
+                             help="Resolve runs whose params/tags changed on both sides: keep the local "
+                                  "value (ours) or the remote one (theirs). Default: stop with an error.")
+]
+ProjectOption = Annotated[
+    str | None, typer.Option("--project", "-p", metavar="NAME", help="The experiments' project.")
+]
+
+
+def _sync_remote(remote: str | None) -> str:
+    found = remote or os.environ.get("LABVAULT_REMOTE") or None
+    if not found:
+        _fail(name="InvalidArgumentError", message="no remote: pass --remote URI or set $LABVAULT_REMOTE")
+    return found
+
+
+def _on_conflict(value: str | None) -> Any:
+    if value not in (None, "ours", "theirs"):
+        _fail(name="InvalidArgumentError", message=f"--on-conflict must be ours or theirs, got {value!r}")
+    return value
+
+
+@contextmanager
+def _sync_progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar over runs, driven by the sync ``progress(phase, done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
+                   TimeElapsedColumn(), console=_err(), transient=True)
+    tasks: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        task = tasks.get(phase)
+        if task is None:
+            task = tasks[phase] = bar.add_task(f"{description}", total=total)
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def _print_report(report: Any) -> None:
+    verb = {"push": "pushed", "pull": "pulled", "copy": "copied"}.get(report.direction, report.direction)
+    exps = ", ".join(report.experiments) or "nothing"
+    if not report.changed:
+        _out().print(Text(f"{exps}: already up to date ({report.runs_unchanged} run(s) unchanged)",
+                          style="green"))
+        return
+    line = (f"{verb} {exps}: {report.runs_created} run(s) created, {report.runs_updated} updated, "
+            f"{report.runs_unchanged} unchanged; {report.points_sent:,} metric point(s), "
+            f"{report.blobs_sent} blob(s) ({_fmt_size(report.bytes_sent)})")
+    _out().print(Text(line, style="green"))
+    if report.conflicts_resolved:
+        _out().print(Text(f"resolved {len(report.conflicts_resolved)} conflict(s): "
+                          + ", ".join(report.conflicts_resolved), style="yellow"))
+
+
+@app.command()
+def push(
+    ctx: typer.Context,
+    experiments: Annotated[list[str] | None, typer.Argument(metavar="[EXPERIMENT]...",
+                                                            help="Default: every experiment.")] = None,
+    uri: UriOption = None,
+    remote: RemoteOption = None,
+    project: ProjectOption = None,
+    on_conflict: ConflictOption = None,
+) -> None:
+    """Upload experiments to the remote: only runs changed since the last sync, only missing points and
+    blobs. Safe to repeat and to restart after an interruption.
+
+    Example: labvault push mnist --remote http://server:8000
+    """
+    target = _sync_remote(remote)
+    resolve = _on_conflict(on_conflict)
+    with _errors():
+        vault = labvault.open(_given_uri(ctx, uri), remote=target)
+        try:
+            with _sync_progress(f"push to {target}") as progress:
+                report = vault.push(experiments or None, project=project, on_conflict=resolve,
+                                    progress=progress)
+        finally:
+            vault.close()
+    _print_report(report)
+
+
+@app.command()
+def pull(
+    ctx: typer.Context,
+    experiments: Annotated[list[str] | None, typer.Argument(
+        metavar="[EXPERIMENT|URL]...", help="Names or <remote>#<project>/<name> URLs. Default: every "
+                                            "experiment of the remote.")] = None,
+    uri: UriOption = None,
+    remote: RemoteOption = None,
+    project: ProjectOption = None,
+    on_conflict: ConflictOption = None,
+) -> None:
+    """Download experiments from the remote when they are newer there (or missing here).
+
+    Example: labvault pull mnist --remote http://server:8000
+    """
+    names = list(experiments or [])
+    needs_remote = not names or any("#" not in n for n in names)
+    target = _sync_remote(remote) if needs_remote else remote
+    resolve = _on_conflict(on_conflict)
+    with _errors():
+        vault = labvault.open(_given_uri(ctx, uri), remote=target)
+        try:
+            if not names:
+                assert target is not None
+                listing = labvault.open_backend(target)
+                try:
+                    names = [e.name for e in listing.list_experiments(project)]
+                finally:
+                    listing.close()
+            for name in names:
+                with _sync_progress(f"pull {name}") as progress:
+                    vault.pull(name, project=project, on_conflict=resolve, progress=progress)
+                _print_report(vault.last_sync)
+        finally:
+            vault.close()
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", show_default=False)],
+    uri: UriOption = None,
+    remote: RemoteOption = None,
+    project: ProjectOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per run: in sync, ahead (changed here), behind (changed on the remote) or diverged (both).
+
+    Example: labvault status mnist --remote http://server:8000
+    """
+    target = _sync_remote(remote)
+    style = {"in sync": "green", "ahead": "cyan", "behind": "yellow", "diverged": "bold red"}
+    with _errors():
+        vault = labvault.open(_given_uri(ctx, uri), remote=target)
+        try:
+            found = vault.sync_status(experiment, project=project)
+        finally:
+            vault.close()
+    if as_json:
+        _out().print_json(data=[{"run_id": s.run_id, "name": s.name, "state": s.state,
+                                 "local_revision": s.local_revision, "remote_revision": s.remote_revision,
+                                 "changed": s.changed, "conflicts": s.conflicts} for s in found])
+        return
+    table = Table(title=f"{experiment}: {vault.uri} vs {target}")
+    for column in ("run", "name", "state", "changed", "conflicts"):
+        table.add_column(column, no_wrap=column in ("run", "state"))
+    for s in found:
+        table.add_row(s.run_id[:_SHORT_ID], Text(s.name or "-"), Text(s.state, style=style[s.state]),
+                      Text(", ".join(s.changed) or "-"), Text(", ".join(s.conflicts) or "-"))
+    _out().print(table)
+
+
+@app.command("copy")
+def copy_cmd(
+    source: Annotated[str, typer.Argument(metavar="SRC_URI", show_default=False)],
+    destination: Annotated[str, typer.Argument(metavar="DST_URI", show_default=False)],
+    experiment: Annotated[list[str] | None, typer.Option(
+        "--experiment", "-e", metavar="NAME", help="Only this experiment (repeatable).")] = None,
+    project: ProjectOption = None,
+    on_conflict: ConflictOption = None,
+) -> None:
+    """Copy a whole vault (or some experiments) to another store, any backend to any backend. Run ids are
+    kept; copying again sends nothing new.
+
+    Example: labvault copy ./labvault-data postgresql://db/team
+    """
+    resolve = "ours" if on_conflict == "ours" else ("theirs" if on_conflict == "theirs" else None)
+    _on_conflict(on_conflict)
+    with _errors(), _sync_progress(f"copy to {destination}") as progress:
+        report = labvault.copy(source, destination, experiment or None, project=project,
+                               on_conflict=resolve, progress=progress)
+    _print_report(report)
 
 
 # -- entry point -------------------------------------------------------------------------------------------

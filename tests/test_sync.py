@@ -472,3 +472,46 @@ def test_state_survives_reopen_and_is_kept_per_remote(tmp_path: Path) -> None:
         assert not local.push(to=r2).changed
         keys = local.backend.blobs.list(sync.STATE_PREFIX)
     assert sorted(keys) == sorted([sync.state_key(r1), sync.state_key(r2)])
+
+
+# -- the command line --------
+def test_cli_push_status_pull_copy(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from labvault.cli import app
+
+    runner = CliRunner()
+    local, remote = str(tmp_path / "local"), f"sqlite:///{tmp_path / 'remote.db'}"
+    env = {"LABVAULT_URI": "", "LABVAULT_REMOTE": "", "COLUMNS": "200"}
+    with labvault.open(local) as v:
+        fill(v, 300)
+        parent = run_by_name(v, "parent")
+    result = runner.invoke(app, ["push", "--uri", local, "--remote", remote], env=env)
+    assert result.exit_code == 0, result.output
+    assert "5 run(s) created" in result.output and "310 metric point(s)" in result.output
+    result = runner.invoke(app, ["push", "exp", "--uri", local], env={**env, "LABVAULT_REMOTE": remote})
+    assert result.exit_code == 0 and "already up to date" in result.output
+    with labvault.open(remote) as r:
+        r.get_run(parent.id).set_tag("team", "remote")
+    with labvault.open(local) as v:
+        v.get_run(parent.id).set_tag("team", "local")
+    result = runner.invoke(app, ["status", "exp", "--uri", local, "--remote", remote, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    states = {s["run_id"]: s for s in json.loads(result.output)}
+    assert states[parent.id]["state"] == "diverged" and states[parent.id]["conflicts"] == ["t:team"]
+    result = runner.invoke(app, ["push", "--uri", local, "--remote", remote], env=env)
+    assert result.exit_code == 1 and "ConflictError" in result.output and parent.id in result.output
+    result = runner.invoke(app, ["pull", f"{remote}#proj/exp", "--uri", local, "--on-conflict", "theirs"],
+                           env=env)
+    assert result.exit_code == 0, result.output
+    with labvault.open(local) as v:
+        assert v.get_run(parent.id).tags["team"] == "remote"
+    copy_to = str(tmp_path / "copy")
+    result = runner.invoke(app, ["copy", remote, copy_to, "-e", "exp"], env=env)
+    assert result.exit_code == 0 and "5 run(s) created" in result.output
+    with labvault.open(remote) as a, labvault.open(copy_to) as b:
+        assert assert_same(a.backend, b.backend) == 310
+    result = runner.invoke(app, ["push", "--uri", local], env=env)
+    assert result.exit_code == 1 and "no remote" in result.output
