@@ -33,6 +33,8 @@ BACKENDS: dict[str, BackendSpec] = {
     # Server-backed stores: a database / key prefix per store directory, dropped by the driver at the end.
     "postgresql": BackendSpec(lambda tmp: f"postgresql://{_bc().pg_database('lv', tmp)}"),
     "redis": BackendSpec(lambda tmp: f"redis://{_bc().REDIS_SERVER}?prefix={_bc().store_name('lv', tmp)}:"),
+    # Through the server: ``labvault server`` on loopback over a store of its own (see ``http_server``).
+    "http": BackendSpec(lambda tmp: http_server(tmp)),
     # For developing the harness only: a process-local store, no I/O at all.
     "memory": BackendSpec(lambda tmp: "memory://bench", persistent=False),
 }
@@ -42,6 +44,45 @@ def _bc() -> Any:
     import _benchcommon
 
     return _benchcommon
+
+
+_HTTP_SERVERS: dict[Path, str] = {}
+
+
+def http_server(tmp: Path) -> str:
+    """The URL of a ``labvault server`` serving a store in ``tmp`` (started once per directory and process).
+
+    The server runs as a subprocess on a free loopback port with one user and token (an admin, in
+    ``$LABVAULT_TOKEN`` for this process and its children); it stops when this process exits, also when
+    killed (``PR_SET_PDEATHSIG``). Its store is ``$LABVAULT_BENCH_HTTP_STORE``: ``sqlite`` (default),
+    ``file`` or ``postgresql``; ``$LABVAULT_BENCH_HTTP_WORKERS`` uvicorn workers (default 1).
+    """
+    import atexit
+    import os
+
+    where = tmp.resolve()
+    if where in _HTTP_SERVERS:
+        return _HTTP_SERVERS[where]
+    from load import Server  # benchmarks/load.py, the load test's server launcher
+
+    from labvault.server.auth import AuthStore
+
+    kind = os.environ.get("LABVAULT_BENCH_HTTP_STORE", "sqlite")
+    inner = {"sqlite": lambda: f"sqlite:///{where}/store.db", "file": lambda: f"file://{where}/store",
+             "postgresql": lambda: f"postgresql://{_bc().pg_database('lvhttp', where)}"}[kind]()
+    auth_db = where / "http-auth.db"
+    auth = AuthStore(auth_db)
+    if not auth.has_users():
+        auth.add_user("bench", "admin")
+    _, token = auth.create_token("bench", "benchmark")
+    auth.close()
+    os.environ["LABVAULT_TOKEN"] = token
+    server = Server(inner, auth_db, int(os.environ.get("LABVAULT_BENCH_HTTP_WORKERS", "1")),
+                    where / f"http-server-{os.getpid()}.log")
+    atexit.register(server.stop)
+    server.wait_healthy()
+    _HTTP_SERVERS[where] = server.url
+    return server.url
 
 
 def w7_import(spec: BackendSpec, tmp: Path) -> dict[str, Any]:
