@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from s3_server import s3_server, s3_url  # noqa: F401  (fixtures)
 from test_conformance_http import free_port, wait_healthy
 from test_conformance_postgres import pg_database  # noqa: F401  (module fixture)
 from test_conformance_redis import fresh_redis_uri
@@ -77,6 +78,8 @@ def make_store(
             uri = next(gen)
             stack.callback(lambda: next(gen, None))
             return uri
+        if kind == "s3":
+            return str(request.getfixturevalue("s3_url"))
         if kind == "http":
             store, token = auth_token
             monkeypatch.setenv("LABVAULT_TOKEN", token)
@@ -188,6 +191,27 @@ def test_matrix_push_then_pull(src_kind: str, dst_kind: str, make_store: Callabl
         local.pull("exp")
         assert local.last_sync.points_sent == 0 and not local.last_sync.changed
         assert not local.push("exp").changed
+
+
+def _s3_metadata_backend() -> bool:
+    """Whether an ``s3://`` metadata backend is registered (it is written in parallel with sync)."""
+    from labvault.backends import registry
+
+    try:
+        registry.backend_class("s3")
+    except labvault.LabvaultError:
+        return False
+    return True
+
+
+S3_PAIRS = [("s3", "sqlite"), ("file", "s3"), ("s3", "http")]
+
+
+@pytest.mark.parametrize(("src_kind", "dst_kind"), S3_PAIRS, ids=[f"{a}->{b}" for a, b in S3_PAIRS])
+def test_matrix_s3(src_kind: str, dst_kind: str, make_store: Callable[[str], str]) -> None:
+    if not _s3_metadata_backend():
+        pytest.skip("no s3:// metadata backend is registered yet")
+    test_matrix_push_then_pull(src_kind, dst_kind, make_store)
 
 
 # -- semantics -----------------------------------------------------------------------------------------------
