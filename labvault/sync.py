@@ -53,6 +53,10 @@ STATE_PREFIX = "labvault-sync/"
 _STATE_VERSION = 1
 #: Metric points sent per ``log_metrics`` call (bounds a request to a server).
 POINTS_PER_BATCH = 200_000
+#: Save the sync state at least this often during a transfer (seconds), and at its end.
+STATE_SAVE_INTERVAL = 2.0
+#: Metric points read while planning that are kept for sending (beyond: read again, bounding memory).
+HISTORY_BUDGET = 5_000_000
 #: Param and tag fields take part in conflict detection (the others: the sending side wins).
 _CONFLICT_KINDS = ("p", "t")
 
@@ -247,8 +251,9 @@ class SyncReport:
 @dataclass
 class _Plan:
     src: RunSnapshot
-    src_hist: dict[str, MetricSeries]
+    src_hist: dict[str, MetricSeries] | None  # None: over the memory budget, read again when sending
     dst: RunSnapshot | None
+    dst_hist: dict[str, MetricSeries] | None
     base_src: dict[str, str]
     base_dst: dict[str, str]
     conflicts: list[str]
@@ -348,6 +353,9 @@ class Transfer:
             (on_conflict == "ours") == src_is_local)
         self.progress = progress
         self.report = SyncReport(direction, _redact(src.uri), _redact(dst.uri))
+        self._dirty = False
+        self._saved_at = time.monotonic()
+        self._kept = 0
 
     def _bases(self, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
         found = self.state.base(run_id) if self.state is not None else None
@@ -363,7 +371,23 @@ class Transfer:
             self.state.record(run_id, src, dst)
         else:
             self.state.record(run_id, dst, src)
-        self.state.save()
+        self._dirty = True
+        if time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL:
+            self._save()
+
+    def _save(self) -> None:
+        if self.state is not None and self._dirty:
+            self.state.save()
+            self._dirty = False
+        self._saved_at = time.monotonic()
+
+    def _keep(self, hist: dict[str, MetricSeries]) -> dict[str, MetricSeries] | None:
+        """Keep histories read while planning for the sending phase, up to ``HISTORY_BUDGET`` points."""
+        n = sum(len(h) for h in hist.values())
+        if self._kept + n > HISTORY_BUDGET:
+            return None
+        self._kept += n
+        return hist
 
     # -- planning (reads only) -------------------------------------------------------------------------------
     def plan(self, exp: ExperimentInfo) -> tuple[ExperimentInfo | None, list[_Plan]]:
@@ -381,7 +405,7 @@ class Transfer:
             if self.state is not None and base_src and src_snap.summary == base_src and dst_info is not None:
                 self.report.runs_unchanged += 1
                 continue
-            dst_snap = snapshot(self.dst.backend, dst_info)[0] if dst_info is not None else None
+            dst_snap, dst_hist = snapshot(self.dst.backend, dst_info) if dst_info is not None else (None, {})
             if dst_snap is not None and dst_snap.summary == src_snap.summary:  # equal already
                 self.report.runs_unchanged += 1
                 self._record(info.id, src_snap.summary, dst_snap.summary)
@@ -392,7 +416,8 @@ class Transfer:
                 if conflicts and self.src_wins is None:
                     problems.append(_describe(info, conflicts, src_snap, dst_snap, self.src.label,
                                               self.dst.label))
-            plans.append(_Plan(src_snap, src_hist, dst_snap, base_src, base_dst, conflicts))
+            plans.append(_Plan(src_snap, self._keep(src_hist), dst_snap, self._keep(dst_hist), base_src,
+                               base_dst, conflicts))
         if problems:
             raise ConflictError(
                 f"experiment {exp.project}/{exp.name}: " + " | ".join(problems)
@@ -402,21 +427,31 @@ class Transfer:
 
     # -- writing ---------------------------------------------------------------------------------------------
     def run(self, experiments: Sequence[ExperimentInfo]) -> SyncReport:
-        """Plan every experiment (raising on conflicts before anything is written), then send."""
-        planned = [(exp, *self.plan(exp)) for exp in experiments]
-        total = sum(len(p) for _e, _d, p in planned)
-        done = 0
-        if self.progress is not None:
-            self.progress(self.report.direction, 0, total)
-        for exp, dst_exp, plans in planned:
-            self.report.experiments.append(f"{exp.project}/{exp.name}")
-            if dst_exp is None:
-                dst_exp = self.dst.backend.ensure_experiment(exp.name, exp.project)
-            for p in plans:
-                self._apply(dst_exp, p)
-                done += 1
-                if self.progress is not None:
-                    self.progress(self.report.direction, done, total)
+        """Plan every experiment (raising on conflicts before anything is written), then send.
+
+        The sync state is saved every ``STATE_SAVE_INTERVAL`` seconds and at the end, also when the
+        transfer fails half way; a run sent but not yet recorded is found equal next time, not re-sent.
+        """
+        try:
+            planned = [(exp, *self.plan(exp)) for exp in experiments]
+            total = sum(len(p) for _e, _d, p in planned)
+            done = 0
+            if self.progress is not None:
+                self.progress(self.report.direction, 0, total)
+            for exp, dst_exp, plans in planned:
+                self.report.experiments.append(f"{exp.project}/{exp.name}")
+                if dst_exp is None:
+                    dst_exp = self.dst.backend.ensure_experiment(exp.name, exp.project)
+                for i, p in enumerate(plans):
+                    self._apply(dst_exp, p)
+                    for hist in (p.src_hist, p.dst_hist):  # free what was kept for this run
+                        self._kept -= sum(len(h) for h in (hist or {}).values())
+                    plans[i] = _Plan(p.src, None, p.dst, None, p.base_src, p.base_dst, p.conflicts)
+                    done += 1
+                    if self.progress is not None:
+                        self.progress(self.report.direction, done, total)
+        finally:
+            self._save()
         return self.report
 
     def _apply(self, dst_exp: ExperimentInfo, p: _Plan) -> None:
@@ -431,9 +466,16 @@ class Transfer:
             try:
                 dst_info = dst.get_run(run_id)  # created by a push that was cut off before recording it
             except NotFoundError:
-                dst_info = dst.create_run(dst_exp.id, name=info.name, parent_id=info.parent_id,
-                                          start_time=info.start_time, params=info.params, tags=info.tags,
-                                          run_id=run_id)
+                try:
+                    dst_info = dst.create_run(dst_exp.id, name=info.name, parent_id=info.parent_id,
+                                              start_time=info.start_time, params=info.params,
+                                              tags=info.tags, run_id=run_id)
+                except NotFoundError as exc:
+                    if info.parent_id is None:
+                        raise
+                    raise NotFoundError(
+                        f"run {run_id}'s parent run {info.parent_id} is not in the {self.dst.label} store "
+                        f"(it belongs to another experiment: sync that one first): {exc}") from exc
                 self.report.runs_created += 1
             else:
                 self.report.runs_updated += 1
@@ -479,10 +521,14 @@ class Transfer:
         # metrics: union keyed by (step, timestamp)
         batch: list[MetricSeries] = []
         pending = 0
-        for key, series in p.src_hist.items():
+        src_hist = p.src_hist
+        if src_hist is None:
+            src_hist = {k: self.src.backend.metric_history(run_id, k) for k in sorted(p.src.metrics)}
+        for key, series in src_hist.items():
             if ("m:" + key) not in src_changed and dst_known and ("m:" + key) in dst_summary:
                 continue
-            have = dst.metric_history(run_id, key)
+            known = p.dst_hist.get(key) if p.dst_hist is not None else None
+            have = known if known is not None else dst.metric_history(run_id, key)
             missing = _missing_points(series, have)
             for start in range(0, len(missing), POINTS_PER_BATCH):
                 part = MetricSeries(key, missing.steps[start:start + POINTS_PER_BATCH],

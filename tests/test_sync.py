@@ -539,3 +539,28 @@ def test_cli_push_status_pull_copy(tmp_path: Path) -> None:
         assert assert_same(a.backend, b.backend) == 310
     result = runner.invoke(app, ["push", "--uri", local], env=env)
     assert result.exit_code == 1 and "no remote" in result.output
+
+
+def test_over_the_memory_budget_histories_are_read_again(pair: tuple[Vault, Vault],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    local, remote = pair
+    monkeypatch.setattr(sync, "HISTORY_BUDGET", 10)
+    fill(local, 3000)
+    local.push("exp")
+    run = run_by_name(local, "parent")
+    remote.get_run(run.id).log_metric_series("loss", [5.0], steps=[10**6])
+    local.get_run(run.id).log_metric_series("loss", [6.0], steps=[10**6 + 1])
+    assert local.push("exp").points_sent == 1
+    local.pull("exp")
+    assert assert_same(local.backend, remote.backend) == 3000 + 10 + 2
+
+
+def test_parent_in_an_unsynced_experiment_is_named(pair: tuple[Vault, Vault]) -> None:
+    local, _remote = pair
+    with local.experiment("a").start_run(name="outer") as outer, \
+            local.experiment("b").start_run(name="inner", parent=outer) as inner:
+        pass
+    with pytest.raises(NotFoundError, match=f"{inner.id}'s parent run {outer.id}.*sync that one first"):
+        local.push("b")
+    local.push(["a", "b"])
+    assert [s.state for s in local.sync_status("b")] == ["in sync"]
