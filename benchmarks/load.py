@@ -291,8 +291,10 @@ class Load:
             elapsed = time.perf_counter() - t0
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
             for state in self.clients:  # finish the runs (not timed)
-                await client.patch(f"{self.api}/runs/{state.run_id}",
-                                   json={"status": "finished", "end_time": time.time()})
+                resp = await client.patch(f"{self.api}/runs/{state.run_id}",
+                                          json={"status": "finished", "end_time": time.time()})
+                if resp.status_code >= 400:
+                    self.stats.error(f"finish run: HTTP {resp.status_code}: {resp.text[:200]}")
             artifacts = await self.verify_artifacts(client)
         client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         return {"elapsed": elapsed, "client_cpu_percent": 100 * client_cpu / elapsed, **artifacts}
