@@ -39,7 +39,7 @@ import numpy as np
 
 from labvault.backends.base import Backend, BlobStore
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo
-from labvault.errors import ConflictError, InvalidArgumentError, NotFoundError
+from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
     from labvault.api import Experiment, Vault
@@ -462,25 +462,27 @@ class Transfer:
         # a run the destination lacks gets everything, even when the base says it was synced (the
         # destination's copy was deleted since)
         src_changed = _changed(p.src.summary, base_src) if p.dst is not None else set(p.src.summary)
+        fresh = False  # created just now: it has no points or artifacts to read
         if p.dst is None:
             try:
-                dst_info = dst.get_run(run_id)  # created by a push that was cut off before recording it
-            except NotFoundError:
-                try:
-                    dst_info = dst.create_run(dst_exp.id, name=info.name, parent_id=info.parent_id,
-                                              start_time=info.start_time, params=info.params,
-                                              tags=info.tags, run_id=run_id)
-                except NotFoundError as exc:
-                    if info.parent_id is None:
-                        raise
-                    raise NotFoundError(
-                        f"run {run_id}'s parent run {info.parent_id} is not in the {self.dst.label} store "
-                        f"(it belongs to another experiment: sync that one first): {exc}") from exc
-                self.report.runs_created += 1
-            else:
+                dst_info = dst.create_run(dst_exp.id, name=info.name, parent_id=info.parent_id,
+                                          start_time=info.start_time, params=info.params, tags=info.tags,
+                                          run_id=run_id)
+            except AlreadyExistsError:  # created since planning (a concurrent push)
+                dst_info = dst.get_run(run_id)
                 self.report.runs_updated += 1
+            except NotFoundError as exc:
+                if info.parent_id is None:
+                    raise
+                raise NotFoundError(
+                    f"run {run_id}'s parent run {info.parent_id} is not in the {self.dst.label} store "
+                    f"(it belongs to another experiment: sync that one first): {exc}") from exc
+            else:
+                fresh = True
+                self.report.runs_created += 1
             dst_summary: dict[str, str] = summarize(dst_info, [], {})
-            dst_arts: dict[str, ArtifactInfo] = {a.key: a for a in dst.list_artifacts(run_id)}
+            dst_arts: dict[str, ArtifactInfo] = {} if fresh else {
+                a.key: a for a in dst.list_artifacts(run_id)}
             dst_mdig: dict[str, str] = {}
             dst_changed: set[str] = set()
             dst_known = False
@@ -528,6 +530,8 @@ class Transfer:
             if ("m:" + key) not in src_changed and dst_known and ("m:" + key) in dst_summary:
                 continue
             known = p.dst_hist.get(key) if p.dst_hist is not None else None
+            if fresh:
+                known = MetricSeries.empty(key)
             have = known if known is not None else dst.metric_history(run_id, key)
             missing = _missing_points(series, have)
             for start in range(0, len(missing), POINTS_PER_BATCH):
