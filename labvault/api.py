@@ -222,8 +222,10 @@ class Vault:
     def delete_experiment(self, name: str, mode: DeleteMode = "local", project: str | None = None) -> None:
         """Delete an experiment and all its runs.
 
-        ``mode`` is ``"local"`` (this vault), ``"remote"`` (the vault's remote) or ``"all"`` (both).
-        Blobs stay until garbage collection, since other runs may share them.
+        ``mode`` is ``"local"`` (this vault), ``"remote"`` (the vault's remote) or ``"all"`` (both, or
+        whichever has it; ``NotFoundError`` when neither does). Deleting the remote copy makes the local
+        store forget its sync state for those runs, so a later push uploads them again. Blobs stay until
+        garbage collection, since other runs may share them.
         """
         self._check_open()
         if mode not in ("local", "remote", "all"):
@@ -236,14 +238,23 @@ class Vault:
             from labvault import sync
 
             remote = self._remote_backend(self.remote)
-            found = remote.find_experiment(name, project)
-            run_ids = [r.id for r in remote.list_runs([found.id])]
-            remote.delete_experiment(found.id)
-            state = sync.SyncState(self.backend.blobs, self.remote)
-            state.forget(run_ids)
-            state.save()
-            if mode == "remote":
-                return
+            try:
+                found = remote.find_experiment(name, project)
+            except NotFoundError:
+                # "all" deletes wherever the experiment is; it must be somewhere
+                here = self.backend.list_experiments(project)
+                if mode == "remote" or not any(e.name == name for e in here):
+                    raise
+            else:
+                run_ids = [r.id for r in remote.list_runs([found.id])]
+                remote.delete_experiment(found.id)
+                state = sync.SyncState(self.backend.blobs, self.remote)
+                state.forget(run_ids)
+                state.save()
+                if mode == "remote":
+                    return
+                if not any(e.name == name for e in self.backend.list_experiments(project)):
+                    return  # only the remote had it
         info = self._find_experiment(name, project)
         with self._active_lock:
             active = [r for r in self._active.values() if r.experiment.id == info.id]

@@ -351,6 +351,14 @@ def test_delete_experiment_modes(pair: tuple[Vault, Vault], tmp_path: Path) -> N
             v.backend.find_experiment("exp")
     with labvault.open(str(tmp_path / "alone")) as alone, pytest.raises(UnsupportedOperationError):
         alone.delete_experiment("x", mode="all")
+    # "all" deletes whichever side has it; neither -> NotFoundError
+    with local.experiment("only-here").start_run():
+        pass
+    local.delete_experiment("only-here", mode="all")
+    with pytest.raises(NotFoundError, match="only-here"):
+        local.delete_experiment("only-here", mode="all")
+    with pytest.raises(NotFoundError):
+        local.delete_experiment("exp", mode="remote")
 
 
 def test_copy_whole_vault_is_idempotent(tmp_path: Path, make_store: Callable[[str], str]) -> None:
