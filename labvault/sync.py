@@ -286,6 +286,10 @@ def _missing_points(src: MetricSeries, dst: MetricSeries) -> MetricSeries:
     """The points of ``src`` whose (step, timestamp) ``dst`` lacks, in ``src`` order."""
     if len(dst) == 0:
         return src
+    n = len(dst)
+    if n <= len(src) and np.array_equal(src.steps[:n], dst.steps) \
+            and np.array_equal(src.timestamps[:n], dst.timestamps):  # the usual case: src appended
+        return MetricSeries(src.key, src.steps[n:], src.values[n:], src.timestamps[n:])
     have = set(zip(dst.steps.tolist(), dst.timestamps.tolist(), strict=True))
     mask = np.fromiter(((s, t) not in have for s, t in zip(src.steps.tolist(), src.timestamps.tolist(),
                                                             strict=True)), dtype=bool, count=len(src))

@@ -572,3 +572,21 @@ def test_parent_in_an_unsynced_experiment_is_named(pair: tuple[Vault, Vault]) ->
         local.push("b")
     local.push(["a", "b"])
     assert [s.state for s in local.sync_status("b")] == ["in sync"]
+
+
+def test_missing_points_by_step_and_timestamp() -> None:
+    from labvault.domain import MetricSeries
+
+    def series(points: list[tuple[int, float, float]]) -> MetricSeries:
+        return MetricSeries("k", np.array([p[0] for p in points], dtype=np.int64),
+                            np.array([p[1] for p in points]), np.array([p[2] for p in points]))
+
+    src = series([(0, 1.0, 10.0), (1, 2.0, 11.0), (1, 2.5, 12.0), (2, 3.0, 13.0)])
+    prefix = sync._missing_points(src, series([(0, 1.0, 10.0), (1, 2.0, 11.0)]))  # appended since
+    assert list(zip(prefix.steps.tolist(), prefix.timestamps.tolist(), strict=True)) == [(1, 12.0), (2, 13.0)]
+    mixed = sync._missing_points(src, series([(2, 3.0, 13.0), (0, 9.0, 10.0), (5, 0.0, 1.0)]))
+    assert list(zip(mixed.steps.tolist(), mixed.timestamps.tolist(), strict=True)) == [(1, 11.0), (1, 12.0)]
+    assert len(sync._missing_points(src, src)) == 0
+    assert sync.series_digest(src) == sync.series_digest(series(
+        [(2, 3.0, 13.0), (1, 2.5, 12.0), (0, 1.0, 10.0), (1, 2.0, 11.0)]))  # order-independent
+    assert sync.series_digest(src) != sync.series_digest(series([(0, 1.0, 10.0), (1, 2.0, 11.0)]))
