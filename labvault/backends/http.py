@@ -21,6 +21,7 @@ import io
 import json
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -217,9 +218,21 @@ class HTTPBackend(Backend):
             self._token_resolved = True
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
+    def _ssl_verify(self) -> bool | ssl.SSLContext:
+        """``verify`` for httpx: a CA file or directory becomes an SSL context (httpx deprecates paths)."""
+        if isinstance(self.verify, str):
+            path = Path(self.verify).expanduser()
+            try:
+                if path.is_dir():
+                    return ssl.create_default_context(capath=str(path))
+                return ssl.create_default_context(cafile=str(path))
+            except (OSError, ssl.SSLError) as exc:
+                raise InvalidArgumentError(f"verify={self.verify!r}: not a readable CA file: {exc}") from exc
+        return self.verify
+
     def _new_client(self, timeout: httpx.Timeout | None = None) -> httpx.Client:
         return httpx.Client(
-            transport=self._transport, verify=self.verify,
+            transport=self._transport, verify=self._ssl_verify(),
             timeout=timeout or httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
             headers={"User-Agent": f"labvault-http/{_version()}", **self._auth_headers()},
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),

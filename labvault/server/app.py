@@ -700,6 +700,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 # -- authentication dependencies -----------------------------------------------------------------------------
+# The role checks are ``async def``: they only read the request scope, and a plain ``def`` dependency would
+# cost every request one more trip through the thread pool.
 _bearer = HTTPBearer(auto_error=False, description="an API token: lv_<id>_<secret>")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
@@ -712,17 +714,17 @@ def _principal(request: Request) -> Principal:
     return principal
 
 
-def _reader(request: Request, credentials: Credentials) -> Principal:
+async def _reader(request: Request, credentials: Credentials) -> Principal:
     return _principal(request)
 
 
-def _writer(request: Request, credentials: Credentials) -> Principal:
+async def _writer(request: Request, credentials: Credentials) -> Principal:
     p = _principal(request)
     p.require("writer")
     return p
 
 
-def _admin(request: Request, credentials: Credentials) -> Principal:
+async def _admin(request: Request, credentials: Credentials) -> Principal:
     p = _principal(request)
     p.require("admin")
     return p
