@@ -627,11 +627,13 @@ def run_states(local: Backend, remote: Backend, state: SyncState, name: str, pro
         conflicts: list[str] = []
         st: RunState
         if lsnap and rsnap and found is None:
-            # never synced from here (e.g. copied): equal content is in sync
-            same = lsum == rsum
+            # never synced from here (e.g. both copied from elsewhere): compare the contents
+            only_l, only_r = set(lsum) - set(rsum), set(rsum) - set(lsum)
+            differ = {f for f in set(lsum) & set(rsum) if lsum[f] != rsum[f]}
             conflicts = _conflicts(lsum, rsum, {}, {})
-            st = "in sync" if same else ("diverged" if conflicts else "ahead")
-            lch = set() if same else _changed(lsum, rsum)
+            lch, rch = only_l | differ, only_r | differ
+            st = ("diverged" if differ or (only_l and only_r) else "ahead" if only_l
+                  else "behind" if only_r else "in sync")
         elif lch and rch:
             conflicts = _conflicts(lsum, rsum, base_l, base_r)
             st = "diverged"

@@ -590,3 +590,19 @@ def test_missing_points_by_step_and_timestamp() -> None:
     assert sync.series_digest(src) == sync.series_digest(series(
         [(2, 3.0, 13.0), (1, 2.5, 12.0), (0, 1.0, 10.0), (1, 2.0, 11.0)]))  # order-independent
     assert sync.series_digest(src) != sync.series_digest(series([(0, 1.0, 10.0), (1, 2.0, 11.0)]))
+
+
+def test_status_of_runs_never_synced_between_these_stores(tmp_path: Path) -> None:
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", str(tmp_path / "b")
+    with labvault.open(a) as va, va.experiment("e").start_run(name="r", tags={"k": "1"}) as run:
+        run.log_metric_series("m", [1.0, 2.0])
+    labvault.copy(a, b)  # b has the run, but a keeps no sync state for b
+    with labvault.open(a, remote=b) as va, labvault.open(b) as vb:
+        assert [s.state for s in va.sync_status("e")] == ["in sync"]
+        vb.get_run(run.id).log_result("extra", 1)
+        assert [(s.state, s.changed) for s in va.sync_status("e")] == [("behind", ["r:extra"])]
+        vb.get_run(run.id).set_tag("k", "2")
+        [status] = va.sync_status("e")
+        assert status.state == "diverged" and status.conflicts == ["t:k"]
+        with pytest.raises(ConflictError, match="'k'"):
+            va.push("e")
