@@ -285,6 +285,14 @@ class Vault:
             raise InvalidArgumentError(f"remote must be a store URI, got {target!r}")
         return target
 
+    def sync_remotes(self) -> list[dict[str, Any]]:
+        """The remotes this store has been synced with (``remote`` URI without password, ``runs``,
+        ``last_sync`` epoch seconds), most recent first."""
+        from labvault import sync
+
+        self._check_open()
+        return sync.known_remotes(self.backend.blobs)
+
     def push(
         self,
         exp_or_name: str | Experiment | Sequence[str | Experiment] | None = None,

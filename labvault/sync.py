@@ -209,6 +209,21 @@ class SyncState:
         self._blobs.put(self.key, json.dumps(doc, separators=(",", ":")).encode())
 
 
+def known_remotes(blobs: BlobStore) -> list[dict[str, Any]]:
+    """The remotes a local store has synced with: ``{"remote", "runs", "last_sync"}`` each (the URI without
+    its password), most recent first."""
+    out: list[dict[str, Any]] = []
+    for key in blobs.list(STATE_PREFIX):
+        try:
+            doc = json.loads(blobs.get(key))
+            runs = doc.get("runs") or {}
+            last = max((float(r.get("time") or 0) for r in runs.values()), default=None)
+            out.append({"remote": str(doc.get("remote")), "runs": len(runs), "last_sync": last})
+        except (ValueError, AttributeError, TypeError, NotFoundError):
+            continue  # unreadable or deleted meanwhile: not a remote we can describe
+    return sorted(out, key=lambda r: -(r["last_sync"] or 0))
+
+
 # -- results -------------------------------------------------------------------------------------------------
 @dataclass
 class RunStatus:

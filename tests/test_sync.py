@@ -503,7 +503,10 @@ def test_state_survives_reopen_and_is_kept_per_remote(tmp_path: Path) -> None:
         assert not local.push().changed
         assert not local.push(to=r2).changed
         keys = local.backend.blobs.list(sync.STATE_PREFIX)
+        remotes = local.sync_remotes()
     assert sorted(keys) == sorted([sync.state_key(r1), sync.state_key(r2)])
+    assert [r["remote"] for r in remotes] == [r2, r1] and [r["runs"] for r in remotes] == [5, 5]
+    assert sync._redact("postgresql://ana:secret@db:5432/x") == "postgresql://ana:***@db:5432/x"
 
 
 # -- the command line --------
