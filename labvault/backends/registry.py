@@ -34,6 +34,7 @@ _BUILTIN_BACKENDS: dict[str, str] = {
     "unix": "labvault.backends.redis:RedisBackend",
     "http": "labvault.backends.http:HTTPBackend",
     "https": "labvault.backends.http:HTTPBackend",
+    "s3": "labvault.backends.objectstore:S3Backend",
 }
 _BUILTIN_BLOB_STORES: dict[str, str] = {
     "memory": "labvault.backends.memory:MemoryBlobStore",
