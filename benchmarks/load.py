@@ -54,7 +54,7 @@ REPO = BENCH_DIR.parent
 DEFAULT_OUTPUT = BENCH_DIR / "LOAD_RESULTS.md"
 PG_SERVER = os.environ.get("LABVAULT_BENCH_PG", "postgres@127.0.0.1:5432")
 SECTION = "## Load test"
-KINDS = ("metrics", "content", "artifact")
+KINDS = ("metrics", "content", "artifact", "log_artifact")
 
 
 # -- processes and databases ---------------------------------------------------------------------------------
@@ -337,6 +337,104 @@ class Load:
                 "artifacts_verified": checked, "artifact_problems": problems}
 
 
+class LibraryLoad(Load):
+    """``--client library``: each client a thread with its own ``labvault.open(url, token=...)`` (the real
+    ``HTTPBackend``: its connection pool, retries and error mapping). A flush is the call a run's flush makes,
+    ``backend.log_metrics(run_id, [every key])``; an artifact is ``run.log_artifact(key, bytes)`` (content +
+    index, timed as one "log_artifact")."""
+
+    async def run(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.run_threads)
+
+    def run_threads(self) -> dict[str, Any]:
+        import threading
+
+        import labvault
+        from labvault.domain import MetricSeries
+        from labvault.errors import LabvaultError
+
+        lock = threading.Lock()
+        vaults = [labvault.open(self.api.removesuffix("/api/v1"), token=self.token, retries=3,
+                                timeout=self.args.timeout) for _ in self.clients]
+        runs = []
+        for state, vault in zip(self.clients, vaults, strict=True):  # setup, not timed
+            run = vault.experiment("load").start_run(name=f"client-{state.index}",
+                                                     params={"client": state.index}, tags={"load": "yes"})
+            state.run_id = run.id
+            runs.append(run)
+
+        def record(kind: str, t0: float, error: str | None = None) -> None:
+            with lock:
+                self.stats.latencies[kind].append(time.perf_counter() - t0)
+                if error:
+                    self.stats.error(error)
+
+        def loop(state: ClientState, vault: labvault.Vault, run: labvault.Run, deadline: float) -> None:
+            every = self.args.artifact_every
+            n = self.args.points
+            while time.perf_counter() < deadline:
+                t_flush = time.perf_counter()
+                start = state.next_step
+                state.next_step += n
+                steps = np.arange(start, start + n, dtype=np.int64)
+                stamps = np.full(n, time.time())
+                series = [MetricSeries(key, steps, metric_values(state.index, k, steps), stamps)
+                          for k, key in enumerate(self.keys)]
+                t0 = time.perf_counter()
+                try:
+                    vault.backend.log_metrics(state.run_id, series)
+                except LabvaultError as exc:
+                    record("metrics", t0, f"metrics: {type(exc).__name__}: {exc}")
+                    state.unacked.append((start, start + n))
+                else:
+                    record("metrics", t0)
+                    state.acked.append((start, start + n))
+                    with lock:
+                        self.stats.points += n * len(self.keys)
+                if every and state.flushes % every == every - 1:
+                    payload = os.urandom(self.args.artifact_size)
+                    key = f"uploads/{state.flushes:06d}.bin"
+                    t0 = time.perf_counter()
+                    try:
+                        info = run.log_artifact(key, payload)
+                    except LabvaultError as exc:
+                        record("log_artifact", t0, f"log_artifact: {type(exc).__name__}: {exc}")
+                    else:
+                        record("log_artifact", t0)
+                        state.artifacts[key] = info.digest
+                        with lock:
+                            self.stats.artifact_bytes += len(payload)
+                state.flushes += 1
+                if self.args.interval:
+                    time.sleep(max(0.0, self.args.interval - (time.perf_counter() - t_flush)))
+
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=loop, args=(s, v, r, t0 + self.args.duration), daemon=True)
+                   for s, v, r in zip(self.clients, vaults, runs, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        for run in runs:
+            try:
+                run.end()
+            except LabvaultError as exc:
+                self.stats.error(f"finish run: {type(exc).__name__}: {exc}")
+        for vault in vaults:
+            vault.close()
+
+        async def check() -> dict[str, Any]:
+            async with self.http() as client:
+                return await self.verify_artifacts(client)
+
+        artifacts = asyncio.run(check())
+        client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        return {"elapsed": elapsed, "client_cpu_percent": 100 * client_cpu / elapsed, **artifacts}
+
+
 def verify_points(backend_uri: str, load: Load) -> dict[str, Any]:
     """Read every history straight from the store: acknowledged points once each, exact values."""
     import labvault
@@ -423,7 +521,11 @@ def git_revision() -> str:
 def report(args: argparse.Namespace, command: str, result: dict[str, Any], stats: Stats) -> str:
     """The markdown section (also printed)."""
     elapsed = result["elapsed"]
-    total = sum(len(v) for v in stats.latencies.values())
+    # run.log_artifact (library mode) is two requests: the content, then the index entry
+    total = sum(len(v) for v in stats.latencies.values()) + len(stats.latencies["log_artifact"])
+    driver = ("threads in one process, each its own `labvault.open(url, token=...)`: "
+              "`backend.log_metrics` per flush, `run.log_artifact` per artifact" if args.client == "library"
+              else "asyncio tasks in one process sharing an `httpx.AsyncClient`, one connection each")
     pace = f"one flush every {args.interval} s" if args.interval else "no think time"
     ok = not stats.errors and not result["point_problems"] and not result["artifact_problems"]
     lines = [
@@ -440,7 +542,7 @@ def report(args: argparse.Namespace, command: str, result: dict[str, Any], stats
         f"- labvault git {git_revision()}, python {platform.python_version()}, httpx {httpx.__version__}",
         f"- `labvault server --backend postgresql://.../labvault_load_<random> --workers {args.workers}` "
         f"(uvicorn), artifacts in {'`' + args.artifacts + '`' if args.artifacts else 'the database'}",
-        f"- {args.clients} clients (asyncio tasks in one process, one connection each), "
+        f"- {args.clients} clients ({driver}), "
         f"{args.duration:g} s, {pace}"
         f"; a flush = one `POST /runs/{{id}}/metrics` binary frame of {args.keys} metrics x {args.points} "
         f"points; every {args.artifact_every}th flush also uploads a {args.artifact_size:,}-byte artifact "
@@ -465,6 +567,7 @@ def report(args: argparse.Namespace, command: str, result: dict[str, Any], stats
         "|---|---|---|---|---|---|---|",
     ]
     names = {"metrics": "metric flush (`POST /runs/{id}/metrics`)",
+             "log_artifact": "`run.log_artifact` (`POST /content` + `POST /runs/{id}/artifacts`)",
              "content": "artifact bytes (`POST /content`)",
              "artifact": "artifact index (`POST /runs/{id}/artifacts`)"}
     for kind in KINDS:
@@ -503,6 +606,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--artifact-every", type=int, default=5,
                    help="upload an artifact every N-th flush (default 5; 0: none)")
     p.add_argument("--artifact-size", type=int, default=16 * 1024, help="artifact bytes (default 16 KiB)")
+    p.add_argument("--client", choices=("http", "library"), default="http",
+                   help="http: asyncio tasks sending the HTTP backend's requests with httpx.AsyncClient "
+                        "(default); library: one thread per client, each with its own "
+                        "labvault.open(url, token=...)")
     p.add_argument("--interval", type=float, default=0.0,
                    help="seconds between a client's flushes (default 0: back to back)")
     p.add_argument("--artifacts", default=None,
@@ -533,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_healthy()
             print(f"server {server.url} ({args.workers} workers) over {uri.rsplit('/', 1)[-1]}; "
                   f"{args.clients} clients for {args.duration:g} s", file=sys.stderr, flush=True)
-            load = Load(args, server.url, token)
+            load = (LibraryLoad if args.client == "library" else Load)(args, server.url, token)
             result = asyncio.run(load.run())
         finally:
             server.stop()

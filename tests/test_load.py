@@ -67,6 +67,14 @@ def test_short_load_run_counts_every_point_and_artifact(tmp_path: Path, capsys: 
     assert out.read_text().count(load.SECTION) == 1
 
 
+def test_library_clients(tmp_path: Path) -> None:
+    """The same counting with real ``labvault.open(url)`` clients in threads."""
+    out = tmp_path / "LOAD.md"
+    assert load.main(["--clients", "2", "--duration", "2", "--workers", "1", "--client", "library",
+                      "--points", "10", "--artifact-every", "2", "--output", str(out)]) == 0, out.read_text()
+    assert "**PASS**" in out.read_text() and "run.log_artifact" in out.read_text()
+
+
 def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
     path = tmp_path / "R.md"
     path.write_text("# t\n\n## A\n\nold a\n\n## B\n\nb\n")
