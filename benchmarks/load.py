@@ -529,7 +529,7 @@ def report(args: argparse.Namespace, command: str, result: dict[str, Any], stats
     pace = f"one flush every {args.interval} s" if args.interval else "no think time"
     ok = not stats.errors and not result["point_problems"] and not result["artifact_problems"]
     lines = [
-        SECTION,
+        section_heading(args),
         "",
         f"Run on {time.strftime('%Y-%m-%d %H:%M %Z')}: **{'PASS' if ok else 'FAIL'}**.",
         "",
@@ -581,6 +581,11 @@ def report(args: argparse.Namespace, command: str, result: dict[str, Any], stats
     if result.get("server_log_errors"):
         lines += ["", f"Server log: {result['server_log_errors']} error lines."]
     return "\n".join(lines) + "\n"
+
+
+def section_heading(args: argparse.Namespace) -> str:
+    """The heading of this run's section: one per client kind, so both can stand in the results file."""
+    return SECTION if args.client == "http" else f"{SECTION}: labvault.open clients"
 
 
 def write_section(path: Path, section: str, heading: str) -> None:
@@ -652,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_section(args.output, section, SECTION)
+        write_section(args.output, section, section_heading(args))
         print(f"wrote {args.output}", file=sys.stderr)
     failed = load.stats.errors or result["point_problems"] or result["artifact_problems"]
     return 1 if failed or result["server_log_errors"] else 0

@@ -72,7 +72,9 @@ def test_library_clients(tmp_path: Path) -> None:
     out = tmp_path / "LOAD.md"
     assert load.main(["--clients", "2", "--duration", "2", "--workers", "1", "--client", "library",
                       "--points", "10", "--artifact-every", "2", "--output", str(out)]) == 0, out.read_text()
-    assert "**PASS**" in out.read_text() and "run.log_artifact" in out.read_text()
+    text = out.read_text()
+    assert "**PASS**" in text and "run.log_artifact" in text
+    assert text.startswith("# ") and f"{load.SECTION}: labvault.open clients" in text
 
 
 def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
