@@ -28,8 +28,12 @@ half way and started again re-reads only the runs not yet recorded, and sends on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +59,9 @@ _STATE_VERSION = 1
 POINTS_PER_BATCH = 200_000
 #: Save the sync state at least this often during a transfer (seconds), and at its end.
 STATE_SAVE_INTERVAL = 2.0
+#: A transfer's lock is refreshed this often (seconds) and taken over when older than ``LOCK_STALE``.
+LOCK_REFRESH = 5.0
+LOCK_STALE = 60.0
 #: Metric points read while planning that are kept for sending (beyond: read again, bounding memory).
 HISTORY_BUDGET = 5_000_000
 #: Param and tag fields take part in conflict detection (the others: the sending side wins).
@@ -169,7 +176,7 @@ class SyncState:
     """What a local store remembers about one remote: per run, the base summaries of both sides."""
 
     def __init__(self, blobs: BlobStore | None, remote_uri: str) -> None:
-        self._blobs = blobs
+        self.blobs = blobs
         self.remote = remote_uri
         self.key = state_key(remote_uri)
         self.runs: dict[str, dict[str, Any]] = {}
@@ -203,10 +210,98 @@ class SyncState:
 
     def save(self) -> None:
         """Write the state to the local store (atomically: a blob put)."""
-        if self._blobs is None:
+        if self.blobs is None:
             return
         doc = {"version": _STATE_VERSION, "remote": _redact(self.remote), "runs": self.runs}
-        self._blobs.put(self.key, json.dumps(doc, separators=(",", ":")).encode())
+        self.blobs.put(self.key, json.dumps(doc, separators=(",", ":")).encode())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+class SyncLock:
+    """One push or pull at a time between a local store and a remote.
+
+    Two transfers of the same runs at once could both find a point missing and both send it; the lock
+    (a small document next to the sync state, written with ``put(if_absent=True)``) prevents that. The
+    holder refreshes it every ``LOCK_REFRESH`` seconds from a thread; a lock not refreshed for
+    ``LOCK_STALE`` seconds, or held by a dead process on this host (a killed push), is taken over with a
+    compare-and-swap on its etag.
+    """
+
+    def __init__(self, blobs: BlobStore, remote_uri: str) -> None:
+        self._blobs = blobs
+        self.remote = remote_uri
+        self.key = state_key(remote_uri)[: -len(".json")] + ".lock"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _doc(self) -> bytes:
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode()
+
+    def _stale(self, holder: Mapping[str, Any]) -> bool:
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+                and not _pid_alive(holder["pid"]):
+            return True
+        return time.time() - float(holder.get("time") or 0) > LOCK_STALE
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``ConflictError`` naming the process that holds it."""
+        for _attempt in range(3):
+            try:
+                self._blobs.put(self.key, self._doc(), if_absent=True)
+                break
+            except ConflictError:
+                pass
+            try:
+                etag = self._blobs.info(self.key).etag
+                holder = json.loads(self._blobs.get(self.key))
+            except NotFoundError:
+                continue  # released meanwhile
+            except ValueError:
+                holder = {}
+            if not self._stale(holder):
+                raise ConflictError(
+                    f"another push or pull with {_redact(self.remote)!r} is running (process "
+                    f"{holder.get('pid')} on {holder.get('host')!r}); try again when it has finished"
+                ) from None
+            try:
+                self._blobs.put(self.key, self._doc(), if_match=etag)
+                break
+            except ConflictError:
+                continue  # someone else took it over first: look again
+        else:
+            raise ConflictError(f"could not take the sync lock {self.key!r} for {_redact(self.remote)!r}")
+        self._thread = threading.Thread(target=self._refresh, name="labvault-sync-lock", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(LOCK_REFRESH):
+            with contextlib.suppress(Exception):  # the next refresh tries again
+                self._blobs.put(self.key, self._doc())
+
+    def release(self) -> None:
+        """Give the lock up (safe to call twice)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+            with contextlib.suppress(Exception):
+                self._blobs.delete(self.key)
+
+    def __enter__(self) -> SyncLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def known_remotes(blobs: BlobStore) -> list[dict[str, Any]]:
@@ -214,6 +309,8 @@ def known_remotes(blobs: BlobStore) -> list[dict[str, Any]]:
     its password), most recent first."""
     out: list[dict[str, Any]] = []
     for key in blobs.list(STATE_PREFIX):
+        if not key.endswith(".json"):
+            continue
         try:
             doc = json.loads(blobs.get(key))
             runs = doc.get("runs") or {}
@@ -451,6 +548,10 @@ class Transfer:
         The sync state is saved every ``STATE_SAVE_INTERVAL`` seconds and at the end, also when the
         transfer fails half way; a run sent but not yet recorded is found equal next time, not re-sent.
         """
+        lock = SyncLock(self.state.blobs, self.state.remote) if self.state is not None \
+            and self.state.blobs is not None else None
+        if lock is not None:
+            lock.acquire()
         try:
             planned = [(exp, *self.plan(exp)) for exp in experiments]
             total = sum(len(p) for _e, _d, p in planned)
@@ -470,7 +571,11 @@ class Transfer:
                     if self.progress is not None:
                         self.progress(self.report.direction, done, total)
         finally:
-            self._save()
+            try:
+                self._save()
+            finally:
+                if lock is not None:
+                    lock.release()
         return self.report
 
     def _apply(self, dst_exp: ExperimentInfo, p: _Plan) -> None:

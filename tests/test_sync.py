@@ -609,3 +609,25 @@ def test_status_of_runs_never_synced_between_these_stores(tmp_path: Path) -> Non
         assert status.state == "diverged" and status.conflicts == ["t:k"]
         with pytest.raises(ConflictError, match="'k'"):
             va.push("e")
+
+
+def test_one_transfer_at_a_time_and_dead_holders_are_taken_over(pair: tuple[Vault, Vault]) -> None:
+    import json
+    import socket
+
+    local, _remote = pair
+    fill(local, 100)
+    assert local.remote is not None
+    lock = sync.SyncLock(local.backend.blobs, local.remote)
+    with lock, pytest.raises(ConflictError, match=f"process {os.getpid()}"):
+        local.push("exp")
+    assert not local.backend.blobs.exists(lock.key)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    local.backend.blobs.put(lock.key, json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                                  "time": time.time()}).encode())
+    assert local.push("exp").runs_created == 5  # the holder died: its lock is taken over
+    local.backend.blobs.put(lock.key, json.dumps({"pid": 1, "host": "elsewhere",
+                                                  "time": time.time() - 3600}).encode())
+    assert not local.push("exp").changed  # not refreshed for an hour: stale
+    assert not local.backend.blobs.exists(lock.key)
