@@ -777,8 +777,9 @@ def _experiments(backend: Backend, names: Sequence[str | Experiment | Experiment
         return backend.list_experiments(project)
     out: list[ExperimentInfo] = []
     for item in names:
-        if isinstance(item, Experiment):
-            out.append(item.info)
+        if isinstance(item, Experiment):  # matched by (project, name): it may come from another vault
+            out.append(item.info if item.vault.backend is backend
+                       else backend.find_experiment(item.name, item.project))
         elif isinstance(item, ExperimentInfo):
             out.append(item)
         else:

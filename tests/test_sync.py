@@ -230,7 +230,7 @@ def test_push_sends_only_changed_runs_and_new_points(pair: tuple[Vault, Vault]) 
     local.push()
     parent = run_by_name(local, "parent")
     local.get_run(parent.id).log_metric_series("loss", [7.0], steps=[1000], timestamps=[9e9])
-    report = local.push()
+    report = local.push(remote.experiment("exp", project="proj"))  # an experiment of the other vault
     assert (report.runs_updated, report.runs_created, report.runs_unchanged) == (1, 0, 4)
     assert report.points_sent == 1 and report.blobs_sent == 0
     assert len(remote.get_run(parent.id).metric_history("loss")) == 1001
