@@ -11,7 +11,8 @@
    prefix when an S3 metadata backend is registered. Then it times
    * the first push (everything travels),
    * a second push (nothing changed: a no-op), and
-   * an incremental push after 1,000 more points on one run.
+   * an incremental push after 1,000 more points on one run,
+   * a pull of the experiment into an empty file store, and a second (no-op) pull.
 3. Verifies the remote: every run present, every point counted once, every artifact's digest.
 4. Prints a table and writes it with the command and the machine to ``benchmarks/SYNC_RESULTS.md``
    (``--output``; ``--no-write`` for none).
@@ -136,6 +137,19 @@ def bench_target(name: str, pristine: str, remote_uri: str, total_bytes: int) ->
             raise SystemExit(f"{name}: the incremental push sent {inc}")
     row["verified_points"] = verify(local_uri, remote_uri)
     shutil.rmtree(local_uri, ignore_errors=True)
+    fresh = f"{pristine}-pull-{secrets.token_hex(4)}"
+    with labvault.open(fresh, remote=remote_uri) as vault:
+        t0 = time.perf_counter()
+        vault.pull("sync-bench")
+        row["pull_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        vault.pull("sync-bench")
+        row["noop_pull_s"] = time.perf_counter() - t0
+        if vault.last_sync is None or vault.last_sync.changed:
+            raise SystemExit(f"{name}: the second pull was not a no-op")
+    if verify(fresh, remote_uri) != row["verified_points"]:
+        raise SystemExit(f"{name}: the pulled copy differs")
+    shutil.rmtree(fresh, ignore_errors=True)
     row["points_per_s"] = row["points"] / row["first_s"]
     row["mb_per_s"] = total_bytes / 1e6 / row["first_s"]
     return row
@@ -154,13 +168,13 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, notes: list[str
         f"({args.runs} distinct blobs).",
         "",
         "| target | first push | points/s | artifact MB/s (whole push) | no-op push | incremental push "
-        "(+1,000 points, 1 run) | verified points |",
-        "|---|---|---|---|---|---|---|",
+        "(+1,000 points, 1 run) | pull into an empty store | no-op pull | verified points |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['target']} | {r['first_s']:.2f} s | {r['points_per_s']:,.0f} | "
                      f"{r['mb_per_s']:.1f} | {r['noop_s']:.2f} s | {r['incremental_s']:.2f} s | "
-                     f"{r['verified_points']:,} |")
+                     f"{r['pull_s']:.2f} s | {r['noop_pull_s']:.2f} s | {r['verified_points']:,} |")
     lines += [""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
 
