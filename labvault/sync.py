@@ -2,7 +2,8 @@
 
 Every run carries a **revision**: the sha256 of its *summary*, a small document with one digest per field
 (``p:<param>``, ``t:<tag>``, ``r:<result>``, ``a:<artifact key>`` -> the blob digest, ``m:<metric key>`` ->
-the number of points, ``s`` -> status, end time and error). Summaries are computed from what every backend
+the number of points and an order-independent hash of their (step, timestamp) keys, ``s`` -> status, end
+time and error). Summaries are computed from what every backend
 already stores (``get_run``, ``list_artifacts``, ``metric_history``), so no backend's schema changes.
 
 The local store remembers, per remote, the summary of each run on both sides as of the last sync (the
@@ -22,8 +23,10 @@ collects ``sha256/``), so it works for every local backend. A sync is a three-wa
 * artifacts move by digest: a blob the receiver has already is not sent again.
 
 Runs keep their id in every store (``create_run(run_id=...)``); run *numbers* are assigned by each store.
-Experiments are matched by (project, name). The sync state is saved after every run, so a push killed
-half way and started again re-reads only the runs not yet recorded, and sends only what is missing.
+Experiments are matched by (project, name). The sync state is saved every few seconds and at the end of
+a transfer; a push killed half way and started again finds the runs it sent equal on both sides (and
+records them), and for the run it was cut off in sends only what is missing. A small lock next to the
+state keeps two transfers between the same local store and remote from running at once.
 """
 
 from __future__ import annotations
