@@ -16,7 +16,8 @@ Layout under the store's prefix (format 1)::
     meta/experiment-ids/<experiment id>.json {project, name}: finds an experiment by id
     meta/numbers/<experiment id>/<n:012d>    the id of the run that holds number n (a claim)
     meta/runs/<run id>/run.json              the run: status, times, params, tags, results, latest metrics
-    meta/runs/<run id>/artifacts.json        artifact index {key: [size, sha256, created_at]}
+    meta/runs/<run id>/artifacts/<xx>.json   artifact index, 256 shards by a hash of the artifact key:
+                                             {key: [size, sha256, created_at]}
     meta/runs/<run id>/metrics/<seq:012d>    one flushed batch of metric points (all keys of the flush)
     sha256/ab/cd/<digest>                    artifact bytes (``BlobStore.put_content``; ``labvault gc``)
 
@@ -28,7 +29,7 @@ Concurrency guarantee (several processes or machines writing the same bucket, no
   next free ``n`` and, on 412, tries ``n + 1`` (re-listing the claims now and then), so numbers are
   **unique and dense** per experiment however many writers race. Experiment names, chosen run ids
   (``create_run(run_id=...)``) and metric segments are claimed the same way.
-* Every document that changes (run, artifact index) is updated by compare-and-swap: read it with its
+* Every document that changes (run, artifact index shard) is updated by compare-and-swap: read it with its
   ETag, change it, write it back with ``If-Match: <etag>``; on 412 re-read and re-apply. Each document
   carries a revision counter, so its content never repeats and an ETag never matches a stale read.
   Updates are therefore never lost: params stay write-once (a different value is ``ConflictError``
@@ -60,8 +61,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from labvault.backends.base import Backend, BlobStore, check_params_conflict, run_exists_error
+from labvault.backends.base import (
+    Backend,
+    BlobStore,
+    _check_id,
+    check_params_conflict,
+    run_exists_error,
+)
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
+from labvault.domain import validation as v
 from labvault.errors import (
     ConflictError,
     CorruptDataError,
@@ -110,8 +118,19 @@ def _run_key(run_id: str) -> str:
     return f"{_RUNS}{run_id}/run.json"
 
 
-def _artifacts_key(run_id: str) -> str:
-    return f"{_RUNS}{run_id}/artifacts.json"
+def _artifacts_prefix(run_id: str) -> str:
+    return f"{_RUNS}{run_id}/artifacts/"
+
+
+def _artifact_shard_key(run_id: str, key: str) -> str:
+    """The index shard holding artifact ``key``: one of 256, chosen by a hash of the key."""
+    shard = hashlib.sha1(key.encode("utf-8"), usedforsecurity=False).hexdigest()[:2]
+    return f"{_artifacts_prefix(run_id)}{shard}.json"
+
+
+def _artifact_info(key: str, item: list[Any]) -> ArtifactInfo:
+    size, digest, created = item
+    return ArtifactInfo(key, int(size), str(digest), float(created))
 
 
 def _metrics_prefix(run_id: str) -> str:
@@ -421,7 +440,8 @@ class BlobBackend(Backend):
                 self._known_runs.discard(rid)
                 self._next_seq.pop(rid, None)
                 self._docs.pop(_run_key(rid), None)
-                self._docs.pop(_artifacts_key(rid), None)
+                for key in [k for k in self._docs if k.startswith(_artifacts_prefix(rid))]:
+                    self._docs.pop(key, None)
 
     # -- runs ------------------------------------------------------------------------------------------------
     def _claims_of(self, experiment_id: str) -> dict[int, str]:
@@ -604,17 +624,34 @@ class BlobBackend(Backend):
         def change(doc: dict[str, Any]) -> None:
             doc["items"][info.key] = [info.size, info.digest, info.created_at]
 
-        self._update(_artifacts_key(run_id), change, lambda: NotFoundError(f"run {run_id} not found"),
+        self._update(_artifact_shard_key(run_id, info.key), change,
+                     lambda: NotFoundError(f"run {run_id} not found"),
                      initial=lambda: {"items": {}, "rev": 0})
 
     def _list_artifacts(self, run_id: str, prefix: str) -> list[ArtifactInfo]:
-        try:
-            doc = self._get_doc(_artifacts_key(run_id))
-        except NotFoundError:
+        keys = self.store.list(_artifacts_prefix(run_id))
+        if not keys:
             self._check_run(run_id)
             return []
-        return [ArtifactInfo(k, int(size), str(digest), float(created))
-                for k, (size, digest, created) in doc.get("items", {}).items() if k.startswith(prefix)]
+        out = []
+        for doc in self._get_docs(keys):
+            for k, item in (doc or {}).get("items", {}).items():
+                if k.startswith(prefix):
+                    out.append(_artifact_info(k, item))
+        return out
+
+    def get_artifact_info(self, run_id: str, key: str) -> ArtifactInfo:
+        """One artifact's index entry, or ``NotFoundError`` (reads the one index shard holding ``key``)."""
+        v.validate_artifact_key(key)
+        _check_id(run_id, "run id")
+        try:
+            item = self._get_doc(_artifact_shard_key(run_id, key)).get("items", {}).get(key)
+        except NotFoundError:
+            item = None
+        if item is None:
+            self._check_run(run_id)
+            raise NotFoundError(f"run {run_id} has no artifact {key!r}")
+        return _artifact_info(key, item)
 
 
 class S3Backend(BlobBackend, scheme="s3"):
