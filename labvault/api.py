@@ -301,6 +301,7 @@ class Vault:
         project: str | None = None,
         on_conflict: Literal["ours", "theirs"] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        workers: int = 4,
     ) -> SyncReport:
         """Upload experiments (all when None) to the remote ``to`` (default: the vault's ``remote``).
 
@@ -309,7 +310,8 @@ class Vault:
         finishes when run again. A run whose params or tags changed here and on the remote raises
         ``ConflictError`` (before anything is written) unless ``on_conflict`` is ``"ours"`` or
         ``"theirs"``. Raises ``BackendUnavailableError`` when the remote is unreachable (nothing is lost:
-        push again later). See ``labvault.sync`` for the details.
+        push again later). ``workers`` runs are sent at once (parents before their children);
+        ``progress(phase, done, total)`` is called as runs finish. See ``labvault.sync`` for the details.
         """
         from labvault import sync
 
@@ -322,7 +324,7 @@ class Vault:
         remote = self._remote_backend(target)
         transfer = sync.Transfer(self.backend, remote, state=sync.SyncState(self.backend.blobs, target),
                                  src_is_local=True, on_conflict=on_conflict, progress=progress,
-                                 direction="push")
+                                 direction="push", workers=workers)
         return transfer.run(exps)
 
     def pull(
@@ -333,6 +335,7 @@ class Vault:
         project: str | None = None,
         on_conflict: Literal["ours", "theirs"] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        workers: int = 4,
     ) -> Experiment:
         """Download an experiment from the remote when it is newer there (or absent here); return the
         local copy.
@@ -368,7 +371,7 @@ class Vault:
         self.flush()
         transfer = sync.Transfer(remote, self.backend, state=sync.SyncState(self.backend.blobs, target),
                                  src_is_local=False, on_conflict=on_conflict, progress=progress,
-                                 direction="pull")
+                                 direction="pull", workers=workers)
         self.last_sync = transfer.run([found])
         return Experiment(self, self.backend.ensure_experiment(found.name, found.project))
 

@@ -1567,6 +1567,9 @@ ConflictOption = Annotated[
 ProjectOption = Annotated[
     str | None, typer.Option("--project", "-p", metavar="NAME", help="The experiments' project.")
 ]
+WorkersOption = Annotated[
+    int, typer.Option("--workers", "-w", min=1, max=64, help="Runs sent at once (parents before children).")
+]
 
 
 def _sync_remote(remote: str | None) -> str:
@@ -1626,6 +1629,7 @@ def push(
     remote: RemoteOption = None,
     project: ProjectOption = None,
     on_conflict: ConflictOption = None,
+    workers: WorkersOption = 4,
 ) -> None:
     """Upload experiments to the remote: only runs changed since the last sync, only missing points and
     blobs. Safe to repeat and to restart after an interruption.
@@ -1639,7 +1643,7 @@ def push(
         try:
             with _sync_progress(f"push to {target}") as progress:
                 report = vault.push(experiments or None, project=project, on_conflict=resolve,
-                                    progress=progress)
+                                    progress=progress, workers=workers)
         finally:
             vault.close()
     _print_report(report)
@@ -1655,6 +1659,7 @@ def pull(
     remote: RemoteOption = None,
     project: ProjectOption = None,
     on_conflict: ConflictOption = None,
+    workers: WorkersOption = 4,
 ) -> None:
     """Download experiments from the remote when they are newer there (or missing here).
 
@@ -1676,7 +1681,8 @@ def pull(
                     listing.close()
             for name in names:
                 with _sync_progress(f"pull {name}") as progress:
-                    vault.pull(name, project=project, on_conflict=resolve, progress=progress)
+                    vault.pull(name, project=project, on_conflict=resolve, progress=progress,
+                               workers=workers)
                 _print_report(vault.last_sync)
         finally:
             vault.close()
@@ -1725,6 +1731,7 @@ def copy_cmd(
         "--experiment", "-e", metavar="NAME", help="Only this experiment (repeatable).")] = None,
     project: ProjectOption = None,
     on_conflict: ConflictOption = None,
+    workers: WorkersOption = 4,
 ) -> None:
     """Copy a whole vault (or some experiments) to another store, any backend to any backend. Run ids are
     kept; copying again sends nothing new.
@@ -1735,7 +1742,7 @@ def copy_cmd(
     _on_conflict(on_conflict)
     with _errors(), _sync_progress(f"copy to {destination}") as progress:
         report = labvault.copy(source, destination, experiment or None, project=project,
-                               on_conflict=resolve, progress=progress)
+                               on_conflict=resolve, progress=progress, workers=workers)
     _print_report(report)
 
 

@@ -39,6 +39,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -460,7 +461,7 @@ class Transfer:
 
     def __init__(self, src: Backend, dst: Backend, *, state: SyncState | None, src_is_local: bool,
                  on_conflict: OnConflict | None = None, progress: Progress | None = None,
-                 direction: str = "push") -> None:
+                 direction: str = "push", workers: int = 4) -> None:
         if on_conflict not in (None, "ours", "theirs"):
             raise InvalidArgumentError(f"on_conflict must be None, 'ours' or 'theirs', got {on_conflict!r}")
         self.src = _Side(src, "local" if src_is_local else "remote")
@@ -475,6 +476,12 @@ class Transfer:
         self._dirty = False
         self._saved_at = time.monotonic()
         self._kept = 0
+        self._lock = threading.RLock()
+        self._blob_guards: dict[str, threading.Lock] = {}
+        self._blobs_done: set[str] = set()
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+            raise InvalidArgumentError(f"workers must be an integer from 1 to 64, got {workers!r}")
+        self.workers = workers
 
     def _bases(self, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
         found = self.state.base(run_id) if self.state is not None else None
@@ -483,29 +490,38 @@ class Transfer:
         local, remote = found
         return (local, remote) if self.src_is_local else (remote, local)
 
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, n in deltas.items():
+                setattr(self.report, name, getattr(self.report, name) + n)
+
     def _record(self, run_id: str, src: Mapping[str, str], dst: Mapping[str, str]) -> None:
         if self.state is None:
             return
-        if self.src_is_local:
-            self.state.record(run_id, src, dst)
-        else:
-            self.state.record(run_id, dst, src)
-        self._dirty = True
-        if time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL:
+        with self._lock:
+            if self.src_is_local:
+                self.state.record(run_id, src, dst)
+            else:
+                self.state.record(run_id, dst, src)
+            self._dirty = True
+            due = time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL
+        if due:
             self._save()
 
     def _save(self) -> None:
-        if self.state is not None and self._dirty:
-            self.state.save()
-            self._dirty = False
-        self._saved_at = time.monotonic()
+        with self._lock:
+            if self.state is not None and self._dirty:
+                self.state.save()
+                self._dirty = False
+            self._saved_at = time.monotonic()
 
     def _keep(self, hist: dict[str, MetricSeries]) -> dict[str, MetricSeries] | None:
         """Keep histories read while planning for the sending phase, up to ``HISTORY_BUDGET`` points."""
         n = sum(len(h) for h in hist.values())
-        if self._kept + n > HISTORY_BUDGET:
-            return None
-        self._kept += n
+        with self._lock:
+            if self._kept + n > HISTORY_BUDGET:
+                return None
+            self._kept += n
         return hist
 
     # -- planning (reads only) -------------------------------------------------------------------------------
@@ -565,14 +581,7 @@ class Transfer:
                 self.report.experiments.append(f"{exp.project}/{exp.name}")
                 if dst_exp is None:
                     dst_exp = self.dst.backend.ensure_experiment(exp.name, exp.project)
-                for i, p in enumerate(plans):
-                    self._apply(dst_exp, p)
-                    for hist in (p.src_hist, p.dst_hist):  # free what was kept for this run
-                        self._kept -= sum(len(h) for h in (hist or {}).values())
-                    plans[i] = _Plan(p.src, None, p.dst, None, p.base_src, p.base_dst, p.conflicts)
-                    done += 1
-                    if self.progress is not None:
-                        self.progress(self.report.direction, done, total)
+                done = self._send_all(dst_exp, plans, done, total)
         finally:
             try:
                 self._save()
@@ -580,6 +589,40 @@ class Transfer:
                 if lock is not None:
                     lock.release()
         return self.report
+
+    def _send_all(self, dst_exp: ExperimentInfo, plans: list[_Plan], done: int, total: int) -> int:
+        """Send the runs of one experiment, ``workers`` at a time, every parent before its children."""
+        ids = {p.src.info.id for p in plans}
+        children: dict[str, list[_Plan]] = {}
+        ready: list[_Plan] = []
+        for p in plans:
+            parent = p.src.info.parent_id
+            if parent is not None and parent in ids:
+                children.setdefault(parent, []).append(p)
+            else:
+                ready.append(p)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="labvault-sync") as pool:
+            running = {pool.submit(self._apply, dst_exp, p): p for p in ready}
+            try:
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        p = running.pop(future)
+                        future.result()  # re-raises what the worker raised
+                        with self._lock:  # free what was kept for this run
+                            for hist in (p.src_hist, p.dst_hist):
+                                self._kept -= sum(len(h) for h in (hist or {}).values())
+                        p.src_hist = p.dst_hist = None
+                        done += 1
+                        if self.progress is not None:
+                            self.progress(self.report.direction, done, total)
+                        for child in children.pop(p.src.info.id, []):
+                            running[pool.submit(self._apply, dst_exp, child)] = child
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+        return done
 
     def _apply(self, dst_exp: ExperimentInfo, p: _Plan) -> None:
         dst = self.dst.backend
@@ -597,7 +640,7 @@ class Transfer:
                                           run_id=run_id)
             except AlreadyExistsError:  # created since planning (a concurrent push)
                 dst_info = dst.get_run(run_id)
-                self.report.runs_updated += 1
+                self._count(runs_updated=1)
             except NotFoundError as exc:
                 if info.parent_id is None:
                     raise
@@ -606,7 +649,7 @@ class Transfer:
                     f"(it belongs to another experiment: sync that one first): {exc}") from exc
             else:
                 fresh = True
-                self.report.runs_created += 1
+                self._count(runs_created=1)
             dst_summary: dict[str, str] = summarize(dst_info, [], {})
             dst_arts: dict[str, ArtifactInfo] = {} if fresh else {
                 a.key: a for a in dst.list_artifacts(run_id)}
@@ -620,10 +663,11 @@ class Transfer:
             dst_mdig = dict(p.dst.metrics)
             dst_changed = _changed(p.dst.summary, p.base_dst)
             dst_known = True
-            self.report.runs_updated += 1
+            self._count(runs_updated=1)
         conflicts = set(p.conflicts)
         if conflicts:
-            self.report.conflicts_resolved += [f"{run_id}:{f}" for f in sorted(conflicts)]
+            with self._lock:
+                self.report.conflicts_resolved += [f"{run_id}:{f}" for f in sorted(conflicts)]
 
         def wanted(f: str) -> bool:
             """Write field ``f`` of the source to the destination? (Missing there: always, a union.)"""
@@ -669,12 +713,12 @@ class Transfer:
                 pending += len(part)
                 if pending >= POINTS_PER_BATCH:
                     dst.log_metrics(run_id, batch)
-                    self.report.points_sent += pending
+                    self._count(points_sent=pending)
                     batch, pending = [], 0
             dst_mdig[key] = series_digest(MetricSeries.concat(key, [have, missing]))
         if batch:
             dst.log_metrics(run_id, batch)
-            self.report.points_sent += pending
+            self._count(points_sent=pending)
         # artifacts: by digest, only the blobs the destination lacks
         for key, art in p.src.artifacts.items():
             have_art = dst_arts.get(key)
@@ -715,17 +759,22 @@ class Transfer:
         self._record(run_id, src_base, dst_base)
 
     def _send_blob(self, digest: str) -> None:
+        """Send one blob unless the destination has it (one worker per digest: runs share blobs)."""
         src_blobs, dst_blobs = self.src.backend.blobs, self.dst.backend.blobs
-        if dst_blobs.exists(BlobStore.digest_key(digest)):
-            return
-        with src_blobs.open_content(digest) as fh:
-            got, size = dst_blobs.put_content(fh)
-        if got != digest:  # pragma: no cover - open_content verifies the digest at end of file
-            from labvault.errors import CorruptDataError
+        with self._lock:
+            guard = self._blob_guards.setdefault(digest, threading.Lock())
+        with guard:
+            if digest in self._blobs_done or dst_blobs.exists(BlobStore.digest_key(digest)):
+                self._blobs_done.add(digest)
+                return
+            with src_blobs.open_content(digest) as fh:
+                got, size = dst_blobs.put_content(fh)
+            if got != digest:  # pragma: no cover - open_content verifies the digest at end of file
+                from labvault.errors import CorruptDataError
 
-            raise CorruptDataError(f"blob {digest} arrived as {got}")
-        self.report.blobs_sent += 1
-        self.report.bytes_sent += size
+                raise CorruptDataError(f"blob {digest} arrived as {got}")
+            self._blobs_done.add(digest)
+        self._count(blobs_sent=1, bytes_sent=size)
 
 
 # -- status --------------------------------------------------------------------------------------------------
@@ -792,12 +841,12 @@ def _experiments(backend: Backend, names: Sequence[str | Experiment | Experiment
 
 def copy(src_uri: str | Vault, dst_uri: str | Vault, experiments: Sequence[str] | None = None, *,
          project: str | None = None, on_conflict: OnConflict | None = None,
-         progress: Progress | None = None) -> SyncReport:
+         progress: Progress | None = None, workers: int = 4) -> SyncReport:
     """Copy whole vaults (or the named experiments) from one store to another, any backend to any backend.
 
     Run ids are kept; metrics are merged without duplicates and blobs sent only when missing, so copying
     again sends nothing new. A run whose params or tags differ in both stores raises ``ConflictError``
-    unless ``on_conflict="ours"`` (the source wins) or ``"theirs"``.
+    unless ``on_conflict="ours"`` (the source wins) or ``"theirs"``. ``workers`` runs are sent at once.
     """
     import labvault
     from labvault.api import Vault
@@ -816,7 +865,7 @@ def copy(src_uri: str | Vault, dst_uri: str | Vault, experiments: Sequence[str] 
         src, dst = vault_of(src_uri), vault_of(dst_uri)
         exps = _experiments(src.backend, experiments, project)
         transfer = Transfer(src.backend, dst.backend, state=None, src_is_local=True,
-                            on_conflict=on_conflict, progress=progress, direction="copy")
+                            on_conflict=on_conflict, progress=progress, direction="copy", workers=workers)
         return transfer.run(exps)
     finally:
         for v in opened:

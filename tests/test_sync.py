@@ -523,7 +523,7 @@ def test_cli_push_status_pull_copy(tmp_path: Path) -> None:
     with labvault.open(local) as v:
         fill(v, 300)
         parent = run_by_name(v, "parent")
-    result = runner.invoke(app, ["push", "--uri", local, "--remote", remote], env=env)
+    result = runner.invoke(app, ["push", "--uri", local, "--remote", remote, "--workers", "2"], env=env)
     assert result.exit_code == 0, result.output
     assert "5 run(s) created" in result.output and "310 metric point(s)" in result.output
     result = runner.invoke(app, ["push", "exp", "--uri", local], env={**env, "LABVAULT_REMOTE": remote})
@@ -631,3 +631,22 @@ def test_one_transfer_at_a_time_and_dead_holders_are_taken_over(pair: tuple[Vaul
                                                   "time": time.time() - 3600}).encode())
     assert not local.push("exp").changed  # not refreshed for an hour: stale
     assert not local.backend.blobs.exists(lock.key)
+
+
+def test_parallel_push_sends_each_shared_blob_once(pair: tuple[Vault, Vault]) -> None:
+    local, remote = pair
+    shared = os.urandom(500_000)
+    exp = local.experiment("par", project="proj")
+    with exp.start_run(name="root") as root:
+        pass
+    for i in range(12):
+        with exp.start_run(name=f"c{i}", parent=root) as run:
+            run.log_artifact("shared.bin", shared)
+            run.log_artifact("own.bin", os.urandom(1000))
+            run.log_metric_series("m", np.arange(100.0) + i)
+    with pytest.raises(InvalidArgumentError, match="workers"):
+        local.push("par", workers=0)
+    report = local.push("par", workers=8)
+    assert report.runs_created == 13 and report.blobs_sent == 13 and report.points_sent == 1200
+    assert report.bytes_sent == 500_000 + 12 * 1000
+    assert_same(local.backend, remote.backend, "par")
