@@ -531,28 +531,36 @@ class Transfer:
         dst_runs = self.dst.runs(dst_exp)
         plans: list[_Plan] = []
         problems: list[str] = []
-        for info in _ordered(self.src.runs(exp)):
+
+        def examine(info: RunInfo) -> _Plan | None:
+            """Read one run on both sides (in a worker thread); None when there is nothing to send."""
             base_src, base_dst = self._bases(info.id)
-            # Cheap test first: a run whose source doc, artifacts and metric keys match its base, and whose
-            # counts are unchanged, was synced already.
             src_snap, src_hist = snapshot(self.src.backend, info)
             dst_info = dst_runs.get(info.id)
+            # unchanged since the last sync (and still there): nothing to read on the other side
             if self.state is not None and base_src and src_snap.summary == base_src and dst_info is not None:
-                self.report.runs_unchanged += 1
-                continue
+                self._count(runs_unchanged=1)
+                return None
             dst_snap, dst_hist = snapshot(self.dst.backend, dst_info) if dst_info is not None else (None, {})
             if dst_snap is not None and dst_snap.summary == src_snap.summary:  # equal already
-                self.report.runs_unchanged += 1
+                self._count(runs_unchanged=1)
                 self._record(info.id, src_snap.summary, dst_snap.summary)
+                return None
+            conflicts = (_conflicts(src_snap.summary, dst_snap.summary, base_src, base_dst)
+                         if dst_snap is not None else [])
+            return _Plan(src_snap, self._keep(src_hist), dst_snap, self._keep(dst_hist), base_src, base_dst,
+                         conflicts)
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="labvault-sync-plan") as pool:
+            examined = list(pool.map(examine, _ordered(self.src.runs(exp))))
+        for plan in examined:
+            if plan is None:
                 continue
-            conflicts: list[str] = []
-            if dst_snap is not None:
-                conflicts = _conflicts(src_snap.summary, dst_snap.summary, base_src, base_dst)
-                if conflicts and self.src_wins is None:
-                    problems.append(_describe(info, conflicts, src_snap, dst_snap, self.src.label,
-                                              self.dst.label))
-            plans.append(_Plan(src_snap, self._keep(src_hist), dst_snap, self._keep(dst_hist), base_src,
-                               base_dst, conflicts))
+            if plan.conflicts and self.src_wins is None:
+                assert plan.dst is not None
+                problems.append(_describe(plan.src.info, plan.conflicts, plan.src, plan.dst,
+                                          self.src.label, self.dst.label))
+            plans.append(plan)
         if problems:
             raise ConflictError(
                 f"experiment {exp.project}/{exp.name}: " + " | ".join(problems)
