@@ -1623,7 +1623,7 @@ def _print_report(report: Any) -> None:
 @app.command()
 def push(
     ctx: typer.Context,
-    experiments: Annotated[list[str] | None, typer.Argument(metavar="[EXPERIMENT]...",
+    experiments: Annotated[list[str] | None, typer.Argument(metavar="EXPERIMENT",
                                                             help="Default: every experiment.")] = None,
     uri: UriOption = None,
     remote: RemoteOption = None,
@@ -1653,7 +1653,7 @@ def push(
 def pull(
     ctx: typer.Context,
     experiments: Annotated[list[str] | None, typer.Argument(
-        metavar="[EXPERIMENT|URL]...", help="Names or <remote>#<project>/<name> URLs. Default: every "
+        metavar="EXPERIMENT|URL", help="Names or <remote>#<project>/<name> URLs. Default: every "
                                             "experiment of the remote.")] = None,
     uri: UriOption = None,
     remote: RemoteOption = None,
