@@ -441,7 +441,9 @@ class S3BlobStore(BlobStore, scheme="s3"):
         first = source.read(max(threshold + 1, self.part_size) if size is None else self.part_size)
         if size is None and len(first) <= threshold:
             return self._put_object(key, first, cond, checksum)
-        return self._writing("upload", key, lambda: self._multipart(key, first, source, cond))
+        held = [first]  # handed over, so the first part is freed once uploaded (not held to the end)
+        del first
+        return self._writing("upload", key, lambda: self._multipart(key, held, source, cond))
 
     def _put_object(self, key: str, body: bytes, cond: dict[str, str], checksum: bytes | None) -> int:
         digest = checksum or hashlib.sha256(body).digest()
@@ -451,13 +453,14 @@ class S3BlobStore(BlobStore, scheme="s3"):
         ))
         return len(body)
 
-    def _multipart(self, key: str, first: bytes, source: _PartSource, cond: dict[str, str]) -> int:
+    def _multipart(self, key: str, held: list[bytes], source: _PartSource, cond: dict[str, str]) -> int:
         full = self._full(key)
         created = self._call(
             "start upload", key, self.client.create_multipart_upload, Bucket=self.bucket, Key=full,
             ChecksumAlgorithm="SHA256", Metadata={_PART_SIZE_META: str(self.part_size)},
         )
         upload_id = created["UploadId"]
+        first = held.pop()
         pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="labvault-s3-part")
         done: dict[int, dict[str, Any]] = {}
         pending: set[Future[dict[str, Any]]] = set()
@@ -466,6 +469,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
             number = 0
             buffer: bytes = first[: self.part_size]
             rest = first[self.part_size:]
+            del first
             while buffer:
                 number += 1
                 if number > 10_000:
@@ -745,7 +749,14 @@ class _FileParts(_PartSource):
         self._fh = fh
 
     def read(self, n: int) -> bytes:
+        first = self._fh.read(n)
+        if isinstance(first, bytes) and (len(first) == n or not first):
+            return first  # the usual case (a file): no copies, so a part costs its size in memory once
         out = bytearray()
+        if first:
+            if not isinstance(first, bytes | bytearray):
+                raise InvalidArgumentError("blob file object must be opened in binary mode ('rb')")
+            out += first
         while len(out) < n:
             chunk = self._fh.read(n - len(out))
             if not chunk:
