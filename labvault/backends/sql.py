@@ -162,6 +162,9 @@ def new_id() -> str:
 
 # -- schema -----------------------------------------------------------------------------------------------
 #: Version 3: (key, value) indexes that let a filter find the runs holding a value.
+#: Searches with a limit up to this many runs fetch the ordered ids first, then the page's details.
+_PAGE_FIRST_LIMIT = 10_000
+
 _SEARCH_INDEXES = (
     ("ix_run_params_key_num", "run_params", ("key", "value_num")),
     ("ix_run_params_key_text", "run_params", ("key", "value_text")),
@@ -907,14 +910,32 @@ class SQLBackend(Backend, scheme="sqlite"):
     ) -> list[RunInfo]:
         if not experiment_ids or limit == 0:
             return []
+        if limit is not None and limit <= _PAGE_FIRST_LIMIT:
+            # A page: order and cut the matching ids first (narrow rows, a top-N sort the database keeps
+            # in memory), then load the page's details; sorting whole rows spilled to disk at 100,000 runs.
+            page = self.search_statement(experiment_ids, expr, order, limit, offset, ids_only=True)
+
+            def read_page(conn: Connection, _: int) -> Sequence[Any]:
+                ids = list(conn.execute(page).scalars())
+                if not ids:
+                    return []
+                details = sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(t_runs.c.id.in_(ids))
+                by_id = {row.id: row for row in conn.execute(details)}
+                return [by_id[i] for i in ids if i in by_id]
+
+            return self._infos_with_json_details(self._run(read_page, "read"))
         stmt = self.search_statement(experiment_ids, expr, order, limit, offset)
         rows = self._run(lambda conn, _: conn.execute(stmt).all(), "read")
         with _gc_paused(len(rows) > 500):
             return self._infos_with_json_details(rows)
 
     def search_statement(self, experiment_ids: Sequence[str], expr: Expr, order: Sequence[OrderKey],
-                         limit: int | None = None, offset: int = 0) -> sa.Select[Any]:
-        """The one SELECT a search runs (public so its plan can be inspected with EXPLAIN)."""
+                         limit: int | None = None, offset: int = 0, *,
+                         ids_only: bool = False) -> sa.Select[Any]:
+        """The SELECT a search runs (public so its plan can be inspected with EXPLAIN).
+
+        ``ids_only`` selects just the ordered run ids (the first of the two queries of a paged search).
+        """
         from labvault import query
 
         r = t_runs
@@ -930,8 +951,8 @@ class SQLBackend(Backend, scheme="sqlite"):
         ordering = query.compile_order_sql(order, fields)  # ends with number, id
         # The page's latest metrics and results ride along as JSON objects built by the database, so a
         # search is one query whatever the number of matches.
-        stmt = (sa.select(*_RUN_COLUMNS, *self._detail_columns()).select_from(fields.joined(r))
-                .where(*conditions).order_by(*ordering))
+        columns = (r.c.id,) if ids_only else (*_RUN_COLUMNS, *self._detail_columns())
+        stmt = sa.select(*columns).select_from(fields.joined(r)).where(*conditions).order_by(*ordering)
         if limit is not None:
             stmt = stmt.limit(limit)
         if offset:
