@@ -225,3 +225,68 @@ def test_destroy_removes_only_its_prefix(s3_server: SeaweedServer) -> None:  # n
     with labvault.open(theirs) as vault:
         assert [e.name for e in vault.experiments()] == ["e"]
         S3Backend.destroy(vault.backend)  # type: ignore[arg-type]
+
+
+def _points(backend: BlobBackend, run_id: str, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        one = np.array([i], dtype=np.int64)
+        backend.log_metrics(run_id, [MetricSeries("a", one, one.astype(np.float64), np.array([1.0 * i])),
+                                     MetricSeries("b", one, -one.astype(np.float64), np.array([1.0 * i]))])
+
+
+def test_metric_segments_compacted_on_read(s3_vault_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labvault.backends import objectstore
+
+    monkeypatch.setattr(objectstore, "COMPACT_AFTER", 8)
+    backend = S3Backend.from_uri(s3_vault_uri)
+    try:
+        exp = backend.ensure_experiment("e", "default")
+        run = backend.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={}, tags={})
+        _points(backend, run.id, 0, 20)
+        prefix = f"meta/runs/{run.id}/metrics/"
+        assert not any("/c" in k for k in backend.store.list(prefix))
+        assert backend.metric_history(run.id, "a").values.tolist() == list(range(20))
+        assert backend.store.list(prefix)[-1] == f"{prefix}c{20:012d}"  # written by that read
+        _points(backend, run.id, 20, 3)
+        other = S3Backend.from_uri(s3_vault_uri)  # a reader that never wrote: compaction + 3 segments
+        try:
+            assert other.metric_history(run.id, "b").values.tolist() == [-float(i) for i in range(23)]
+            monkeypatch.setattr(objectstore, "COMPACTED_GRACE", 0.0)
+            assert other.metric_history(run.id, "a").steps.tolist() == list(range(23))
+            left = backend.store.list(prefix)  # the compacted segments are gone, the later three stay
+            assert left == [f"{prefix}{n:012d}" for n in (21, 22, 23)] + [f"{prefix}c{20:012d}"]
+            _points(other, run.id, 23, 1)  # a new writer numbers after the compaction
+            assert f"{prefix}{24:012d}" in backend.store.list(prefix)
+            assert backend.metric_history(run.id, "a").values.tolist() == list(range(24))
+        finally:
+            other.close()
+    finally:
+        backend.close()
+
+
+def test_writer_numbering_from_before_a_compaction_loses_nothing(
+    s3_vault_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle writer (SEQ_CACHE_SECONDS) re-lists; compacted objects live COMPACTED_GRACE (longer)."""
+    import time
+
+    from labvault.backends import objectstore
+
+    monkeypatch.setattr(objectstore, "COMPACT_AFTER", 4)
+    monkeypatch.setattr(objectstore, "SEQ_CACHE_SECONDS", 1.0)
+    monkeypatch.setattr(objectstore, "COMPACTED_GRACE", 2.0)
+    idle, busy = S3Backend.from_uri(s3_vault_uri), S3Backend.from_uri(s3_vault_uri)
+    try:
+        exp = idle.ensure_experiment("e", "default")
+        run = idle.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={}, tags={})
+        _points(idle, run.id, 0, 1)  # idle now expects to write segment 2 next
+        _points(busy, run.id, 1, 10)  # segments 2..11
+        assert busy.metric_history(run.id, "a").values.tolist() == list(range(11))  # compacts 1..11
+        time.sleep(3.0)
+        busy.metric_history(run.id, "a")  # deletes the compacted segments (now older than the grace)
+        assert not [k for k in busy.store.list(f"meta/runs/{run.id}/metrics/") if k.endswith(f"{2:012d}")]
+        _points(idle, run.id, 11, 1)  # must not reuse number 2 (hidden under the compaction)
+        assert busy.metric_history(run.id, "a").values.tolist() == list(range(12))
+    finally:
+        idle.close()
+        busy.close()

@@ -19,6 +19,7 @@ Layout under the store's prefix (format 1)::
     meta/runs/<run id>/artifacts/<xx>.json   artifact index, 256 shards by a hash of the artifact key:
                                              {key: [size, sha256, created_at]}
     meta/runs/<run id>/metrics/<seq:012d>    one flushed batch of metric points (all keys of the flush)
+    meta/runs/<run id>/metrics/c<seq:012d>   a compaction: every point of segments 1..seq
     sha256/ab/cd/<digest>                    artifact bytes (``BlobStore.put_content``; ``labvault gc``)
 
 Concurrency guarantee (several processes or machines writing the same bucket, no locks, no server):
@@ -35,7 +36,11 @@ Concurrency guarantee (several processes or machines writing the same bucket, no
   Updates are therefore never lost: params stay write-once (a different value is ``ConflictError``
   even when two processes race), tags last-write-wins, results and metric latest values merge.
 * Metric points are append-only segments; a reader sees whole segments only (an object is visible
-  complete or not at all), so a killed writer loses at most its unflushed buffer.
+  complete or not at all), so a killed writer loses at most its unflushed buffer. A history read that
+  finds more than ``COMPACT_AFTER`` segments writes a compaction ``c<N>`` holding segments 1..N (stopping
+  at a number still being written); readers then fetch it plus the later segments. Compacted objects
+  are deleted only after ``COMPACTED_GRACE``, and a writer re-lists the segments unless it wrote one
+  lately, so no write can land under a compaction unseen.
 * This needs a store whose conditional puts are atomic: S3 itself, SeaweedFS (4.48+), MinIO, the
   ``file`` and ``memory`` blob stores. A server that ignores ``If-None-Match`` / ``If-Match`` would
   silently break the guarantee; SeaweedFS's and AWS's behaviour is pinned by the conformance tests.
@@ -49,6 +54,7 @@ documents concurrently (``BlobStore.get_many``). The change feed is in-process
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -88,8 +94,17 @@ _RUNS = META + "runs/"
 #: How often a compare-and-swap is retried before giving up with ``ConflictError``.
 CAS_ATTEMPTS = 64
 _SEGMENT_MAGIC = b"LVMSEG1\n"
+#: A history read that finds more segments than this after the last compaction writes a new one.
+COMPACT_AFTER = 64
+#: Compacted segments are deleted only once older than this, so a writer that numbered its next
+#: segment before the compaction collides with the old one (and re-numbers) instead of writing a
+#: number the compaction covers.
+COMPACTED_GRACE = 3600.0
+#: A writer trusts its own count of a run's segments for this long after its last write; later it lists.
+SEQ_CACHE_SECONDS = 600.0
 _CACHE_LIMIT = 4096
-_RUN_FIELDS = ("status", "end_time", "error", "heartbeat")
+#: (number, key, modified time) of a metric segment or compaction
+_Obj = tuple[int, str, float]
 
 
 def _new_id() -> str:
@@ -217,6 +232,7 @@ class BlobBackend(Backend):
         self._next_number: dict[str, int] = {}  # experiment id -> next number to try
         self._claims: dict[str, dict[int, str]] = {}  # experiment id -> number -> run id (immutable)
         self._next_seq: dict[str, int] = {}  # run id -> next metric segment number
+        self._seq_written: dict[str, float] = {}  # run id -> monotonic time of this object's last segment
         self._known_runs: set[str] = set()
         self._known_experiments: set[str] = set()
 
@@ -517,6 +533,7 @@ class BlobBackend(Backend):
         with self._lock:
             self._known_runs.add(rid)
             self._next_seq[rid] = 1
+            self._seq_written[rid] = time.monotonic()
         doc["number"] = number
         return _run_from_doc(doc)
 
@@ -582,40 +599,107 @@ class BlobBackend(Backend):
         self._mutate_run(run_id, lambda d: d["results"].update(results))
 
     # -- metrics ---------------------------------------------------------------------------------------------
-    def _segment_keys(self, run_id: str) -> list[tuple[int, str]]:
-        keys = self.store.list(_metrics_prefix(run_id))
-        return sorted((n, k) for k in keys if (n := _tail_number(k)) is not None)
+    def _metric_objects(self, run_id: str) -> tuple[list[_Obj], list[_Obj]]:
+        """(compactions, segments) of a run's metrics as sorted (number, key, modified) triples."""
+        compacts: list[_Obj] = []
+        segments: list[_Obj] = []
+        for info in self.store.scan(_metrics_prefix(run_id)):
+            tail = info.key.rsplit("/", 1)[-1]
+            if tail.isdigit():
+                segments.append((int(tail), info.key, info.modified))
+            elif tail.startswith("c") and tail[1:].isdigit():
+                compacts.append((int(tail[1:]), info.key, info.modified))
+        return sorted(compacts), sorted(segments)
+
+    def _next_segment(self, run_id: str) -> int:
+        """The segment number to write next: this object's own count when it wrote lately, else listed."""
+        with self._lock:
+            cached = self._next_seq.get(run_id)
+            fresh = time.monotonic() - self._seq_written.get(run_id, -1e18) < SEQ_CACHE_SECONDS
+            if cached is not None and fresh:
+                self._next_seq[run_id] = cached + 1
+                return cached
+        compacts, segments = self._metric_objects(run_id)
+        seq = max([n for n, _k, _m in compacts] + [n for n, _k, _m in segments], default=0) + 1
+        with self._lock:
+            self._next_seq[run_id] = seq + 1
+        return seq
 
     def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
         self._check_run(run_id)
         body = encode_segment(series)
         while True:
-            with self._lock:
-                seq = self._next_seq.get(run_id)
-            if seq is None:
-                seq = max((n for n, _k in self._segment_keys(run_id)), default=0) + 1
-            with self._lock:
-                self._next_seq[run_id] = max(self._next_seq.get(run_id, 0), seq + 1)
+            seq = self._next_segment(run_id)
             try:
                 self.store.put(f"{_metrics_prefix(run_id)}{seq:012d}", body, if_absent=True)
                 break
             except ConflictError:  # another process appended to this run: re-list and go after it
                 with self._lock:
                     self._next_seq.pop(run_id, None)
+            except BaseException:  # nothing written: the next flush lists again (no gap in the numbers)
+                with self._lock:
+                    self._next_seq.pop(run_id, None)
+                raise
         with self._lock:
             self._known_runs.add(run_id)
+            self._seq_written[run_id] = time.monotonic()
         latest = {s.key: float(s.values[-1]) for s in series}
         self._mutate_run(run_id, lambda d: d["metrics"].update(latest))
 
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:
-        keys = [k for _n, k in self._segment_keys(run_id)]
-        if not keys:
-            self._check_run(run_id)
-            return MetricSeries.empty(key)
-        parts: list[MetricSeries] = []
-        for seg_key, body in zip(keys, self.store.get_many(keys), strict=True):
-            parts.extend(s for s in decode_segment(body, seg_key) if s.key == key)
-        return MetricSeries.concat(key, parts)
+        for attempt in range(3):
+            compacts, segments = self._metric_objects(run_id)
+            if not compacts and not segments:
+                self._check_run(run_id)
+                return MetricSeries.empty(key)
+            base = compacts[-1] if compacts else None
+            covered = base[0] if base else 0
+            live = [seg for seg in segments if seg[0] > covered]
+            keys = ([base[1]] if base else []) + [k for _n, k, _m in live]
+            try:
+                bodies = self.store.get_many(keys)
+            except NotFoundError:  # a compaction removed what was listed: list again
+                if attempt == 2:
+                    raise
+                continue
+            decoded = [decode_segment(body, k) for k, body in zip(keys, bodies, strict=True)]
+            if len(live) > COMPACT_AFTER:
+                self._compact(run_id, covered, decoded, live)
+            self._expire(compacts, segments)
+            return MetricSeries.concat(key, [s for seg in decoded for s in seg if s.key == key])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _compact(self, run_id: str, covered: int, decoded: list[list[MetricSeries]],
+                 live: list[_Obj]) -> None:
+        """Write ``c<N>``: every point of segments 1..N (the last compaction plus the gap-free run of
+        segments after it). Readers then fetch it and the segments after N only."""
+        base_parts = decoded[: len(decoded) - len(live)]
+        upto, used = covered, 0
+        for n, _k, _m in live:
+            if n != upto + 1:
+                break  # a number still being written: compact only what precedes it
+            upto, used = n, used + 1
+        if used < 2:
+            return
+        per_key: dict[str, list[MetricSeries]] = {}
+        for seg in base_parts + decoded[len(base_parts): len(base_parts) + used]:
+            for s in seg:
+                per_key.setdefault(s.key, []).append(s)
+        merged = [MetricSeries.concat(k, parts) for k, parts in per_key.items()]
+        with contextlib.suppress(ConflictError):  # another reader compacted the same segments
+            self.store.put(f"{_metrics_prefix(run_id)}c{upto:012d}", encode_segment(merged), if_absent=True)
+
+    def _expire(self, compacts: list[_Obj], segments: list[_Obj]) -> None:
+        """Delete segments and compactions that a newer compaction holds, once they are old enough that
+        no writer can still be about to write a number they cover (see ``COMPACTED_GRACE``)."""
+        if not compacts:
+            return
+        newest = compacts[-1][0]
+        cutoff = time.time() - COMPACTED_GRACE
+        doomed = [k for n, k, m in segments if n <= newest and m < cutoff]
+        doomed += [k for n, k, m in compacts[:-1] if m < cutoff]
+        if doomed:
+            self.store.delete_many(doomed)
 
     # -- artifacts -------------------------------------------------------------------------------------------
     def _add_artifact(self, run_id: str, info: ArtifactInfo) -> None:
