@@ -186,3 +186,33 @@ def test_server_down_past_deadline_fails_cleanly_through_the_vault(
         run.end()
     observer.abort_incomplete_uploads()
     observer.close()
+
+
+def test_metadata_writes_during_an_outage(private_server: SeaweedServer) -> None:
+    """With the server down, every write of an ``s3://`` vault raises ``BackendUnavailableError`` (after
+    the retry deadline) and changes nothing; buffered metric points are kept and written after the
+    restart, exactly once."""
+    uri = f"s3://{BUCKET}/outage?endpoint_url={private_server.endpoint}&retry_deadline=2&connect_timeout=1"
+    with labvault.open(uri, flush_interval=3600) as vault:
+        run = vault.experiment("outage").start_run(params={"a": 1})
+        run.log_metric("m", 0.0, step=0)
+        run.flush()
+        private_server.kill()
+        try:
+            with pytest.raises(BackendUnavailableError):
+                run.set_tag("t", "lost")
+            with pytest.raises(BackendUnavailableError):
+                run.log_param("b", 2)
+            run.log_metric("m", 1.0, step=1)
+            with pytest.raises(BackendUnavailableError):
+                run.flush()
+        finally:
+            private_server.start()
+        run.log_metric("m", 2.0, step=2)
+        run.flush()  # the points of the failed flush went back into the buffer
+        run.set_tag("t", "kept")
+        run.end()
+        got = vault.get_run(run.id)
+        assert got.tags == {"t": "kept"} and got.params == {"a": 1} and got.status == "finished"
+        hist = got.metric_history("m")
+        assert hist.steps.tolist() == [0, 1, 2] and hist.values.tolist() == [0.0, 1.0, 2.0]
