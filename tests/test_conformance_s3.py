@@ -290,3 +290,25 @@ def test_writer_numbering_from_before_a_compaction_loses_nothing(
     finally:
         idle.close()
         busy.close()
+
+
+def test_update_of_a_document_whose_etag_is_not_its_md5(s3_vault_uri: str) -> None:
+    """A run document rewritten as a multipart object (etag "<md5>-<parts>") is still updated."""
+    import json
+
+    backend = S3Backend.from_uri(s3_vault_uri)
+    try:
+        exp = backend.ensure_experiment("e", "default")
+        run = backend.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={}, tags={})
+        key = f"meta/runs/{run.id}/run.json"
+        doc = json.loads(backend.store.get(key))
+        doc["results"] = {"pad": "x" * (6 * 1024 * 1024)}  # over the 5 MiB threshold: multipart
+        store = labvault.blobs.open(s3_vault_uri, part_size="5MiB", multipart_threshold="5MiB")
+        store.put(key, json.dumps(doc).encode())
+        assert "-" in store.info(key).etag
+        backend.set_tags(run.id, {"t": "v"})
+        got = backend.get_run(run.id)
+        assert got.tags == {"t": "v"} and got.results["pad"] == "x" * (6 * 1024 * 1024)
+        store.close()
+    finally:
+        backend.close()

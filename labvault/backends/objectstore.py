@@ -297,9 +297,13 @@ class BlobBackend(Backend):
         with self._lock:
             self._docs.pop(key, None)
 
-    def _fetch(self, key: str) -> tuple[str, bytes]:
-        """(etag, body) of ``key`` as stored now (``NotFoundError`` when absent)."""
-        if self._etag_learned and self._etag_kind is not None:
+    def _fetch(self, key: str, exact: bool = False) -> tuple[str, bytes]:
+        """(etag, body) of ``key`` as stored now (``NotFoundError`` when absent).
+
+        The etag is computed from the bytes when the store's etags are digests (one GET); ``exact`` asks
+        the store instead (an object written in parts, by another tool, has an etag of another kind).
+        """
+        if self._etag_learned and self._etag_kind is not None and not exact:
             body = self.store.get(key)
             etag = self._etag_of(body)
             assert etag is not None
@@ -340,7 +344,7 @@ class BlobBackend(Backend):
                 doc = _loads(body, key)
             else:
                 try:
-                    etag, body = self._fetch(key)
+                    etag, body = self._fetch(key, exact=attempt >= 2)
                     doc = _loads(body, key)
                 except NotFoundError:
                     if initial is None:
