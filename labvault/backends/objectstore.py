@@ -43,7 +43,10 @@ Concurrency guarantee (several processes or machines writing the same bucket, no
   lately, so no write can land under a compaction unseen.
 * This needs a store whose conditional puts are atomic: S3 itself, SeaweedFS (4.48+), MinIO, the
   ``file`` and ``memory`` blob stores. A server that ignores ``If-None-Match`` / ``If-Match`` would
-  silently break the guarantee; SeaweedFS's and AWS's behaviour is pinned by the conformance tests.
+  silently break the guarantee; SeaweedFS's behaviour is pinned by ``tests/test_conformance_s3.py``.
+* A writer killed between two of its objects leaves nothing half-done that readers trip over: an
+  experiment whose id object is missing is found by name (and the id object rewritten); a run created
+  up to its number claim gets its number from the claim; an unclaimed run document is invisible.
 
 Writes answer from a small in-process cache of the documents this object wrote last (the expected
 ETag is computed from the bytes, so an uncontended update is one PUT); reads always go to the store,
