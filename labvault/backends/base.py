@@ -771,10 +771,17 @@ class Backend(ABC):
     def get_artifact_info(self, run_id: str, key: str) -> ArtifactInfo:
         """One artifact's index entry, or ``NotFoundError``."""
         v.validate_artifact_key(key)
-        for info in self._list_artifacts(_check_id(run_id, "run id"), key):
+        info = self._get_artifact_info(_check_id(run_id, "run id"), key)
+        if info is None:
+            raise NotFoundError(f"run {run_id} has no artifact {key!r}")
+        return info
+
+    def _get_artifact_info(self, run_id: str, key: str) -> ArtifactInfo | None:
+        """One index entry or None; backends with a direct lookup override this prefix scan."""
+        for info in self._list_artifacts(run_id, key):
             if info.key == key:
                 return info
-        raise NotFoundError(f"run {run_id} has no artifact {key!r}")
+        return None
 
     # -- hooks (implemented by each backend) --------------------------------------------------------------
     @abstractmethod

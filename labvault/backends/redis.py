@@ -1461,10 +1461,29 @@ class RedisBackend(Backend, scheme="redis"):
         for raw_key, raw_doc in entries.items():
             key = _text(raw_key)
             if key.startswith(prefix):
-                d = _loads(raw_doc)
-                out.append(ArtifactInfo(key=key, size=int(d["size"]), digest=d["digest"],
-                                        created_at=float(d["created_at"])))
+                out.append(_artifact_info(key, raw_doc))
         return out
+
+    def _get_artifact_info(self, run_id: str, key: str) -> ArtifactInfo | None:
+        run_key = self._run_keys(run_id)[0]
+
+        def fetch(client: Any) -> tuple[int, bytes | None]:
+            pipe = client.pipeline(transaction=True)
+            pipe.exists(run_key)
+            pipe.hget(run_key + ":artifacts", key)
+            exists, doc = pipe.execute()
+            return int(exists), doc
+
+        exists, doc = self._conn.call(fetch, "artifact lookup")
+        if not exists:
+            raise NotFoundError(f"run {run_id} not found")
+        return None if doc is None else _artifact_info(key, doc)
+
+
+def _artifact_info(key: str, raw_doc: bytes) -> ArtifactInfo:
+    """An artifact index entry from its stored JSON document."""
+    d = _loads(raw_doc)
+    return ArtifactInfo(key=key, size=int(d["size"]), digest=d["digest"], created_at=float(d["created_at"]))
 
 
 def _required_needles(expr: Expr) -> list[list[bytes]]:
