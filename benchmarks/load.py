@@ -98,12 +98,12 @@ class Server:
     """``labvault server`` in a subprocess on a free loopback port; its output goes to ``log_path``."""
 
     def __init__(self, backend: str, auth_db: Path, workers: int, log_path: Path,
-                 artifacts: str | None = None) -> None:
+                 artifacts: str | None = None, log_level: str = "warning") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         cmd = [sys.executable, "-m", "labvault", "server", "--backend", backend, "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", str(workers), "--log-level", "warning",
+               "--port", str(self.port), "--workers", str(workers), "--log-level", log_level,
                "--auth-db", str(auth_db)]
         if artifacts:
             cmd += ["--artifacts", artifacts]
@@ -440,7 +440,7 @@ def verify_points(backend_uri: str, load: Load) -> dict[str, Any]:
     import labvault
 
     problems: list[str] = []
-    stored = expected = 0
+    stored = expected = maybe_stored = maybe_total = 0
     vault = labvault.open(backend_uri)
     try:
         for state in load.clients:
@@ -463,6 +463,8 @@ def verify_points(backend_uri: str, load: Load) -> dict[str, Any]:
                 if len(missing):
                     problems.append(f"run {state.run_id} {key}: {len(missing)} acknowledged points lost "
                                     f"(steps {missing[:5].tolist()} ...)")
+                maybe_total += len(maybe)
+                maybe_stored += int(np.isin(maybe, steps).sum())
                 unknown = np.setdiff1d(steps, np.concatenate([acked, maybe]))
                 if len(unknown):
                     problems.append(f"run {state.run_id} {key}: {len(unknown)} points never sent")
@@ -470,7 +472,8 @@ def verify_points(backend_uri: str, load: Load) -> dict[str, Any]:
                     problems.append(f"run {state.run_id} {key}: values differ from the ones sent")
     finally:
         vault.close()
-    return {"points_expected": expected, "points_stored": stored, "point_problems": problems}
+    return {"points_expected": expected, "points_stored": stored, "point_problems": problems,
+            "failed_points": maybe_total, "failed_points_stored": maybe_stored}
 
 
 # -- report --------------------------------------------------------------------------------------------------
@@ -547,7 +550,9 @@ def report(args: argparse.Namespace, command: str, result: dict[str, Any], stats
         f"; a flush = one `POST /runs/{{id}}/metrics` binary frame of {args.keys} metrics x {args.points} "
         f"points; every {args.artifact_every}th flush also uploads a {args.artifact_size:,}-byte artifact "
         "(`POST /content` + `POST /runs/{id}/artifacts`)",
-        f"- the driver process used {result['client_cpu_percent']:.0f}% of one CPU during the run",
+        f"- the driver process used {result['client_cpu_percent']:.0f}% of one CPU during the run; load "
+        f"average (1 min) {result.get('loadavg_before', 0):.2f} just before it, "
+        f"{result.get('loadavg_after', 0):.2f} at its end",
         "",
         "| figure | value |",
         "|---|---|",
@@ -560,6 +565,8 @@ def report(args: argparse.Namespace, command: str, result: dict[str, Any], stats
         f"| points read back from PostgreSQL | {result['points_stored']:,} of {result['points_expected']:,} "
         f"acknowledged; problems: {len(result['point_problems'])} (lost, duplicated, unsent or wrong "
         "values) |",
+        f"| points of failed flushes (may or may not be stored, never twice) | {result['failed_points']:,}, "
+        f"of them stored: {result['failed_points_stored']:,} |",
         f"| artifacts downloaded with matching sha256 | {result['artifacts_verified']:,} of "
         f"{result['artifacts_acked']:,}; problems: {len(result['artifact_problems'])} |",
         "",
@@ -623,6 +630,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help="markdown file to write the section to (default benchmarks/LOAD_RESULTS.md)")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--server-log-level", default="info",
+                   help="the server's --log-level (default info: uvicorn reports restarted workers at info)")
+    p.add_argument("--server-log", type=Path, default=None, help="keep the server's output in this file")
     args = p.parse_args(argv)
     if args.clients < 1 or args.duration <= 0 or args.workers < 1 or args.keys < 1 or args.points < 1:
         p.error("--clients, --duration, --workers, --keys and --points must be positive")
@@ -640,18 +650,24 @@ def main(argv: list[str] | None = None) -> int:
         auth.add_user("load", "writer")
         _, token = auth.create_token("load", "load test")
         auth.close()
-        server = Server(uri, Path(tmp) / "auth.db", args.workers, Path(tmp) / "server.log", args.artifacts)
+        server = Server(uri, Path(tmp) / "auth.db", args.workers, Path(tmp) / "server.log", args.artifacts,
+                        args.server_log_level)
         try:
             server.wait_healthy()
             print(f"server {server.url} ({args.workers} workers) over {uri.rsplit('/', 1)[-1]}; "
                   f"{args.clients} clients for {args.duration:g} s", file=sys.stderr, flush=True)
             load = (LibraryLoad if args.client == "library" else Load)(args, server.url, token)
+            before = os.getloadavg()[0]
             result = asyncio.run(load.run())
+            result.update(loadavg_before=before, loadavg_after=os.getloadavg()[0])
         finally:
             server.stop()
         log_text = server.log_text()
+        if args.server_log:
+            args.server_log.write_text(log_text)
         result["server_log_errors"] = sum(1 for ln in log_text.splitlines()
-                                          if "Traceback" in ln or " ERROR" in ln or ln.startswith("ERROR"))
+                                          if "Traceback" in ln or " ERROR" in ln or ln.startswith("ERROR")
+                                          or "died" in ln)
         result.update(verify_points(uri, load))
     section = report(args, command, result, load.stats)
     print(section)
