@@ -1389,7 +1389,11 @@ def server(
     ssl: dict[str, Any] = {}
     if certfile is not None and keyfile is not None:
         ssl = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
-    common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "timeout_keep_alive": 5,
+    # Idle keep-alive connections live 75 s on the server, longer than the 5 s clients (httpx) keep them: the
+    # client always drops an idle connection first, so a request never meets a connection the server is
+    # closing (a lost race would fail a metric flush, which is not retried). 5 s = the clients' 5 s was
+    # also where, under load, a worker whose event loop lagged closed connections with a request in them.
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "timeout_keep_alive": 75,
                               "timeout_graceful_shutdown": 5, "server_header": False, **ssl}
     if workers == 1:
         with _errors():
