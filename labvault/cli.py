@@ -1391,8 +1391,8 @@ def server(
         ssl = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
     # Idle keep-alive connections live 75 s on the server, longer than the 5 s clients (httpx) keep them: the
     # client always drops an idle connection first, so a request never meets a connection the server is
-    # closing (a lost race would fail a metric flush, which is not retried). 5 s = the clients' 5 s was
-    # also where, under load, a worker whose event loop lagged closed connections with a request in them.
+    # closing (a lost race would fail a metric flush, which is not retried). With 5 s, the load test
+    # (benchmarks/load.py, 50 clients on an overloaded machine) saw a few connections closed mid-request.
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "timeout_keep_alive": 75,
                               "timeout_graceful_shutdown": 5, "server_header": False, **ssl}
     if workers == 1:
