@@ -650,12 +650,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         answer = self._get_object(key)
         checksum = answer.get("ChecksumSHA256") if verify else None
         part_size = answer.get("Metadata", {}).get(_PART_SIZE_META)
-        length = int(answer.get("ContentLength", -1))
-        body: Any = answer["Body"]
-        if self.max_concurrency > 1 and length > 2 * self.part_size and answer.get("ETag"):
-            # Large: the rest of the object comes as ranged GETs in parallel (in order, a few ahead).
-            body = _RangedBody(self, key, body, length, str(answer["ETag"]))
-        raw = _S3Reader(self, key, body, length, checksum,
+        raw = _S3Reader(self, key, answer["Body"], int(answer.get("ContentLength", -1)), checksum,
                         int(part_size) if part_size and part_size.isdigit() else None)
         return io.BufferedReader(raw, CHUNK_SIZE)
 
@@ -789,63 +784,6 @@ class _Chunked(_PartSource):
         data = b"".join(parts)
         self._rest = data[n:]
         return data[:n]
-
-
-class _RangedBody:
-    """An object body read as ranged GETs of ``part_size``, ``max_concurrency`` of them in flight, handed
-    out in order (so ``_S3Reader`` checks lengths and checksums as usual). The first range comes from the
-    already open full GetObject stream; the others carry ``If-Match`` so every range is of one version.
-    At most ``max_concurrency`` ranges are held in memory."""
-
-    def __init__(self, store: S3BlobStore, key: str, first: Any, length: int, etag: str) -> None:
-        self._store = store
-        self._key = key
-        self._length = length
-        self._etag = etag
-        self._size = store.part_size
-        self._pool = ThreadPoolExecutor(store.max_concurrency, thread_name_prefix="labvault-s3-range")
-        self._pending: builtins.list[Future[bytes]] = []
-        self._next = self._size  # start of the next range to request
-        try:
-            head = first.read(self._size)
-        finally:
-            with contextlib.suppress(Exception):
-                first.close()
-        self._current = memoryview(head)
-        self._fill()
-
-    def _fill(self) -> None:
-        while len(self._pending) < self._store.max_concurrency and self._next < self._length:
-            start, end = self._next, min(self._next + self._size, self._length)
-            self._pending.append(self._pool.submit(self._fetch, start, end))
-            self._next = end
-
-    def _fetch(self, start: int, end: int) -> bytes:
-        store = self._store
-        answer = store._call("get", self._key, store.client.get_object, Bucket=store.bucket,
-                             Key=store._full(self._key), Range=f"bytes={start}-{end - 1}", IfMatch=self._etag)
-        data: bytes = answer["Body"].read()
-        if len(data) != end - start:
-            raise BackendUnavailableError(
-                f"S3 read of {store._where(self._key)}: range {start}-{end - 1} returned {len(data)} bytes"
-            )
-        return data
-
-    def read(self, n: int) -> bytes:
-        if not self._current:
-            if not self._pending:
-                return b""
-            self._current = memoryview(self._pending.pop(0).result())
-            self._fill()
-        out = bytes(self._current[:n])
-        self._current = self._current[n:]
-        return out
-
-    def close(self) -> None:
-        for fut in self._pending:
-            fut.cancel()
-        self._pending = []
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _S3Reader(io.RawIOBase):
