@@ -73,12 +73,10 @@ import numpy as np
 from labvault.backends.base import (
     Backend,
     BlobStore,
-    _check_id,
     check_params_conflict,
     run_exists_error,
 )
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
-from labvault.domain import validation as v
 from labvault.errors import (
     ConflictError,
     CorruptDataError,
@@ -731,17 +729,15 @@ class BlobBackend(Backend):
                     out.append(_artifact_info(k, item))
         return out
 
-    def get_artifact_info(self, run_id: str, key: str) -> ArtifactInfo:
-        """One artifact's index entry, or ``NotFoundError`` (reads the one index shard holding ``key``)."""
-        v.validate_artifact_key(key)
-        _check_id(run_id, "run id")
+    def _get_artifact_info(self, run_id: str, key: str) -> ArtifactInfo | None:
+        """Read the one index shard that holds ``key`` (None when the run has no such artifact)."""
         try:
             item = self._get_doc(_artifact_shard_key(run_id, key)).get("items", {}).get(key)
         except NotFoundError:
             item = None
         if item is None:
             self._check_run(run_id)
-            raise NotFoundError(f"run {run_id} has no artifact {key!r}")
+            return None
         return _artifact_info(key, item)
 
 
