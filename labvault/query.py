@@ -580,23 +580,29 @@ def _number(run: Any, field: Field) -> float | None:
     return None if math.isnan(number) else number
 
 
+def param_text(value: Any) -> str | None:
+    """A param value's text as the query language compares it: strings as they are, booleans as
+    ``true``/``false``, lists and dicts as canonical JSON; None for a missing value or a number (an int
+    too large for a float compares as its text)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        try:
+            float(value)
+        except OverflowError:
+            return str(value)
+        return None
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
 def _text(run: Any, field: Field) -> str | None:
     """The field's value as text, or None when it is missing or a number."""
     if field.kind == "params":
-        value = run.params.get(field.key)
-        if value is None:
-            return None
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float):
-            try:
-                float(value)
-            except OverflowError:
-                return str(value)
-            return None
-        return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        return param_text(run.params.get(field.key))
     if field.kind == "tags":
         tag: str | None = run.tags.get(field.key)
         return tag

@@ -808,23 +808,6 @@ def _param_number(value: Any) -> float:
         return math.nan
 
 
-def _param_text(value: Any) -> str | None:
-    """A param's text as the query module defines it (None: none)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float):
-        try:
-            float(value)
-        except OverflowError:
-            return str(value)
-        return None
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-
-
 def _param_col(vals: list[Any]) -> _Col:
     n = len(vals)
     kinds = set(map(type, vals))
@@ -839,7 +822,9 @@ def _param_col(vals: list[Any]) -> _Col:
             if np.isfinite(num[~np.isnan(num)]).all():
                 return _Col(num, None, [])
     num = np.fromiter((_param_number(v) for v in vals), dtype=np.float64, count=n)
-    return _text_col([_param_text(v) for v in vals], n, num)
+    from labvault.query import param_text
+
+    return _text_col([param_text(v) for v in vals], n, num)
 
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
