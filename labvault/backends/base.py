@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import io
+import math
 import os
 import queue
 import shutil
@@ -855,6 +856,43 @@ def check_options(backend: str, options: Mapping[str, Any], known: Iterable[str]
         raise InvalidArgumentError(
             f"unknown option(s) for the {backend} backend: {', '.join(unknown)} (known: {', '.join(allowed)})"
         )
+
+
+def int_option(owner: str, name: str, value: Any, low: int, high: int) -> int:
+    """An integer option in ``[low, high]``, also from URL text; ``InvalidArgumentError`` naming it."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise InvalidArgumentError(f"{owner} option {name}={value!r} must be an integer") from None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidArgumentError(f"{owner} option {name}={value!r} must be an integer from {low} to {high}")
+    return value
+
+
+def float_option(owner: str, name: str, value: Any, low: float, high: float, *,
+                 exclusive_low: bool = False) -> float:
+    """A finite number option in ``[low, high]`` (``(low, high]`` with ``exclusive_low``), also from text."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise InvalidArgumentError(f"{owner} option {name}={value!r} must be a number") from None
+    above_low = value > low if exclusive_low else value >= low
+    if (not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+            or not above_low or not value <= high):
+        interval = f"({low}, {high}]" if exclusive_low else f"[{low}, {high}]"
+        raise InvalidArgumentError(f"{owner} option {name}={value!r} must be a number in {interval}")
+    return float(value)
+
+
+def bool_option(owner: str, name: str, value: Any) -> bool:
+    """A boolean option: a bool, or 1/0, true/false, yes/no, on/off as URL text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise InvalidArgumentError(f"{owner} option {name}={value!r} must be true or false")
 
 
 def check_params_conflict(run_id: str, stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:

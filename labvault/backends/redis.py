@@ -98,8 +98,11 @@ from labvault.backends.base import (
     BlobStore,
     ChangeFeed,
     LocalChangeFeed,
+    bool_option,
     check_options,
     check_params_conflict,
+    float_option,
+    int_option,
     iter_source,
     run_exists_error,
 )
@@ -419,38 +422,6 @@ def validate_prefix(prefix: object) -> str:
     return prefix
 
 
-def _int_option(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise InvalidArgumentError(f"Redis option {name} must be an integer, got {value!r}") from None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidArgumentError(
-            f"Redis option {name} must be an integer in [{low}, {high}], got {value!r}")
-    return value
-
-
-def _float_option(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise InvalidArgumentError(f"Redis option {name} must be a number, got {value!r}") from None
-    if (not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
-            or not low < value <= high):
-        raise InvalidArgumentError(f"Redis option {name} must be a number in ({low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _bool_option(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
-        return value.lower() in ("1", "true", "yes")
-    raise InvalidArgumentError(f"Redis option {name} must be true or false, got {value!r}")
-
-
 @dataclass(frozen=True)
 class _Settings:
     """Everything a backend needs to (re)connect; picklable."""
@@ -466,8 +437,9 @@ class _Settings:
 
 def _common_options(merged: Mapping[str, Any]) -> tuple[str, int, int]:
     prefix = validate_prefix(merged.get("prefix", DEFAULT_PREFIX))
-    chunk = _int_option("chunk_size", merged.get("chunk_size", DEFAULT_CHUNK_SIZE), 1024, 512 * 1024 * 1024)
-    retries = _int_option("retries", merged.get("retries", _DEFAULT_RETRIES), 0, 100)
+    chunk = int_option("Redis", "chunk_size", merged.get("chunk_size", DEFAULT_CHUNK_SIZE), 1024,
+                       512 * 1024 * 1024)
+    retries = int_option("Redis", "retries", merged.get("retries", _DEFAULT_RETRIES), 0, 100)
     return prefix, chunk, retries
 
 
@@ -501,8 +473,9 @@ def _parse_uri(uri: object, options: Mapping[str, Any]) -> _Settings:
     timeout = merged.get("socket_timeout", _DEFAULT_SOCKET_TIMEOUT)
     connect_timeout = merged.get("socket_connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
     kwargs: dict[str, Any] = {
-        "socket_timeout": _float_option("socket_timeout", timeout, 0, 3600),
-        "socket_connect_timeout": _float_option("socket_connect_timeout", connect_timeout, 0, 3600),
+        "socket_timeout": float_option("Redis", "socket_timeout", timeout, 0, 3600, exclusive_low=True),
+        "socket_connect_timeout": float_option("Redis", "socket_connect_timeout", connect_timeout, 0, 3600,
+                                               exclusive_low=True),
     }
     if "client_name" in merged:
         name = merged["client_name"]
@@ -512,7 +485,8 @@ def _parse_uri(uri: object, options: Mapping[str, Any]) -> _Settings:
                 f"got {name!r}")
         kwargs["client_name"] = name
     if "max_connections" in merged:
-        kwargs["max_connections"] = _int_option("max_connections", merged["max_connections"], 1, 100_000)
+        kwargs["max_connections"] = int_option("Redis", "max_connections", merged["max_connections"], 1,
+                                               100_000)
     if parts.username:
         kwargs["username"] = unquote(parts.username)
     if parts.password:
@@ -520,7 +494,7 @@ def _parse_uri(uri: object, options: Mapping[str, Any]) -> _Settings:
     ssl_names = sorted(k for k in merged if k.startswith("ssl_"))
     if ssl_names and scheme != "rediss":
         raise InvalidArgumentError(f"Redis option(s) {', '.join(ssl_names)} need a rediss:// URI")
-    db = _int_option("db", merged["db"], 0, 1_000_000) if "db" in merged else None
+    db = int_option("Redis", "db", merged["db"], 0, 1_000_000) if "db" in merged else None
     connection_class: type[Any]
     if scheme == "unix":
         if parts.hostname:
@@ -558,7 +532,7 @@ def _parse_uri(uri: object, options: Mapping[str, Any]) -> _Settings:
                         raise InvalidArgumentError(f"Redis option {name} must be a non-empty string")
                     kwargs[name] = merged[name]
             if "ssl_check_hostname" in merged:
-                kwargs["ssl_check_hostname"] = _bool_option("ssl_check_hostname",
+                kwargs["ssl_check_hostname"] = bool_option("Redis", "ssl_check_hostname",
                                                             merged["ssl_check_hostname"])
         else:
             connection_class = redis.Connection

@@ -46,6 +46,9 @@ from labvault.backends.base import (
     BlobSource,
     BlobStore,
     VerifyingReader,
+    bool_option,
+    float_option,
+    int_option,
     iter_source,
     precondition_failed,
 )
@@ -111,33 +114,6 @@ def _size_option(name: str, value: object, low: int, high: int) -> int:
     return value
 
 
-def _int_option(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidArgumentError(f"S3 option {name}={value!r} must be an integer from {low} to {high}")
-    return value
-
-
-def _float_option(name: str, value: object, low: float, high: float) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise InvalidArgumentError(f"S3 option {name}={value!r} must be a number") from None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidArgumentError(f"S3 option {name}={value!r} must be a number from {low} to {high}")
-    return float(value)
-
-
-def _bool_option(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise InvalidArgumentError(f"S3 option {name}={value!r} must be true or false")
-
-
 class S3BlobStore(BlobStore, scheme="s3"):
     """Blobs as objects under ``prefix`` in an S3 bucket (see the module docstring)."""
 
@@ -192,13 +168,13 @@ class S3BlobStore(BlobStore, scheme="s3"):
         self.part_size = _size_option("part_size", part_size, 5 * MiB, 5 * 1024 * MiB)
         self.multipart_threshold = _size_option("multipart_threshold", multipart_threshold, 5 * MiB,
                                                 5 * 1024 * MiB)
-        self.max_concurrency = _int_option("max_concurrency", max_concurrency, 1, 64)
-        self.max_attempts = _int_option("max_attempts", max_attempts, 1, 20)
+        self.max_concurrency = int_option("S3", "max_concurrency", max_concurrency, 1, 64)
+        self.max_attempts = int_option("S3", "max_attempts", max_attempts, 1, 20)
         self.retry_mode = retry_mode
-        self.retry_deadline = _float_option("retry_deadline", retry_deadline, 0.0, 86400.0)
-        self.connect_timeout = _float_option("connect_timeout", connect_timeout, 0.1, 600.0)
-        self.read_timeout = _float_option("read_timeout", read_timeout, 0.1, 3600.0)
-        self.create_bucket = _bool_option("create_bucket", create_bucket)
+        self.retry_deadline = float_option("S3", "retry_deadline", retry_deadline, 0.0, 86400.0)
+        self.connect_timeout = float_option("S3", "connect_timeout", connect_timeout, 0.1, 600.0)
+        self.read_timeout = float_option("S3", "read_timeout", read_timeout, 0.1, 3600.0)
+        self.create_bucket = bool_option("S3", "create_bucket", create_bucket)
         self.addressing_style = addressing_style
         self._client_obj: Any = None
         self._client_lock = threading.Lock()
