@@ -799,6 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     write_results(output, args=args, command=command, tables=tables, runner=runner,
                   lv_versions=lv_versions, ml_versions=ml_versions, elapsed=elapsed)
     raw = REPO / ".bench" / f"results-{time.strftime('%Y%m%d-%H%M%S')}-{mode}.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
     dump = {f"{label} {workload}": {"config": o.config, "samples": o.samples, "errors": o.errors}
             for (label, workload), o in runner.outcomes.items()}
     raw.write_text(json.dumps(dump, indent=1))

@@ -86,12 +86,10 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
-import gc
 import hashlib
 import json
 import math
 import mmap
-import operator
 import os
 import shutil
 import struct
@@ -99,7 +97,7 @@ import sys
 import threading
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -114,6 +112,16 @@ from labvault.backends.base import (
     check_params_conflict,
     run_exists_error,
 )
+from labvault.backends.columns import Column as _Col
+from labvault.backends.columns import Unsupported as _Unsupported
+from labvault.backends.columns import concat_columns as _concat_cols
+from labvault.backends.columns import deep_copy as _deep
+from labvault.backends.columns import evaluate_masks as _veval
+from labvault.backends.columns import has_nested as _has_nested
+from labvault.backends.columns import no_gc as _no_gc
+from labvault.backends.columns import order_positions as _order
+from labvault.backends.columns import param_column as _param_col
+from labvault.backends.columns import text_column as _text_col
 from labvault.backends.localfs import FileBlobStore, SyncQueue, atomic_write_bytes, fsync_dir, path_from_uri
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
@@ -768,170 +776,6 @@ def _journal_crc(fd: int, end: int) -> int:
 
 
 # -- vectorised filters -----------------------------------------------------------------------------------
-class _Unsupported(Exception):
-    """A filter node the vectorised evaluator does not know: evaluate it run by run instead."""
-
-
-class _Col:
-    """A field over many runs: ``num`` (float64, NaN where no number) and text as ``codes`` into the
-    sorted ``texts`` (-1 where no text); ``codes`` None means no run has text."""
-
-    __slots__ = ("codes", "num", "texts")
-
-    def __init__(self, num: np.ndarray[Any, Any], codes: np.ndarray[Any, Any] | None,
-                 texts: list[str]) -> None:
-        self.num = num
-        self.codes = codes
-        self.texts = texts
-
-    def text_codes(self) -> np.ndarray[Any, Any]:
-        if self.codes is None:
-            self.codes = np.full(self.num.shape[0], -1, dtype=np.int64)
-        return self.codes
-
-
-def _text_col(texts: Sequence[str | None], n: int, num: np.ndarray[Any, Any] | None = None) -> _Col:
-    uniq = sorted(cast("set[str]", set(texts) - {None}))
-    lookup: dict[str | None, int] = {t: i for i, t in enumerate(uniq)}
-    lookup[None] = -1
-    codes = np.array(list(map(lookup.__getitem__, texts)), dtype=np.int64) if uniq else None
-    return _Col(np.full(n, np.nan) if num is None else num, codes, uniq)
-
-
-def _param_number(value: Any) -> float:
-    """A param's number as the query module defines it (NaN: none)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return math.nan
-    try:
-        return float(value)
-    except OverflowError:
-        return math.nan
-
-
-def _param_col(vals: list[Any]) -> _Col:
-    n = len(vals)
-    kinds = set(map(type, vals))
-    if kinds <= {str, type(None)}:
-        return _text_col(vals, n)
-    if kinds <= {float, int, type(None)}:
-        try:
-            num = np.array([math.nan if v is None else v for v in vals], dtype=np.float64)
-        except OverflowError:
-            pass
-        else:
-            if np.isfinite(num[~np.isnan(num)]).all():
-                return _Col(num, None, [])
-    num = np.fromiter((_param_number(v) for v in vals), dtype=np.float64, count=n)
-    from labvault.query import param_text
-
-    return _text_col([param_text(v) for v in vals], n, num)
-
-
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-    ">=": operator.ge,
-}
-_Masks = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]  # (TRUE, FALSE); neither: UNKNOWN
-
-
-def _compare_masks(col: _Col, op: str, value: float | str) -> _Masks:
-    from labvault import query
-
-    if isinstance(value, float):
-        known = ~np.isnan(col.num)
-        with np.errstate(invalid="ignore"):
-            hit = _OPS[op](col.num, value)
-        return known & hit, known & ~hit
-    if col.codes is None:
-        none = np.zeros(col.num.shape[0], dtype=bool)
-        return none, none
-    lut = np.array([query._compare(op, t, value) for t in col.texts] + [False], dtype=bool)
-    known = col.codes >= 0
-    hit = lut[col.codes]
-    return known & hit, known & ~hit
-
-
-def _veval(expr: Expr, col: Callable[[Field], _Col], n: int) -> _Masks:
-    """Three-valued evaluation of a filter over every run at once (the semantics of ``labvault.query``)."""
-    from labvault import query
-
-    if isinstance(expr, query.Compare):
-        return _compare_masks(col(expr.field), expr.op, expr.value)
-    if isinstance(expr, query.And | query.Or):
-        parts = [_veval(item, col, n) for item in expr.items]
-        if isinstance(expr, query.And):
-            return (np.logical_and.reduce([p[0] for p in parts]), np.logical_or.reduce([p[1] for p in parts]))
-        return (np.logical_or.reduce([p[0] for p in parts]), np.logical_and.reduce([p[1] for p in parts]))
-    if isinstance(expr, query.Not):
-        t, f = _veval(expr.item, col, n)
-        return f, t
-    if isinstance(expr, query.InList):
-        c = col(expr.field)
-        t = np.zeros(n, dtype=bool)
-        f = np.ones(n, dtype=bool)
-        for value in expr.values:
-            vt, vf = _compare_masks(c, "=", value)
-            t |= vt
-            f &= vf
-        return (f, t) if expr.negated else (t, f)
-    if isinstance(expr, query.IsNull):
-        c = col(expr.field)
-        missing = np.isnan(c.num) & (c.text_codes() < 0)
-        return (~missing, missing) if expr.negated else (missing, ~missing)
-    if isinstance(expr, query.Like):
-        c = col(expr.field)
-        if c.codes is None:
-            none = np.zeros(n, dtype=bool)
-            return none, none
-        lut = np.array([query._like(t, expr.pattern, expr.case_insensitive) for t in c.texts] + [False],
-                       dtype=bool)
-        known = c.codes >= 0
-        hit = lut[c.codes]
-        if expr.negated:
-            hit = ~hit
-        return known & hit, known & ~hit
-    if isinstance(expr, query.TrueExpr):
-        return np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
-    raise _Unsupported(type(expr).__name__)
-
-
-def _concat_cols(cols: list[_Col]) -> _Col:
-    """One column over several experiments' runs (texts re-coded into one sorted list)."""
-    if len(cols) == 1:
-        return cols[0]
-    num = np.concatenate([c.num for c in cols])
-    if all(c.codes is None for c in cols):
-        return _Col(num, None, [])
-    texts = sorted({t for c in cols for t in c.texts})
-    lookup = {t: i for i, t in enumerate(texts)}
-    parts = []
-    for c in cols:
-        if c.codes is None:
-            parts.append(np.full(c.num.shape[0], -1, dtype=np.int64))
-        else:
-            remap = np.array([lookup[t] for t in c.texts] + [-1], dtype=np.int64)
-            parts.append(remap[c.codes])
-    return _Col(num, np.concatenate(parts), texts)
-
-
-def _order(selected: np.ndarray[Any, Any], base_rank: np.ndarray[Any, Any], order: Sequence[OrderKey],
-           col: Callable[[Field], _Col]) -> np.ndarray[Any, Any]:
-    """``selected`` (run positions) sorted like ``query.sort_runs``: numbers, then texts, then missing
-    values for each key; ties by the base rank (run number, then id)."""
-    keys: list[np.ndarray[Any, Any]] = [base_rank[selected]]
-    for key in reversed(order):
-        c = col(key.field)
-        num = c.num[selected]
-        codes = c.text_codes()[selected]
-        is_num = ~np.isnan(num)
-        is_text = ~is_num & (codes >= 0)
-        group = np.where(is_num, 0, np.where(is_text, 1, 2))
-        value = np.where(is_num, num, np.where(is_text, codes.astype(np.float64), 0.0))
-        if key.descending:
-            value = -value
-        keys.append(value)
-        keys.append(group)
-    return selected[np.lexsort(keys)]
 
 
 class FileBackend(Backend, scheme="file"):
@@ -1699,32 +1543,6 @@ class FileBackend(Backend, scheme="file"):
             items[info.key] = info
         self._manifests[path] = (inode, offset + complete, items)
         return items
-
-
-@contextlib.contextmanager
-def _no_gc(pause: bool) -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many objects that hold no cycles.
-
-    Building 10,000 runs allocates ~100,000 containers; without this the collector runs hundreds of
-    passes over them (and full passes over the whole heap) meanwhile, which costs more than the building.
-    """
-    if not pause or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _has_nested(doc: dict[str, Any]) -> bool:
-    return any(isinstance(value, list | dict) for value in doc.values())
-
-
-def _deep(doc: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of a JSON dict (so a caller may change what it got without touching the cache)."""
-    return cast(dict[str, Any], json.loads(json.dumps(doc)))
 
 
 def _store_version(raw: bytes, path: Path) -> int:

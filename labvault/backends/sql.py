@@ -92,6 +92,7 @@ import json
 import math
 import os
 import secrets
+import sqlite3
 import struct
 import threading
 import time
@@ -338,6 +339,10 @@ _S_LAST_SEQ = (
            t_segments.c.key.in_(sa.bindparam("b_keys", expanding=True)))
     .group_by(t_segments.c.key)
 )
+_S_LAST_SEQ_ONE = (
+    sa.select(sa.func.max(t_segments.c.seq))
+    .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.key == sa.bindparam("b_key"))
+)
 _S_BATCH_STORED = (
     sa.select(t_segments.c.seq)
     .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.batch_id == sa.bindparam("b_batch"))
@@ -427,7 +432,11 @@ def _loads(raw: str | bytes) -> Any:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """A validated JSON value as compact text: orjson, or json for what orjson refuses (big integers)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def param_columns(value: Any) -> tuple[str, float | None, str | None]:
@@ -470,6 +479,9 @@ def _blob(array: np.ndarray[Any, Any], dtype: str) -> bytes:
 _DBL_MAX = 1.7976931348623157e308
 
 
+_Compiled = tuple[Any, str, tuple[str, ...], dict[str, Any]]  # (statement, SQL, bind order, constants)
+
+
 # -- the backend ------------------------------------------------------------------------------------------
 class SQLBackend(Backend, scheme="sqlite"):
     """Metadata in SQLite (WAL) through SQLAlchemy Core; small artifacts inside, large ones beside it."""
@@ -506,6 +518,8 @@ class SQLBackend(Backend, scheme="sqlite"):
         self._schema_ok = False
         self._init_lock = threading.Lock()
         self._upsert_cache: dict[str, Any] | None = None
+        #: hot-path statements compiled for the driver (see ``_execute``), by (id, parameter names)
+        self._compiled: dict[tuple[int, tuple[str, ...]], _Compiled] = {}
         self._pid = os.getpid()
 
     # -- construction ---------------------------------------------------------------------------------------
@@ -566,14 +580,18 @@ class SQLBackend(Backend, scheme="sqlite"):
                 cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 cur.execute("PRAGMA journal_mode = WAL")
                 cur.execute("PRAGMA synchronous = NORMAL")
+                cur.execute("PRAGMA wal_autocheckpoint = 10000")
                 cur.execute("PRAGMA foreign_keys = ON")
                 cur.execute("PRAGMA case_sensitive_like = ON")
             finally:
                 cur.close()
 
         def on_begin(conn: Connection) -> None:
-            write = conn.get_execution_options().get(_WRITE_OPTION)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE_OPTION) else "BEGIN"
+            try:  # on the driver's connection: this runs for every transaction, so skip SQLAlchemy's layers
+                conn.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
+            except sqlite3.Error as exc:
+                raise sa_exc.DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
 
         event.listen(engine, "connect", on_connect)
         event.listen(engine, "begin", on_begin)
@@ -588,6 +606,42 @@ class SQLBackend(Backend, scheme="sqlite"):
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table)
+
+    def _execute(self, conn: Connection, stmt: Any, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+                 ) -> Any:
+        """Run a hot-path statement (one parameter dict, or a list for executemany) on the driver's cursor.
+
+        The statement is compiled once per set of parameter names and then executed on the DBAPI
+        connection directly: SQLAlchemy's per-call work (compiled-cache lookup, events, result setup)
+        cost more than the SQLite statement itself when a run is created or finished. Only for
+        statements whose columns need no bind processing (text, numbers, bytes). Returns the cursor;
+        driver errors surface as SQLAlchemy ``DBAPIError`` like any other statement's, so ``_run``
+        translates them as usual. Dialects without a positional paramstyle go through ``conn.execute``.
+        """
+        dialect = conn.dialect
+        if dialect.paramstyle != "qmark":
+            return conn.execute(stmt, params)
+        rows: Sequence[Mapping[str, Any]] = [params] if isinstance(params, Mapping) else params
+        cache_key = (id(stmt), tuple(rows[0]))
+        entry = self._compiled.get(cache_key)
+        if entry is None:
+            compiled = stmt.compile(dialect=dialect, column_keys=list(rows[0]))
+            names = tuple(compiled.positiontup or ())
+            constants = {n: v for n, v in compiled.params.items() if n not in rows[0]}  # the 1 of "+ 1"
+            entry = (stmt, compiled.string, names, constants)
+            self._compiled[cache_key] = entry  # ``stmt`` is kept so its id() stays unique
+        _stmt, sql, names, constants = entry
+        if constants:
+            rows = [{**constants, **row} for row in rows]
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if isinstance(params, Mapping):
+                cursor.execute(sql, tuple(rows[0][n] for n in names))
+            else:
+                cursor.executemany(sql, [tuple(row[n] for n in names) for row in rows])
+        except dialect.loaded_dbapi.Error as exc:
+            raise sa_exc.DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error) from exc
+        return cursor
 
     def _upserts(self) -> dict[str, Any]:
         """INSERT ... ON CONFLICT (run_id, key) DO UPDATE statements per table, built once per backend."""
@@ -853,18 +907,19 @@ class SQLBackend(Backend, scheme="sqlite"):
                 except NotFoundError:
                     raise NotFoundError(f"parent run {parent_id} not found") from None
             # The counter row stays locked until the commit, so numbers are dense and unique.
-            number = conn.execute(_U_COUNTER, {"b_exp": experiment_id}).scalar()
-            if number is None:
+            found = self._execute(conn, _U_COUNTER, {"b_exp": experiment_id}).fetchone()
+            if found is None:
                 raise NotFoundError(f"experiment {experiment_id} not found")
-            conn.execute(_I_RUN, {
+            number = found[0]
+            self._execute(conn, _I_RUN, {
                 "id": run_id, "experiment_id": experiment_id, "number": number, "name": name,
                 "parent_id": parent_id, "status": "running", "start_time": start_time,
                 "heartbeat": start_time, "params_json": params_json, "tags_json": tags_json,
             })
             if param_rows:
-                conn.execute(_I_PARAMS, param_rows)
+                self._execute(conn, _I_PARAMS, param_rows)
             if tag_rows:
-                conn.execute(_I_TAGS, tag_rows)
+                self._execute(conn, _I_TAGS, tag_rows)
             return int(number)
 
         number = self._run(work)
@@ -998,7 +1053,7 @@ class SQLBackend(Backend, scheme="sqlite"):
 
     def _update_run(self, run_id: str, fields: dict[str, Any]) -> None:
         def work(conn: Connection, _attempt: int) -> None:
-            if conn.execute(_U_RUN, {"b_run": run_id, **fields}).rowcount == 0:
+            if self._execute(conn, _U_RUN, {**fields, "b_run": run_id}).rowcount == 0:
                 raise NotFoundError(f"run {run_id} not found")
 
         self._run(work)
@@ -1064,20 +1119,29 @@ class SQLBackend(Backend, scheme="sqlite"):
                              "value": None if math.isnan(value) else value}
         keys = list({s.key for s in series})
 
+        execute = self._execute
+
         def work(conn: Connection, attempt: int) -> None:
-            self._require_run(conn, run_id, lock=True)  # one writer of a run's series at a time
+            # one writer of a run's series at a time: the run's row stays locked until the commit
+            if execute(conn, _S_RUN_LOCK, {"b_run": run_id}).fetchone() is None:
+                raise NotFoundError(f"run {run_id} not found")
             if attempt and conn.execute(_S_BATCH_STORED, {"b_run": run_id, "b_batch": batch_id}).first():
                 return  # an earlier attempt committed this batch (all of it: one transaction)
-            next_seq: dict[str, int] = {
-                key: int(top) + 1 for key, top in conn.execute(_S_LAST_SEQ, {"b_run": run_id, "b_keys": keys})
-            }
+            next_seq: dict[str, int]
+            if len(keys) == 1:
+                top = execute(conn, _S_LAST_SEQ_ONE, {"b_run": run_id, "b_key": keys[0]}).fetchone()[0]
+                next_seq = {} if top is None else {keys[0]: int(top) + 1}
+            else:
+                next_seq = {key: int(top) + 1
+                            for key, top in conn.execute(_S_LAST_SEQ, {"b_run": run_id, "b_keys": keys})}
             segments = []
             for key, row in pieces:
                 seq = next_seq.get(key, 0)
                 next_seq[key] = seq + 1
                 segments.append({**row, "seq": seq})
-            conn.execute(_I_SEGMENTS, segments)
-            conn.execute(self._upserts()["metric_latest"], list(latest.values()))
+            execute(conn, _I_SEGMENTS, segments[0] if len(segments) == 1 else segments)
+            rows = list(latest.values())
+            execute(conn, self._upserts()["metric_latest"], rows[0] if len(rows) == 1 else rows)
 
         self._run(work)
 

@@ -144,6 +144,12 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
 def to_json_value(value: Any, where: str) -> Any:
     """Validate a JSON value (finite numbers only) and return a plain-Python copy of it."""
     _check_json(value, where)
+    kind = value.__class__
+    # Plain scalars are their own copies (the common case: skip the JSON round trip); a string is
+    # short enough when even all-escaped (12 characters per surrogate pair) it fits the limit.
+    if kind is float or kind is bool or value is None or (kind is int and -(2**63) <= value < 2**63) or (
+            kind is str and 12 * len(value) + 2 <= MAX_PARAM_JSON_LENGTH):
+        return value
     try:
         text = json.dumps(value, default=_numpy_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
