@@ -94,7 +94,9 @@ def test_memory_and_sqlite_agree(tmp_path: Path, runs: list[dict[str, Any]], fil
                                  orders: list[list[str]]) -> None:
     name = uuid.uuid4().hex
     with labvault.open(f"memory://{name}") as oracle, \
-            labvault.open(f"sqlite:///{tmp_path / name}.db") as sql:
+            labvault.open(f"sqlite:///{tmp_path / name}.db") as sql, \
+            labvault.open(f"sqlite:///{tmp_path / name}.db") as sql_only:
+        sql_only.backend._index = None  # the same store searched in SQL instead of by the run index
         _fill(oracle, runs)
         _fill(sql, runs)
         for flt in filters:
@@ -102,6 +104,8 @@ def test_memory_and_sqlite_agree(tmp_path: Path, runs: list[dict[str, Any]], fil
                 expected = [r.number for r in oracle.search_runs("prop", filter=flt, order_by=order)]
                 got = [r.number for r in sql.search_runs("prop", filter=flt, order_by=order)]
                 assert got == expected, f"filter {flt!r} order {order!r}: sqlite {got} memory {expected}"
+                got = [r.number for r in sql_only.search_runs("prop", filter=flt, order_by=order)]
+                assert got == expected, f"filter {flt!r} order {order!r}: SQL {got} memory {expected}"
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 import labvault
+from labvault import query
 from labvault.backends import sql
 from labvault.backends.localfs import FileBlobStore
 from labvault.backends.memory import MemoryBlobStore
@@ -261,6 +262,75 @@ def test_list_runs_uses_a_constant_number_of_queries(backend: SQLBackend) -> Non
     assert len(runs) == 33 and counts[0] == counts[1] <= 8
     assert all(r.params["s"] == "x" and r.tags == {"t": "v"} and r.metrics["m"] == r.params["i"]
                and r.results == {"r": r.params["i"]} for r in runs)
+
+
+def test_run_index_follows_writes_of_other_connections(db: Path) -> None:
+    """Searches answer from the in-process run index; another backend object (its own connections and
+    index, as another process would have) sees every kind of change at its next search."""
+    uri = f"sqlite:///{db}"
+    writer, reader = SQLBackend.from_uri(uri), SQLBackend.from_uri(uri)
+    try:
+        exp = writer.ensure_experiment("e", "default")
+        first = writer.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={"lr": 0.1},
+                                  tags={})
+        everything = query.parse(None)
+
+        def search(text: str | None = None, order: str | None = None) -> list[int]:
+            return [r.number for r in reader.search_runs([exp.id], query.parse(text),
+                                                         query.parse_order_by(order), None, 0)]
+
+        assert search() == [1] and reader._index is not None and reader._index.has(exp.id)
+        second = writer.create_run(exp.id, name="b", parent_id=first.id, start_time=2.0,
+                                   params={"lr": 0.01}, tags={"team": "a"})
+        assert search() == [1, 2]
+        writer.log_metrics(first.id, [_series("acc", [0.5, 0.9])])
+        assert search("metrics.acc > 0.8") == [1]
+        writer.set_tags(first.id, {"team": "b"})
+        writer.log_params(first.id, {"opt": "adam"})
+        writer.log_results(second.id, {"score": 3})
+        writer.update_run(second.id, status="finished", end_time=5.0)
+        assert search("tags.team = 'b' and params.opt = 'adam'") == [1]
+        assert search("status = 'finished'") == [2]
+        assert search(None, "params.lr") == [2, 1]
+        (info,) = reader.search_runs([exp.id], query.parse("number = 2"), [], None, 0)
+        assert info.results == {"score": 3} and info.end_time == 5.0 and info.name == "b"
+        # What a caller gets is a copy: changing it changes nothing stored or indexed.
+        info.params["lr"] = 99
+        info.tags.clear()
+        assert search("params.lr = 0.01 and tags.team = 'a'") == [2]
+        writer.delete_experiment(exp.id)
+        assert reader.search_runs([exp.id], everything, [], None, 0) == []
+        assert not reader._index.has(exp.id) or not reader._index.search([exp.id], everything, [], None, 0)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_run_index_and_sql_search_agree_across_experiments(db: Path) -> None:
+    uri = f"sqlite:///{db}"
+    indexed, plain = SQLBackend.from_uri(uri), SQLBackend.from_uri(uri)
+    plain._index = None
+    try:
+        ids = []
+        for e in range(3):
+            exp = indexed.ensure_experiment(f"e{e}", "default")
+            ids.append(exp.id)
+            for i in range(20):
+                run = indexed.create_run(exp.id, name=f"r{i % 4}", parent_id=None, start_time=float(i),
+                                         params={"i": i, "mixed": i if i % 3 else f"s{i}"},
+                                         tags={"k": str(i % 5)})
+                if i % 2:
+                    indexed.log_metrics(run.id, [_series("m", [float((i * 7) % 11)])])
+        for text, order in [(None, None), ("metrics.m > 3", "metrics.m desc"), ("params.mixed >= 5", "name"),
+                            ("tags.k in ('1', '2') or metrics.m is null", "params.mixed"),
+                            ("name like 'r1%'", "tags.k desc, metrics.m")]:
+            expr, keys = query.parse(text), query.parse_order_by(order)
+            for limit, offset in [(None, 0), (7, 3)]:
+                want = [r.id for r in plain.search_runs(ids, expr, keys, limit, offset)]
+                assert [r.id for r in indexed.search_runs(ids, expr, keys, limit, offset)] == want, text
+    finally:
+        indexed.close()
+        plain.close()
 
 
 def test_delete_experiment_cascades(backend: SQLBackend, db: Path) -> None:

@@ -204,6 +204,7 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
         "additionalProperties": False,
     }
     _dialect: ClassVar[str] = "postgresql"
+    _stamps_runs: ClassVar[bool] = False  # concurrent writers: change numbers would not follow commits
     supports_events: ClassVar[bool] = True
 
     def __init__(self, uri: str, url: sa.URL, *, blobs: BlobStore | None = None, schema: str | None = None,

@@ -10,7 +10,7 @@ to create or fsync), larger ones in a ``FileBlobStore`` in the sibling directory
 (``./data/lv.db`` -> ``./data/lv-blobs``), created when the first large blob arrives. Reads try the
 database first, then the folder.
 
-Schema (version 4)::
+Schema (version 5)::
 
     meta(key PK, value)                                   -- schema_version
     experiments(id PK, name, project, created_at, run_counter, UNIQUE(project, name))
@@ -27,6 +27,7 @@ Schema (version 4)::
     blobs(key PK, blob_id, size, chunks, created_at)                            -- new in version 4
     blob_chunks(blob_id, idx, data, PK(blob_id, idx))                           -- new in version 4
     metric_segments.batch_id                                                    -- new in version 4
+    runs.rev and its index                                                      -- new in version 5
 
 Search and listings are one query: the filter compiles to correlated subqueries (exact three-valued
 logic) plus, for each top-level comparison, an implied ``runs.id IN (SELECT run_id ... WHERE key = ? AND
@@ -119,6 +120,7 @@ from labvault.backends.base import (
     iter_source,
     run_exists_error,
 )
+from labvault.backends.runindex import Record, RunIndex, make_record
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
     BackendUnavailableError,
@@ -137,7 +139,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SEGMENT_POINTS", "SMALL_BLOB_LIMIT",
            "TieredBlobStore", "schema_metadata", "upgrade"]
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Points per ``metric_segments`` row at most (512 KiB per array); larger batches are split.
 SEGMENT_POINTS = 65_536
 #: Blobs up to this size live inside an SQLite store's database; larger ones in its blob folder.
@@ -219,6 +221,9 @@ def schema_metadata(version: int = SCHEMA_VERSION) -> sa.MetaData:
         sa.UniqueConstraint("experiment_id", "number", name="uq_runs_experiment_number"),
         sa.Index("ix_runs_parent_id", "parent_id"),
         sa.Index("ix_runs_start_time", "start_time"),
+        # The store-wide change number of the run's last change (SQLite: see RunIndex; PostgreSQL: 0).
+        *([Col("rev", sa.BigInteger, nullable=False, server_default="0"), sa.Index("ix_runs_rev", "rev")]
+          if version >= 5 else []),
     )
     sa.Table(
         "run_params", md, run_fk(),
@@ -339,6 +344,11 @@ _S_LAST_SEQ = (
            t_segments.c.key.in_(sa.bindparam("b_keys", expanding=True)))
     .group_by(t_segments.c.key)
 )
+# The change counter of the SQLite run index (``SQLBackend._stamp``), run on the driver's cursor.
+_STAMP_COUNTER = ("INSERT INTO meta (key, value) VALUES ('runs_rev', '1') ON CONFLICT (key) "
+                  "DO UPDATE SET value = CAST(meta.value AS INTEGER) + 1 RETURNING value")
+_STAMP_RUN = "UPDATE runs SET rev = ? WHERE id = ?"
+_S_RUNS_REV = "SELECT value FROM meta WHERE key = 'runs_rev'"
 _S_LAST_SEQ_ONE = (
     sa.select(sa.func.max(t_segments.c.seq))
     .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.key == sa.bindparam("b_key"))
@@ -417,8 +427,23 @@ def _migrate_3_to_4(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN batch_id VARCHAR(32)")
 
 
+def _migrate_4_to_5(conn: Connection) -> None:
+    """Version 5 adds ``runs.rev`` (the change number the SQLite run index refreshes by) and its index."""
+    schema = conn.schema_for_object(t_runs)
+    if "rev" not in {c["name"] for c in sa.inspect(conn).get_columns("runs", schema=schema)}:
+        quote = conn.dialect.identifier_preparer
+        table = quote.quote("runs")
+        if schema:
+            table = f"{quote.quote_schema(schema)}.{table}"
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN rev BIGINT DEFAULT '0' NOT NULL")
+    for index in schema_metadata(5).tables["runs"].indexes:
+        if index.name == "ix_runs_rev":
+            index.create(conn, checkfirst=True)
+
+
 #: ``MIGRATIONS[i]`` takes a store from version ``i + 1`` to ``i + 2`` inside the caller's transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -498,6 +523,11 @@ class SQLBackend(Backend, scheme="sqlite"):
         "additionalProperties": False,
     }
     _dialect: ClassVar[str] = "sqlite"
+    #: Whether write transactions stamp runs with the change counter (``runs.rev``) the in-process run
+    #: index refreshes by. SQLite only: its single writer makes the numbers follow the commit order.
+    _stamps_runs: ClassVar[bool] = True
+    #: The in-process run index searches answer from (None: search in SQL, as PostgreSQL does).
+    _index: RunIndex | None = None
     _options: ClassVar[dict[str, float]] = {"busy_timeout": _DEFAULT_BUSY_TIMEOUT}
 
     def __init__(self, uri: str, path: Path, *, blobs: BlobStore | None = None,
@@ -506,6 +536,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         self.path = path
         self.busy_timeout = busy_timeout
         self._init_sql()
+        self._index = RunIndex()
 
     def _init_sql(self) -> None:
         """The state every SQL backend keeps (engines are created on first use)."""
@@ -642,6 +673,26 @@ class SQLBackend(Backend, scheme="sqlite"):
         except dialect.loaded_dbapi.Error as exc:
             raise sa_exc.DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error) from exc
         return cursor
+
+    @staticmethod
+    def _driver(conn: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run literal SQL on the driver's cursor (SQLite), errors as SQLAlchemy ``DBAPIError``."""
+        try:
+            return conn.connection.driver_connection.execute(sql, params)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            raise sa_exc.DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+
+    def _stamp(self, conn: Connection, run_id: str | None) -> None:
+        """Take the next change number for this write; give it to ``run_id`` (None: a deletion).
+
+        Called inside every write transaction that changes what a run looks like, so the run index of
+        any process can fetch just the runs changed since it last looked (see ``labvault.backends.runindex``).
+        """
+        if not self._stamps_runs:
+            return
+        rev = self._driver(conn, _STAMP_COUNTER).fetchone()[0]
+        if run_id is not None:
+            self._driver(conn, _STAMP_RUN, (int(rev), run_id))
 
     def _upserts(self) -> dict[str, Any]:
         """INSERT ... ON CONFLICT (run_id, key) DO UPDATE statements per table, built once per backend."""
@@ -880,8 +931,12 @@ class SQLBackend(Backend, scheme="sqlite"):
             result = conn.execute(sa.delete(t_experiments).where(t_experiments.c.id == experiment_id))
             if result.rowcount == 0 and attempt == 0:  # later attempts: the first one may have deleted it
                 raise NotFoundError(f"experiment {experiment_id} not found")
+            self._stamp(conn, None)
 
         self._run(work)
+        if self._index is not None:
+            with self._index.lock:
+                self._index.forget(experiment_id)
 
     # -- runs -----------------------------------------------------------------------------------------------
     def _create_run(
@@ -920,6 +975,7 @@ class SQLBackend(Backend, scheme="sqlite"):
                 self._execute(conn, _I_PARAMS, param_rows)
             if tag_rows:
                 self._execute(conn, _I_TAGS, tag_rows)
+            self._stamp(conn, run_id)
             return int(number)
 
         number = self._run(work)
@@ -965,6 +1021,10 @@ class SQLBackend(Backend, scheme="sqlite"):
     ) -> list[RunInfo]:
         if not experiment_ids or limit == 0:
             return []
+        if self._index is not None:
+            found = self._indexed_search(experiment_ids, expr, order, limit, offset)
+            if found is not None:
+                return found
         if limit is not None and limit <= _PAGE_FIRST_LIMIT:
             # A page: order and cut the matching ids first (narrow rows, a top-N sort the database keeps
             # in memory), then load the page's details; sorting whole rows spilled to disk at 100,000 runs.
@@ -983,6 +1043,52 @@ class SQLBackend(Backend, scheme="sqlite"):
         rows = self._run(lambda conn, _: conn.execute(stmt).all(), "read")
         with _gc_paused(len(rows) > 500):
             return self._infos_with_json_details(rows)
+
+    def _indexed_search(self, experiment_ids: list[str], expr: Expr, order: Sequence[OrderKey],
+                        limit: int | None, offset: int) -> list[RunInfo] | None:
+        """A search answered by the run index, refreshed first in one read transaction: the runs stamped
+        since its last refresh are re-read, experiments it has not seen are loaded whole (None: the
+        filter needs SQL)."""
+        index = self._index
+        assert index is not None
+        if index.rev >= 0 and all(map(index.has, experiment_ids)):
+            # Nothing to load: one statement (no transaction) tells whether anything changed since.
+            def current(conn: Connection, _attempt: int) -> bool:
+                raw = self._driver(conn, _S_RUNS_REV).fetchone()
+                return (int(raw[0]) if raw is not None else 0) == index.rev
+
+            if self._run(current, "autocommit"):
+                with index.lock:
+                    return index.search(experiment_ids, expr, order, limit, offset)
+
+        def work(conn: Connection, _attempt: int) -> list[RunInfo] | None:
+            raw = self._driver(conn, _S_RUNS_REV).fetchone()
+            top = int(raw[0]) if raw is not None else 0
+            with index.lock:
+                if top != index.rev and index.loaded():
+                    if top < index.rev:  # the store was replaced underneath: start over
+                        index.forget()
+                    else:
+                        for rec in self._records(conn, t_runs.c.rev > index.rev):
+                            index.put(rec)
+                        existing = {row[0] for row in self._driver(conn, "SELECT id FROM experiments")}
+                        for gone in index.loaded() - existing:
+                            index.forget(gone)
+                for exp_id in experiment_ids:
+                    if not index.has(exp_id):
+                        index.load(exp_id, self._records(conn, t_runs.c.experiment_id == exp_id))
+                index.rev = top
+                return index.search(experiment_ids, expr, order, limit, offset)
+
+        return self._run(work, "read")
+
+    def _records(self, conn: Connection, condition: sa.ColumnElement[bool]) -> list[Record]:
+        """Run-index records of the runs matching ``condition``."""
+        rows = conn.execute(sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(condition)).all()
+        with _gc_paused(len(rows) > 500):
+            return [make_record(i.id, i.experiment_id, i.number, i.name, i.parent_id, i.status, i.start_time,
+                                i.end_time, i.error, i.heartbeat, i.params, i.tags, i.metrics, i.results)
+                    for i in self._infos_with_json_details(rows)]
 
     def search_statement(self, experiment_ids: Sequence[str], expr: Expr, order: Sequence[OrderKey],
                          limit: int | None = None, offset: int = 0, *,
@@ -1055,6 +1161,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         def work(conn: Connection, _attempt: int) -> None:
             if self._execute(conn, _U_RUN, {**fields, "b_run": run_id}).rowcount == 0:
                 raise NotFoundError(f"run {run_id} not found")
+            self._stamp(conn, run_id)
 
         self._run(work)
 
@@ -1067,6 +1174,7 @@ class SQLBackend(Backend, scheme="sqlite"):
                 conn.execute(_I_PARAMS, self._param_rows(run_id, new))
                 doc.update(new)
                 conn.execute(_U_RUN, {"b_run": run_id, "params_json": _dumps(doc)})
+                self._stamp(conn, run_id)
 
         self._run(work)
 
@@ -1078,6 +1186,7 @@ class SQLBackend(Backend, scheme="sqlite"):
             conn.execute(self._upserts()["run_tags"], rows)
             doc.update(tags)
             conn.execute(_U_RUN, {"b_run": run_id, "tags_json": _dumps(doc)})
+            self._stamp(conn, run_id)
 
         self._run(work)
 
@@ -1096,6 +1205,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         def work(conn: Connection, _attempt: int) -> None:
             self._require_run(conn, run_id)
             conn.execute(self._upserts()["run_results"], rows)
+            self._stamp(conn, run_id)
 
         self._run(work)
 
@@ -1142,6 +1252,7 @@ class SQLBackend(Backend, scheme="sqlite"):
             execute(conn, _I_SEGMENTS, segments[0] if len(segments) == 1 else segments)
             rows = list(latest.values())
             execute(conn, self._upserts()["metric_latest"], rows[0] if len(rows) == 1 else rows)
+            self._stamp(conn, run_id)
 
         self._run(work)
 
