@@ -64,14 +64,28 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from labvault.backends.base import BlobStore, ChangeFeed, LocalChangeFeed, check_options
-from labvault.backends.sql import SQLBackend, SQLBlobStore, t_latest, t_results, t_runs
-from labvault.domain import ChangeEvent
+from labvault.backends.sql import (
+    _S_RUN_NUMBER,
+    _U_RUN,
+    SQLBackend,
+    SQLBlobStore,
+    _dumps,
+    new_id,
+    t_experiments,
+    t_latest,
+    t_params,
+    t_results,
+    t_runs,
+    t_tags,
+)
+from labvault.domain import ChangeEvent, RunInfo
 from labvault.errors import (
     AuthenticationError,
     BackendUnavailableError,
     ConflictError,
     InvalidArgumentError,
     LabvaultError,
+    NotFoundError,
     PermissionDeniedError,
     UnsupportedOperationError,
 )
@@ -185,6 +199,52 @@ def _payload(event: ChangeEvent) -> str:
     return raw.decode()
 
 
+def _create_run_statement() -> sa.Select[Any]:
+    """A run, its number, params and tags in ONE statement (data-modifying CTEs), so creating a run is
+    one round trip in autocommit instead of a transaction of six.
+
+    ``UPDATE experiments ... RETURNING run_counter`` takes the number (its row lock serializes the runs
+    of one experiment until the statement commits), the run row is inserted from it, and the params
+    and tags come from ``unnest`` of parallel arrays, inserted only if the run was (so an unknown
+    experiment inserts nothing and returns no row). Foreign keys are checked at the end of the
+    statement, when the run row exists.
+    """
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    def array(name: str, item: Any) -> Any:
+        return sa.cast(sa.bindparam(name), ARRAY(item))
+
+    counter = (sa.update(t_experiments).where(t_experiments.c.id == sa.bindparam("b_exp"))
+               .values(run_counter=t_experiments.c.run_counter + 1)
+               .returning(t_experiments.c.run_counter).cte("counter"))
+    run_columns = ["id", "experiment_id", "number", "name", "parent_id", "status", "start_time", "heartbeat",
+                   "params_json", "tags_json"]
+    run = (sa.insert(t_runs).from_select(run_columns, sa.select(
+        sa.bindparam("b_id", type_=sa.String), sa.bindparam("b_exp", type_=sa.String), counter.c.run_counter,
+        sa.bindparam("b_name", type_=sa.Text), sa.null(), sa.literal("running"),
+        sa.bindparam("b_start", type_=sa.Double), sa.bindparam("b_start", type_=sa.Double),
+        sa.bindparam("b_params_json", type_=sa.Text), sa.bindparam("b_tags_json", type_=sa.Text)))
+        .returning(t_runs.c.number).cte("run"))
+    created = sa.exists(sa.select(run.c.number))
+    p = sa.func.unnest(
+        array("b_pkeys", sa.Text), array("b_pjson", sa.Text), array("b_pnum", sa.Double),
+        array("b_ptext", sa.Text),
+    ).table_valued("key", "value_json", "value_num", "value_text").render_derived()
+    params = sa.insert(t_params).from_select(
+        ["run_id", "key", "value_json", "value_num", "value_text"],
+        sa.select(sa.bindparam("b_id", type_=sa.String), p.c.key, p.c.value_json, p.c.value_num,
+                  p.c.value_text).where(created)).cte("params")
+    t = sa.func.unnest(array("b_tkeys", sa.Text), array("b_tvals", sa.Text)).table_valued(
+        "key", "value").render_derived()
+    tags = sa.insert(t_tags).from_select(
+        ["run_id", "key", "value"], sa.select(sa.bindparam("b_id", type_=sa.String), t.c.key, t.c.value)
+        .where(created)).cte("tags")
+    return sa.select(run.c.number).add_cte(params, tags)
+
+
+_CREATE_RUN = _create_run_statement()
+
+
 class PostgresBackend(SQLBackend, scheme="postgresql"):
     """Metadata (and, by default, artifacts) in PostgreSQL; cross-process change feed via LISTEN/NOTIFY."""
 
@@ -249,6 +309,49 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
             retry_timeout=_number("retry_timeout", opts["retry_timeout"], 0, 86400),
             pool_size=int(_number("pool_size", opts["pool_size"], 1, 100, integer=True)),
         )
+
+    def _create_run(
+        self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
+        params: dict[str, Any], tags: dict[str, str], *, run_id: str | None = None,
+    ) -> RunInfo:
+        """The common case (a new top-level run) as one statement in autocommit: one round trip and one
+        commit; a nested run or a chosen id take the base class's checked transaction."""
+        if parent_id is not None or run_id is not None:
+            return super()._create_run(experiment_id, name, parent_id, start_time, params, tags,
+                                       run_id=run_id)
+        new = new_id()
+        rows = self._param_rows(new, params)
+        values = {
+            "b_exp": experiment_id, "b_id": new, "b_name": name, "b_start": start_time,
+            "b_params_json": _dumps(params), "b_tags_json": _dumps(tags),
+            "b_pkeys": [r["key"] for r in rows], "b_pjson": [r["value_json"] for r in rows],
+            "b_pnum": [r["value_num"] for r in rows], "b_ptext": [r["value_text"] for r in rows],
+            "b_tkeys": list(tags), "b_tvals": list(tags.values()),
+        }
+        statement = _CREATE_RUN
+
+        def work(conn: Connection, attempt: int) -> int:
+            if attempt:  # an earlier attempt may have committed: then the run exists
+                done = conn.execute(_S_RUN_NUMBER, {"b_run": new}).scalar()
+                if done is not None:
+                    return int(done)
+            number = conn.execute(statement, values).scalar()
+            if number is None:
+                raise NotFoundError(f"experiment {experiment_id} not found")
+            return int(number)
+
+        number = self._run(work, "autocommit")
+        return RunInfo(id=new, experiment_id=experiment_id, number=number, name=name, parent_id=None,
+                       status="running", start_time=start_time, heartbeat=start_time, params=dict(params),
+                       tags=dict(tags))
+
+    def _update_run(self, run_id: str, fields: dict[str, Any]) -> None:
+        """One UPDATE in autocommit (one round trip; repeating it after a lost connection is harmless)."""
+        def work(conn: Connection, _attempt: int) -> None:
+            if conn.execute(_U_RUN, {**fields, "b_run": run_id}).rowcount == 0:
+                raise NotFoundError(f"run {run_id} not found")
+
+        self._run(work, "autocommit")
 
     def _default_blobs(self) -> BlobStore:
         """Artifacts in the database: chunked ``bytea`` rows (see ``SQLBlobStore``)."""
