@@ -676,7 +676,8 @@ METHOD_NOTES = """\
   order_by=["metrics.loss"])` and 5 x `vault.search_runs("bench").to_frame()`; MLflow:
   `client.search_runs([exp], filter_string=..., order_by=["metrics.loss"])` and `mlflow.search_runs([exp])`.
 - **W6** one random file up (`run.log_artifact(key, path)` / `client.log_artifact(run_id, path)`) and down
-  (`run.open_artifact` streamed to a file with `shutil.copyfileobj` / `client.download_artifacts`), then the
+  to a file (`run.download_artifact(key, path)`: a kernel copy while a second thread verifies the sha256 /
+  `client.download_artifacts`), then the
   1 KB files one by one (labvault from bytes, MLflow from files written before the clock) and back
   (labvault: `run.get_artifact(key)` each; MLflow: one `download_artifacts(run_id, "small")` for the whole
   folder, its fastest way). "% raw" is the system's throughput as a share of the raw baseline measured in

@@ -337,8 +337,7 @@ def w6_artifacts(spec: BackendSpec, tmp: Path, cache: Path | None, cfg: dict[str
     dest = tmp / "download.bin"
     settle()
     t0 = time.perf_counter()
-    with run.open_artifact("big.bin") as fh, open(dest, "wb") as outfh:
-        shutil.copyfileobj(fh, outfh, 1 << 20)
+    run.download_artifact("big.bin", dest)  # to a file, digest-verified, like MLflow's download_artifacts
     out["down_seconds"] = time.perf_counter() - t0
     if dest.stat().st_size != size:
         raise SystemExit(f"W6: downloaded {dest.stat().st_size} bytes, expected {size}")
