@@ -6,9 +6,10 @@ the same query in a few milliseconds from columns it keeps in memory; this modul
 backend the same shape:
 
 * every write transaction that changes what a run looks like (created, finished, params, tags,
-  results, latest metrics) stamps the run with the next value of a store-wide change counter
-  (``meta.runs_rev``, ``runs.rev``; writers are serialized by SQLite's lock, so the numbers follow
-  the commit order);
+  results, latest metrics) stamps the run with the next change number: one more than the highest
+  ``runs.rev`` so far (writers are serialized by SQLite's lock, so the numbers follow the commit
+  order); deleting an experiment raises a floor kept in ``meta.runs_rev`` instead, so numbers are never
+  reused and readers notice the deletion;
 * a search first reads the counter (one indexed lookup); when it moved, it fetches only the runs
   stamped after the last refresh, in the same read transaction, and patches them in. An experiment
   is loaded whole the first time a search names it;

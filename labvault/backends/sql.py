@@ -344,11 +344,15 @@ _S_LAST_SEQ = (
            t_segments.c.key.in_(sa.bindparam("b_keys", expanding=True)))
     .group_by(t_segments.c.key)
 )
-# The change counter of the SQLite run index (``SQLBackend._stamp``), run on the driver's cursor.
-_STAMP_COUNTER = ("INSERT INTO meta (key, value) VALUES ('runs_rev', '1') ON CONFLICT (key) "
-                  "DO UPDATE SET value = CAST(meta.value AS INTEGER) + 1 RETURNING value")
-_STAMP_RUN = "UPDATE runs SET rev = ? WHERE id = ?"
-_S_RUNS_REV = "SELECT value FROM meta WHERE key = 'runs_rev'"
+# The change number of the SQLite run index (``SQLBackend._stamp``), run on the driver's cursor: the
+# highest ``runs.rev`` (the last entry of its index), or the floor a deletion left in ``meta`` when that
+# is higher (so deleting the most recently changed runs never lets a number be given out twice).
+_TOP_REV = ("max(coalesce((SELECT max(rev) FROM runs), 0), "
+            "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'runs_rev'), 0))")
+_STAMP_RUN = f"UPDATE runs SET rev = {_TOP_REV} + 1 WHERE id = ?"
+_STAMP_DELETION = (f"INSERT INTO meta (key, value) VALUES ('runs_rev', CAST({_TOP_REV} + 1 AS TEXT)) "
+                   f"ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+_S_RUNS_REV = f"SELECT {_TOP_REV}"
 _S_LAST_SEQ_ONE = (
     sa.select(sa.func.max(t_segments.c.seq))
     .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.key == sa.bindparam("b_key"))
@@ -690,9 +694,10 @@ class SQLBackend(Backend, scheme="sqlite"):
         """
         if not self._stamps_runs:
             return
-        rev = self._driver(conn, _STAMP_COUNTER).fetchone()[0]
-        if run_id is not None:
-            self._driver(conn, _STAMP_RUN, (int(rev), run_id))
+        if run_id is None:
+            self._driver(conn, _STAMP_DELETION)
+        else:
+            self._driver(conn, _STAMP_RUN, (run_id,))
 
     def _upserts(self) -> dict[str, Any]:
         """INSERT ... ON CONFLICT (run_id, key) DO UPDATE statements per table, built once per backend."""
@@ -928,10 +933,10 @@ class SQLBackend(Backend, scheme="sqlite"):
 
     def _delete_experiment(self, experiment_id: str) -> None:
         def work(conn: Connection, attempt: int) -> None:
+            self._stamp(conn, None)  # before the delete: the floor must exceed its runs' change numbers too
             result = conn.execute(sa.delete(t_experiments).where(t_experiments.c.id == experiment_id))
             if result.rowcount == 0 and attempt == 0:  # later attempts: the first one may have deleted it
                 raise NotFoundError(f"experiment {experiment_id} not found")
-            self._stamp(conn, None)
 
         self._run(work)
         if self._index is not None:
@@ -1210,9 +1215,12 @@ class SQLBackend(Backend, scheme="sqlite"):
         self._run(work)
 
     # -- metrics --------------------------------------------------------------------------------------------
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
-        batch_id = new_id()
-        pieces: list[tuple[str, dict[str, Any]]] = []  # (key, segment row without run_id and seq)
+    @staticmethod
+    def _metric_rows(run_id: str, series: list[MetricSeries], batch_id: str
+                     ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+        """A flush as rows: (key, segment row without ``seq``) per segment of at most ``SEGMENT_POINTS``
+        points, and the ``metric_latest`` row of each key (a NaN latest value as NULL)."""
+        pieces: list[tuple[str, dict[str, Any]]] = []
         latest: dict[str, dict[str, Any]] = {}
         for s in series:
             n = len(s)
@@ -1227,6 +1235,11 @@ class SQLBackend(Backend, scheme="sqlite"):
             value, step, stamp = s.last()
             latest[s.key] = {"run_id": run_id, "key": s.key, "step": step, "timestamp": stamp,
                              "value": None if math.isnan(value) else value}
+        return pieces, latest
+
+    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
+        batch_id = new_id()
+        pieces, latest = self._metric_rows(run_id, series, batch_id)
         keys = list({s.key for s in series})
 
         execute = self._execute
