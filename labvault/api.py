@@ -10,6 +10,7 @@ results and artifacts are written through immediately.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import math
 import os
 import threading
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
     from labvault.sync import RunStatus, SyncReport
 
 DeleteMode = Literal["local", "remote", "all"]
+
+#: In-memory artifacts up to this size, logged by the process running the run, are buffered and written
+#: in batches by the background flush (like metric points); larger ones and files are written at once.
+BUFFERED_ARTIFACT_SIZE = 64 * 1024
+#: A run's artifact buffer is written as soon as it holds this many bytes.
+BUFFERED_ARTIFACT_BYTES = 16 * 1024 * 1024
 
 _open_vaults: weakref.WeakSet[Vault] = weakref.WeakSet()
 
@@ -570,8 +577,21 @@ class Run:
     """One trial of an experiment: params, tags, metrics, results and artifacts."""
 
     # Slots: a search may build thousands of these, and a slotted object is built in half the time.
-    __slots__ = ("__weakref__", "_active", "_flush_error", "_known_keys", "_lock", "_next_step", "_pending",
-                 "_snapshot", "_stale", "experiment", "vault")
+    __slots__ = (
+        "__weakref__",
+        "_active",
+        "_artifact_bytes",
+        "_artifacts",
+        "_flush_error",
+        "_known_keys",
+        "_lock",
+        "_next_step",
+        "_pending",
+        "_snapshot",
+        "_stale",
+        "experiment",
+        "vault",
+    )
 
     def __init__(self, vault: Vault, experiment: Experiment, info: RunInfo, *, active: bool = False) -> None:
         self.vault = vault
@@ -584,6 +604,9 @@ class Run:
         self._known_keys: set[str] = set()
         self._flush_error: str | None = None
         self._stale = False
+        #: Small in-memory artifacts logged but not yet written, by key (see ``log_artifact``).
+        self._artifacts: dict[str, tuple[ArtifactInfo, bytes]] | None = None
+        self._artifact_bytes = 0
 
     # -- identity -------------------------------------------------------------------------------------------
     @property
@@ -784,7 +807,9 @@ class Run:
             self._stale = True
 
     def flush(self) -> None:
-        """Write every buffered metric point of this run to the backend now."""
+        """Write every buffered metric point and small artifact of this run to the backend now."""
+        if self._artifacts:
+            self._flush_artifacts()
         if not self._pending:
             return
         with self._lock:
@@ -801,9 +826,26 @@ class Run:
                         self._pending[k] = pts
                 raise
 
+    def _flush_artifacts(self) -> None:
+        """Write the buffered small artifacts: their bytes in one batch, then their records in one."""
+        with self._lock:
+            pending, self._artifacts, self._artifact_bytes = self._artifacts, None, 0
+        if not pending:
+            return
+        self._stale = True
+        try:
+            self.vault.backend.blobs.put_content_many([data for _info, data in pending.values()])
+            self.vault.backend.add_artifacts(self.id, [info for info, _data in pending.values()])
+        except BaseException:
+            with self._lock:  # put them back (newer writes of a key win) so nothing is lost
+                self._artifacts = {**pending, **(self._artifacts or {})}
+                self._artifact_bytes = sum(len(d) for _i, d in self._artifacts.values())
+            raise
+
     def _discard_buffer(self) -> None:
         with self._lock:
             self._pending = {}
+            self._artifacts, self._artifact_bytes = None, 0
 
     def log_artifact(self, key: str, data: BlobSource) -> ArtifactInfo:
         """Store a file under ``key`` (a relative path like ``"plots/roc.png"``).
@@ -813,6 +855,26 @@ class Run:
         """
         self._check_writable()
         v.validate_artifact_key(key)
+        if isinstance(data, bytes | bytearray | memoryview) and len(data) <= BUFFERED_ARTIFACT_SIZE \
+                and self._active:
+            # Small bytes from the process running the run are buffered like metric points and written
+            # in one batch by the next flush (within flush_interval); reads of this run's artifacts
+            # flush first, so they always see them.
+            raw = bytes(data)
+            digest = hashlib.sha256(raw).hexdigest()
+            info = ArtifactInfo(key=key, size=len(raw), digest=digest, created_at=now())
+            with self._lock:
+                if self._artifacts is None:
+                    self._artifacts = {}
+                old = self._artifacts.pop(key, None)
+                self._artifacts[key] = (info, raw)
+                self._artifact_bytes += len(raw) - (len(old[1]) if old else 0)
+                full = self._artifact_bytes >= BUFFERED_ARTIFACT_BYTES
+            if full:
+                self._flush_artifacts()
+            return info
+        if self._artifacts:
+            self._flush_artifacts()  # an earlier buffered write of this key must not land after this one
         digest, size = self.vault.backend.blobs.put_content(data)
         info = ArtifactInfo(key=key, size=size, digest=digest, created_at=now())
         self.vault.backend.add_artifact(self.id, info)
@@ -821,11 +883,15 @@ class Run:
 
     def get_artifact(self, key: str) -> bytes:
         """The whole content of an artifact, digest-verified."""
+        if self._artifacts:
+            self._flush_artifacts()
         info = self.vault.backend.get_artifact_info(self.id, key)
         return self.vault.backend.blobs.get_content(info.digest)
 
     def open_artifact(self, key: str) -> BinaryIO:
         """A binary file for streaming an artifact; reading to the end verifies its digest."""
+        if self._artifacts:
+            self._flush_artifacts()
         info = self.vault.backend.get_artifact_info(self.id, key)
         return self.vault.backend.blobs.open_content(info.digest)
 
@@ -835,6 +901,8 @@ class Run:
         The file appears only complete and verified (temp file + rename). An existing file is replaced
         only with ``overwrite=True``; a directory as ``path`` receives the artifact's base name.
         """
+        if self._artifacts:
+            self._flush_artifacts()
         info = self.vault.backend.get_artifact_info(self.id, key)
         target = Path(path)
         if target.is_dir():
@@ -846,6 +914,8 @@ class Run:
 
     def list_artifacts(self, prefix: str = "") -> list[ArtifactInfo]:
         """The run's artifacts under ``prefix``, sorted by key."""
+        if self._artifacts:
+            self._flush_artifacts()
         return self.vault.backend.list_artifacts(self.id, prefix)
 
     def metric_history(self, key: str) -> MetricSeries:

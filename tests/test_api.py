@@ -116,6 +116,66 @@ def test_flush_failure_keeps_points(monkeypatch: pytest.MonkeyPatch) -> None:
         run.end()
 
 
+def test_small_artifacts_are_buffered_and_read_your_writes(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 's.db'}"
+    with labvault.open(uri, flush_interval=3600) as writer, labvault.open(uri) as reader:
+        run = writer.experiment("e").start_run()
+        for i in range(50):
+            run.log_artifact(f"small/{i}.txt", f"v{i}".encode())
+        run.log_artifact("small/0.txt", b"rewritten")  # a later write of a key wins
+        big = tmp_path / "big.bin"
+        big.write_bytes(b"x" * 100_000)
+        # not written yet: another handle does not see them ...
+        assert reader.backend.list_artifacts(run.id) == []
+        # ... but the writer does, at once
+        assert run.get_artifact("small/0.txt") == b"rewritten"
+        assert len(run.list_artifacts("small/")) == 50
+        run.log_artifact("small/1.txt", b"buffered")
+        run.log_artifact("small/1.txt", big)  # a direct write after a buffered one of the same key
+        assert run.get_artifact("small/1.txt") == b"x" * 100_000
+        run.log_artifact("late.txt", b"written by end()")
+        run.end()
+        stored = {a.key: a for a in reader.backend.list_artifacts(run.id)}
+        assert len(stored) == 51 and stored["late.txt"].size == len(b"written by end()")
+    with labvault.open(uri) as again:
+        (found,) = again.search_runs("e")
+        assert found.get_artifact("small/49.txt") == b"v49"
+
+
+def test_small_artifact_flush_failure_keeps_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    with labvault.open("memory://") as vault:
+        run = vault.experiment("e").start_run()
+        run.log_artifact("a.txt", b"first")
+        original = vault.backend.add_artifacts
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(vault.backend, "add_artifacts", broken)
+        with pytest.raises(OSError):
+            run.flush()
+        run.log_artifact("b.txt", b"second")
+        monkeypatch.setattr(vault.backend, "add_artifacts", original)
+        assert [a.key for a in run.list_artifacts()] == ["a.txt", "b.txt"]
+        assert run.get_artifact("a.txt") == b"first"
+        run.end()
+
+
+def test_atexit_flushes_buffered_artifacts(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path / 'store'}"
+    code = (
+        "import labvault\n"
+        f"v = labvault.open({uri!r}, flush_interval=3600)\n"
+        "r = v.experiment('e').start_run()\n"
+        "[r.log_artifact(f'a{i}.txt', b'payload %d' % i) for i in range(100)]\n"
+        "print(r.id)\n"
+    )
+    run_id = _python(code, tmp_path).strip()
+    with labvault.open(uri) as vault:
+        run = vault.get_run(run_id)
+        assert len(run.list_artifacts()) == 100 and run.get_artifact("a7.txt") == b"payload 7"
+
+
 def test_json_roundtrip_of_run_info() -> None:
     with labvault.open("memory://") as vault, vault.experiment("e").start_run(params={"a": [1]}) as run:
         pass

@@ -763,6 +763,17 @@ class Backend(ABC):
         self._add_artifact(_check_id(run_id, "run id"), info)
         self._emit("artifact.logged", None, run_id, key=info.key, size=info.size, digest=info.digest)
 
+    def add_artifacts(self, run_id: str, infos: Sequence[ArtifactInfo]) -> None:
+        """``add_artifact`` for many artifacts of one run at once (one transaction where the store can)."""
+        items = list(infos)
+        for info in items:
+            v.validate_artifact_key(info.key)
+        if not items:
+            return
+        self._add_artifacts(_check_id(run_id, "run id"), items)
+        for info in items:
+            self._emit("artifact.logged", None, run_id, key=info.key, size=info.size, digest=info.digest)
+
     def list_artifacts(self, run_id: str, prefix: str = "") -> list[ArtifactInfo]:
         """A run's artifacts whose key starts with ``prefix``, sorted by key."""
         prefix = v.validate_prefix(prefix)
@@ -827,6 +838,11 @@ class Backend(ABC):
 
     @abstractmethod
     def _add_artifact(self, run_id: str, info: ArtifactInfo) -> None: ...
+
+    def _add_artifacts(self, run_id: str, infos: list[ArtifactInfo]) -> None:
+        """Record several artifacts of a run; the default records them one by one."""
+        for info in infos:
+            self._add_artifact(run_id, info)
 
     @abstractmethod
     def _list_artifacts(self, run_id: str, prefix: str) -> list[ArtifactInfo]: ...
