@@ -78,6 +78,9 @@ class Vault:
         self.heartbeat_timeout = float(heartbeat_timeout)
         self._active: dict[str, Run] = {}
         self._active_lock = threading.Lock()
+        #: Held while a run's buffers are written, so a flush that finds the buffers empty because the
+        #: background flusher took them waits until they are stored (read-your-writes).
+        self._flush_lock = threading.RLock()
         self._closed = False
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -800,14 +803,19 @@ class Run:
 
     def flush_key(self, key: str) -> None:
         """Write the buffered points of one metric (keeps ordering with direct array writes)."""
-        with self._lock:
-            bucket = self._pending.pop(key, None)
-        if bucket:
-            self.vault.backend.log_metrics(self.id, [_to_series(key, bucket)])
-            self._stale = True
+        with self.vault._flush_lock:
+            with self._lock:
+                bucket = self._pending.pop(key, None)
+            if bucket:
+                self.vault.backend.log_metrics(self.id, [_to_series(key, bucket)])
+                self._stale = True
 
     def flush(self) -> None:
         """Write every buffered metric point and small artifact of this run to the backend now."""
+        with self.vault._flush_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         if self._artifacts:
             self._flush_artifacts()
         if not self._pending:
@@ -828,19 +836,20 @@ class Run:
 
     def _flush_artifacts(self) -> None:
         """Write the buffered small artifacts: their bytes in one batch, then their records in one."""
-        with self._lock:
-            pending, self._artifacts, self._artifact_bytes = self._artifacts, None, 0
-        if not pending:
-            return
-        self._stale = True
-        try:
-            self.vault.backend.blobs.put_content_many([data for _info, data in pending.values()])
-            self.vault.backend.add_artifacts(self.id, [info for info, _data in pending.values()])
-        except BaseException:
-            with self._lock:  # put them back (newer writes of a key win) so nothing is lost
-                self._artifacts = {**pending, **(self._artifacts or {})}
-                self._artifact_bytes = sum(len(d) for _i, d in self._artifacts.values())
-            raise
+        with self.vault._flush_lock:
+            with self._lock:
+                pending, self._artifacts, self._artifact_bytes = self._artifacts, None, 0
+            if not pending:
+                return
+            self._stale = True
+            try:
+                self.vault.backend.blobs.put_content_many([data for _info, data in pending.values()])
+                self.vault.backend.add_artifacts(self.id, [info for info, _data in pending.values()])
+            except BaseException:
+                with self._lock:  # put them back (newer writes of a key win) so nothing is lost
+                    self._artifacts = {**pending, **(self._artifacts or {})}
+                    self._artifact_bytes = sum(len(d) for _i, d in self._artifacts.values())
+                raise
 
     def _discard_buffer(self) -> None:
         with self._lock:
@@ -883,14 +892,14 @@ class Run:
 
     def get_artifact(self, key: str) -> bytes:
         """The whole content of an artifact, digest-verified."""
-        if self._artifacts:
+        if self._active or self._artifacts:  # also waits for a background flush in progress
             self._flush_artifacts()
         info = self.vault.backend.get_artifact_info(self.id, key)
         return self.vault.backend.blobs.get_content(info.digest)
 
     def open_artifact(self, key: str) -> BinaryIO:
         """A binary file for streaming an artifact; reading to the end verifies its digest."""
-        if self._artifacts:
+        if self._active or self._artifacts:  # also waits for a background flush in progress
             self._flush_artifacts()
         info = self.vault.backend.get_artifact_info(self.id, key)
         return self.vault.backend.blobs.open_content(info.digest)
@@ -901,7 +910,7 @@ class Run:
         The file appears only complete and verified (temp file + rename). An existing file is replaced
         only with ``overwrite=True``; a directory as ``path`` receives the artifact's base name.
         """
-        if self._artifacts:
+        if self._active or self._artifacts:  # also waits for a background flush in progress
             self._flush_artifacts()
         info = self.vault.backend.get_artifact_info(self.id, key)
         target = Path(path)
@@ -914,7 +923,7 @@ class Run:
 
     def list_artifacts(self, prefix: str = "") -> list[ArtifactInfo]:
         """The run's artifacts under ``prefix``, sorted by key."""
-        if self._artifacts:
+        if self._active or self._artifacts:  # also waits for a background flush in progress
             self._flush_artifacts()
         return self.vault.backend.list_artifacts(self.id, prefix)
 

@@ -142,6 +142,20 @@ def test_small_artifacts_are_buffered_and_read_your_writes(tmp_path: Path) -> No
         assert found.get_artifact("small/49.txt") == b"v49"
 
 
+def test_reads_wait_for_a_background_flush_in_progress(tmp_path: Path) -> None:
+    """The background flusher takes a run's buffers and writes them; a read of the run meanwhile must
+    wait for that write instead of finding the buffers empty and the store not written yet."""
+    with labvault.open(f"sqlite:///{tmp_path / 's.db'}", flush_interval=0.001) as vault:
+        run = vault.experiment("e").start_run()
+        for i in range(300):
+            run.log_artifact(f"a{i}.txt", b"%d" % i)
+            run.log_metric("m", float(i))
+            assert run.get_artifact(f"a{i}.txt") == b"%d" % i
+            if i % 50 == 0:
+                assert len(run.metric_history("m")) == i + 1
+        run.end()
+
+
 def test_small_artifact_flush_failure_keeps_them(monkeypatch: pytest.MonkeyPatch) -> None:
     with labvault.open("memory://") as vault:
         run = vault.experiment("e").start_run()
