@@ -541,6 +541,9 @@ class SQLBackend(Backend, scheme="sqlite"):
         self.busy_timeout = busy_timeout
         self._init_sql()
         self._index = RunIndex()
+        #: (pid, connection) reading the change number for the run index (see ``_latest_rev``).
+        self._probe: tuple[int, sqlite3.Connection] | None = None
+        self._probe_lock = threading.Lock()
 
     def _init_sql(self) -> None:
         """The state every SQL backend keeps (engines are created on first use)."""
@@ -592,6 +595,11 @@ class SQLBackend(Backend, scheme="sqlite"):
             self._schema_ok = False
         if engine is not None:
             engine.dispose()
+        probe = getattr(self, "_probe", None)
+        if probe is not None and probe[0] == os.getpid():
+            with self._probe_lock:
+                self._probe = None
+                probe[1].close()
         super().close()
 
     # -- connections (the dialect-specific part) ------------------------------------------------------------
@@ -1056,15 +1064,9 @@ class SQLBackend(Backend, scheme="sqlite"):
         filter needs SQL)."""
         index = self._index
         assert index is not None
-        if index.rev >= 0 and all(map(index.has, experiment_ids)):
-            # Nothing to load: one statement (no transaction) tells whether anything changed since.
-            def current(conn: Connection, _attempt: int) -> bool:
-                raw = self._driver(conn, _S_RUNS_REV).fetchone()
-                return (int(raw[0]) if raw is not None else 0) == index.rev
-
-            if self._run(current, "autocommit"):
-                with index.lock:
-                    return index.search(experiment_ids, expr, order, limit, offset)
+        if index.rev >= 0 and all(map(index.has, experiment_ids)) and self._latest_rev() == index.rev:
+            with index.lock:  # nothing to load and nothing changed since the last refresh
+                return index.search(experiment_ids, expr, order, limit, offset)
 
         def work(conn: Connection, _attempt: int) -> list[RunInfo] | None:
             raw = self._driver(conn, _S_RUNS_REV).fetchone()
@@ -1086,6 +1088,21 @@ class SQLBackend(Backend, scheme="sqlite"):
                 return index.search(experiment_ids, expr, order, limit, offset)
 
         return self._run(work, "read")
+
+    def _latest_rev(self) -> int | None:
+        """The store's current change number, read on a connection of its own outside any transaction
+        (a WAL reader sees the last commit); None if it cannot be read (the caller then refreshes)."""
+        with self._probe_lock:
+            try:
+                if self._probe is None or self._probe[0] != os.getpid():
+                    probe = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                            check_same_thread=False)
+                    self._probe = (os.getpid(), probe)
+                raw = self._probe[1].execute(_S_RUNS_REV).fetchone()
+            except sqlite3.Error:
+                self._probe = None
+                return None
+        return int(raw[0]) if raw is not None else 0
 
     def _records(self, conn: Connection, condition: sa.ColumnElement[bool]) -> list[Record]:
         """Run-index records of the runs matching ``condition``."""

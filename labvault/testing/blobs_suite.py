@@ -306,6 +306,27 @@ class BlobStoreTests:
         with pytest.raises(ConflictError):
             store.put("big/from-path", src, if_absent=True)
 
+    def test_copy_content_to_a_file_is_verified(self, store: BlobStore, tmp_path: Path,
+                                                large_size: int) -> None:
+        data = _payload(large_size + 4321, seed=11)
+        digest, size = store.put_content(data)
+        dest = tmp_path / "out" / "copy.bin"
+        dest.parent.mkdir()
+        assert store.copy_content_to(digest, dest) == size == len(data)
+        assert dest.read_bytes() == data
+        small_digest, _ = store.put_content(b"tiny")
+        assert store.copy_content_to(small_digest, tmp_path / "tiny.bin") == 4
+        assert (tmp_path / "tiny.bin").read_bytes() == b"tiny"
+        # Bytes that do not match their digest never appear at the destination.
+        fake = hashlib.sha256(b"something else").hexdigest()
+        store.put(store.digest_key(fake), data)
+        with pytest.raises(CorruptDataError):
+            store.copy_content_to(fake, tmp_path / "bad.bin")
+        assert not (tmp_path / "bad.bin").exists()
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bad")) == []
+        with pytest.raises(NotFoundError):
+            store.copy_content_to(hashlib.sha256(b"never stored").hexdigest(), tmp_path / "none.bin")
+
     # -- content addressing and batches -------------------------------------------------------------------
     def test_put_content_deduplicates_and_verifies(self, store: BlobStore) -> None:
         d1, size = store.put_content(b"same bytes")
