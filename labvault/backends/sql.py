@@ -540,6 +540,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         self.path = path
         self.busy_timeout = busy_timeout
         self._init_sql()
+        self.retry_timeout = busy_timeout  # see _retryable
         self._index = RunIndex()
         #: (pid, connection) reading the change number for the run index (see ``_latest_rev``).
         self._probe: tuple[int, sqlite3.Connection] | None = None
@@ -547,7 +548,7 @@ class SQLBackend(Backend, scheme="sqlite"):
 
     def _init_sql(self) -> None:
         """The state every SQL backend keeps (engines are created on first use)."""
-        #: Seconds spent retrying a transaction after a lost connection (0: SQLite never retries).
+        #: Seconds spent retrying a transaction after a lost connection or an immediate lock conflict.
         self.retry_timeout = 0.0
         self._base_engine: Engine | None = None
         self._engine: Engine | None = None
@@ -735,8 +736,13 @@ class SQLBackend(Backend, scheme="sqlite"):
         return set(sa.inspect(conn).get_table_names())
 
     def _retryable(self, exc: sa_exc.DBAPIError) -> bool:
-        """Whether a failed transaction may succeed when run again (a lost connection, a deadlock)."""
-        return False
+        """Whether a failed transaction may succeed when run again (a lost connection, a deadlock).
+
+        SQLite: "database is locked" that the busy handler did not wait out (SQLite answers some lock
+        conflicts at once, e.g. while another process switches the file to WAL); the whole transaction
+        runs again with backoff for up to ``busy_timeout`` seconds.
+        """
+        return "database is locked" in str(exc.orig)
 
     @property
     def location(self) -> str:
