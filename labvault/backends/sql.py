@@ -84,8 +84,6 @@ and how the store is named in messages (``location``). Everything else is portab
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import io
 import itertools
@@ -120,6 +118,7 @@ from labvault.backends.base import (
     iter_source,
     run_exists_error,
 )
+from labvault.backends.columns import no_gc as _no_gc
 from labvault.backends.runindex import Record, RunIndex, make_record
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
@@ -484,21 +483,6 @@ def param_columns(value: Any) -> tuple[str, float | None, str | None]:
     elif value is not None:
         text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     return _dumps(value), num, text
-
-
-@contextlib.contextmanager
-def _gc_paused(big: bool) -> Iterator[None]:
-    """Pause the cyclic GC while building many small objects (a bulk listing): it would otherwise run
-    dozens of collections over them, a third of the time of listing 10,000 runs. Nothing built here
-    is cyclic, and the collector is re-enabled (if it was on) before returning."""
-    if not big or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _blob(array: np.ndarray[Any, Any], dtype: str) -> bytes:
@@ -1027,7 +1011,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         stmt = (sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(r.c.experiment_id.in_(experiment_ids))
                 .order_by(r.c.start_time, r.c.experiment_id, r.c.number))
         rows = self._run(lambda conn, _: conn.execute(stmt).all(), "read")
-        with _gc_paused(len(rows) > 500):
+        with _no_gc(len(rows) > 500):
             return self._infos_with_json_details(rows)
 
     def _search_runs(
@@ -1060,7 +1044,7 @@ class SQLBackend(Backend, scheme="sqlite"):
             return self._infos_with_json_details(self._run(read_page, "read"))
         stmt = self.search_statement(experiment_ids, expr, order, limit, offset)
         rows = self._run(lambda conn, _: conn.execute(stmt).all(), "read")
-        with _gc_paused(len(rows) > 500):
+        with _no_gc(len(rows) > 500):
             return self._infos_with_json_details(rows)
 
     def _indexed_search(self, experiment_ids: list[str], expr: Expr, order: Sequence[OrderKey],
@@ -1113,7 +1097,7 @@ class SQLBackend(Backend, scheme="sqlite"):
     def _records(self, conn: Connection, condition: sa.ColumnElement[bool]) -> list[Record]:
         """Run-index records of the runs matching ``condition``."""
         rows = conn.execute(sa.select(*_RUN_COLUMNS, *self._detail_columns()).where(condition)).all()
-        with _gc_paused(len(rows) > 500):
+        with _no_gc(len(rows) > 500):
             return [make_record(i.id, i.experiment_id, i.number, i.name, i.parent_id, i.status, i.start_time,
                                 i.end_time, i.error, i.heartbeat, i.params, i.tags, i.metrics, i.results)
                     for i in self._infos_with_json_details(rows)]
