@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -17,9 +18,15 @@ import labvault
 import labvault.blobs
 from labvault.backends import registry
 from labvault.backends.base import BlobStore
-from labvault.backends.localfs import FileBlobStore
+from labvault.backends.localfs import PACK_BLOB_LIMIT, PACK_DIR, PACK_MIN_BLOBS, FileBlobStore
 from labvault.backends.memory import MemoryBlobStore
-from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
+from labvault.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    CorruptDataError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from labvault.testing.blobs_suite import BlobStoreTests
 
 
@@ -41,7 +48,7 @@ class TestFileBlobStore(BlobStoreTests):
         store.put("counter", b"0")
         script = textwrap.dedent(f"""
             import sys
-            from labvault.backends.localfs import FileBlobStore
+            from labvault.backends.localfs import PACK_BLOB_LIMIT, PACK_DIR, PACK_MIN_BLOBS, FileBlobStore
             from labvault.errors import ConflictError
             store = FileBlobStore({str(store.root)!r})
             try:
@@ -65,6 +72,127 @@ class TestFileBlobStore(BlobStoreTests):
         assert all(p.returncode == 0 for p in procs)
         assert sorted(outs) == ["lost", "lost", "lost", "won"]
         assert store.get("counter") == b"40"
+
+
+def _packs(store: FileBlobStore) -> list[Path]:
+    return sorted((store.root / PACK_DIR).glob("*.pack"))
+
+
+def _loose(store: FileBlobStore) -> list[Path]:
+    return [p for p in (store.root / "sha256").rglob("*") if p.is_file()]
+
+
+class TestFileBlobStorePacks:
+    """Small blobs stored in one batch go into a pack file; every read path finds them, in any process."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> FileBlobStore:
+        return FileBlobStore(tmp_path / "blobs")
+
+    def test_a_batch_of_small_blobs_is_one_pack(self, store: FileBlobStore, tmp_path: Path) -> None:
+        payloads = [f"small {i}".encode() * (i + 1) for i in range(20)]
+        results = store.put_content_many(payloads)
+        assert results == [(hashlib.sha256(p).hexdigest(), len(p)) for p in payloads]
+        assert len(_packs(store)) == 1 and _loose(store) == []
+        for store_view in (store, FileBlobStore(store.root)):  # this process, and a fresh index
+            for (digest, size), data in zip(results, payloads, strict=True):
+                key = store_view.digest_key(digest)
+                assert store_view.exists(key) and store_view.get(key) == data
+                assert store_view.get_content(digest) == data
+                with store_view.open_content(digest) as fh:
+                    assert fh.read() == data
+                info = store_view.info(key)
+                assert (info.size, info.digest) == (size, digest)
+                out = tmp_path / f"out-{digest}"
+                assert store_view.copy_content_to(digest, out) == size and out.read_bytes() == data
+                out.unlink()
+            assert store_view.list("sha256/") == sorted(store_view.digest_key(d) for d, _ in results)
+            assert [b.key for b in store_view.scan("sha256")] == store_view.list("sha256/")
+        assert store.list() == store.list("sha256/")  # the pack folder is not listed as keys
+
+    def test_stored_content_is_not_packed_twice(self, store: FileBlobStore) -> None:
+        payloads = [f"blob {i}".encode() for i in range(10)]
+        store.put_content_many(payloads)
+        store.put_content_many([*payloads, b"one more"])  # one new blob: not worth a pack, a loose file
+        assert len(_packs(store)) == 1 and len(_loose(store)) == 1
+        digest = hashlib.sha256(payloads[0]).hexdigest()
+        assert FileBlobStore(store.root).put_content(payloads[0])[0] == digest
+        assert len(_loose(store)) == 1  # found in the pack by a fresh index: not stored again
+        few = [f"few {i}".encode() for i in range(PACK_MIN_BLOBS - 1)]
+        store.put_content_many(few)
+        assert len(_packs(store)) == 1 and len(_loose(store)) == 1 + len(few)
+        big = os.urandom(PACK_BLOB_LIMIT + 1)
+        small = [f"mixed {i}".encode() for i in range(PACK_MIN_BLOBS)]
+        store.put_content_many([big, *small])
+        assert len(_packs(store)) == 2 and store.get_content(hashlib.sha256(big).hexdigest()) == big
+
+    def test_delete_rewrites_the_pack_and_stale_readers_see_it(self, store: FileBlobStore) -> None:
+        payloads = [f"value {i}".encode() for i in range(12)]
+        digests = [d for d, _ in store.put_content_many(payloads)]
+        stale = FileBlobStore(store.root)
+        assert stale.get_content(digests[0]) == payloads[0]  # loads the index of the first pack
+        (first,) = _packs(store)
+        store.delete_many([store.digest_key(d) for d in digests[:4]])
+        (second,) = _packs(store)
+        assert second != first and not first.exists()
+        for view in (store, stale, FileBlobStore(store.root)):
+            for digest, data in zip(digests, payloads, strict=True):
+                key = view.digest_key(digest)
+                if digest in digests[:4]:
+                    assert not view.exists(key)
+                    with pytest.raises(NotFoundError):
+                        view.get(key)
+                else:
+                    assert view.get_content(digest) == data
+        store.delete(store.digest_key(digests[4]))
+        stale.delete_many([stale.digest_key(d) for d in digests[5:]])
+        assert _packs(store) == [] and store.list() == []
+        store.delete(store.digest_key(digests[0]))  # deleting a missing key is not an error
+
+    def test_a_corrupt_or_torn_pack_is_detected(self, store: FileBlobStore,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+        payloads = [f"precious {i}".encode() for i in range(10)]
+        digests = [d for d, _ in store.put_content_many(payloads)]
+        (pack,) = _packs(store)
+        raw = bytearray(pack.read_bytes())
+        raw[0] ^= 0xFF  # flip a byte of the first blob behind the store's back
+        pack.write_bytes(bytes(raw))
+        with pytest.raises(CorruptDataError, match=digests[0]):
+            FileBlobStore(store.root).get_content(digests[0])
+        assert FileBlobStore(store.root).get_content(digests[1]) == payloads[1]
+        pack.write_bytes(bytes(raw[:-5]))  # torn: its index trailer is gone
+        fresh = FileBlobStore(store.root)
+        with pytest.raises(NotFoundError):
+            fresh.get_content(digests[1])
+        assert "ignoring pack" in caplog.text
+        assert fresh.put_content(payloads[1])[0] == digests[1]  # stored again, as a loose file
+        assert fresh.get_content(digests[1]) == payloads[1]
+
+    def test_the_pack_folder_is_not_a_key(self, store: FileBlobStore) -> None:
+        for key in (PACK_DIR, f"{PACK_DIR}/x.pack"):
+            with pytest.raises(InvalidArgumentError, match="pack files"):
+                store.put(key, b"x")
+            with pytest.raises(InvalidArgumentError, match="pack files"):
+                store.get(key)
+
+    @pytest.mark.multiprocess
+    def test_packs_written_by_other_processes_are_found(self, store: FileBlobStore) -> None:
+        store.put_content(b"loaded before")
+        assert store.list("sha256/")  # this store's index is now built
+        script = textwrap.dedent(f"""
+            import sys
+            from labvault.backends.localfs import PACK_BLOB_LIMIT, PACK_DIR, PACK_MIN_BLOBS, FileBlobStore
+            store = FileBlobStore({str(store.root)!r})
+            print(" ".join(d for d, _ in store.put_content_many(
+                [f"from {{sys.argv[1]}}: {{i}}".encode() for i in range(10)])))
+        """)
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE, text=True)
+                 for i in range(3)]
+        outs = [p.communicate(timeout=120)[0].split() for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        assert len(_packs(store)) == 3
+        for i, digests in enumerate(outs):
+            assert [store.get_content(d) for d in digests] == [f"from {i}: {j}".encode() for j in range(10)]
 
 
 class TestMemoryBlobStore(BlobStoreTests):

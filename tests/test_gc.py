@@ -106,6 +106,35 @@ def test_restoring_content_refreshes_it(tmp_path: Path) -> None:
         assert path.exists()
 
 
+def test_packed_small_blobs_are_collected_and_refreshed(tmp_path: Path) -> None:
+    """The file store packs a flush's small artifacts into one file; gc removes the unreferenced ones from
+    it and keeps the rest readable, and re-logging packed content protects it like a loose blob."""
+    with labvault.open(str(tmp_path / "v")) as vault:
+        blobs = vault.backend.blobs
+        keep = _log(vault, "keep", *[f"kept {i}".encode() for i in range(10)], b"shared")
+        drop = _log(vault, "drop", *[f"dropped {i}".encode() for i in range(10)], b"shared")
+        packs = tmp_path / "v" / "blobs" / ".packs"
+        assert len(list(packs.glob("*.pack"))) == 2 and not (tmp_path / "v" / "blobs" / "sha256").exists()
+        vault.delete_experiment("drop")
+        later = time.time() + 2 * DAY
+        report = collect_garbage(vault, grace_hours=24, now=later, delete=True)
+        assert sorted(b.key.rsplit("/", 1)[1] for b in report.garbage) == sorted(drop[:10])
+        assert sorted(blobs.list("sha256/")) == sorted(blobs.digest_key(d) for d in keep)
+        run = vault.experiment("keep").runs()[0]
+        assert [run.get_artifact(f"file-{i}.bin") for i in range(11)] == \
+            [*(f"kept {i}".encode() for i in range(10)), b"shared"]
+
+        past = time.time() - 3 * DAY
+        for pack in packs.glob("*.pack"):
+            os.utime(pack, (past, past))
+        vault.delete_experiment("keep")
+        assert len(collect_garbage(vault, grace_hours=24).garbage) == 11
+        _log(vault, "again", *[f"kept {i}".encode() for i in range(10)])  # stored already: touched
+        vault.delete_experiment("again")
+        report = collect_garbage(vault, grace_hours=24, delete=True)
+        assert report.garbage == [] and len(report.recent) == 11
+
+
 def test_shared_blob_store_needs_every_vault(tmp_path: Path) -> None:
     shared = f"file://{tmp_path / 'shared-blobs'}"
     with labvault.open(str(tmp_path / "a"), artifacts=shared) as a, \

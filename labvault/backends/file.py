@@ -1483,8 +1483,16 @@ class FileBackend(Backend, scheme="file"):
     # -- artifacts ----------------------------------------------------------------------------------------
     @_translate_os_errors
     def _add_artifact(self, run_id: str, info: ArtifactInfo) -> None:
-        line = json.dumps({"key": info.key, "digest": info.digest, "size": info.size,
-                           "created_at": info.created_at}, ensure_ascii=False) + "\n"
+        self._add_artifacts(run_id, [info])
+
+    @_translate_os_errors
+    def _add_artifacts(self, run_id: str, infos: list[ArtifactInfo]) -> None:
+        """Append the records to the run's manifest in one locked write (a flush of many small ones)."""
+        if not infos:
+            return
+        line = "".join(json.dumps({"key": info.key, "digest": info.digest, "size": info.size,
+                                   "created_at": info.created_at}, ensure_ascii=False) + "\n"
+                       for info in infos)
         self._ensure_store()
         state, _i = self._locate(run_id)
         path = self._run_dir(state, run_id, make=True) / "artifacts.jsonl"
