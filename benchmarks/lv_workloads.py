@@ -314,6 +314,11 @@ def w6_artifacts(spec: BackendSpec, tmp: Path, cache: Path | None, cfg: dict[str
             digest.update(chunk)
             fout.write(chunk)
     out["raw_hashed_copy_seconds"] = time.perf_counter() - t0
+    settle()
+    t0 = time.perf_counter()
+    with open(src, "rb") as fin:
+        hashlib.file_digest(fin, "sha256")
+    out["raw_sha256_seconds"] = time.perf_counter() - t0
     shutil.rmtree(raw)
     raw.mkdir()
     settle()

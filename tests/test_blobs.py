@@ -18,7 +18,13 @@ import labvault
 import labvault.blobs
 from labvault.backends import registry
 from labvault.backends.base import BlobStore
-from labvault.backends.localfs import PACK_BLOB_LIMIT, PACK_DIR, PACK_MIN_BLOBS, FileBlobStore
+from labvault.backends.localfs import (
+    PACK_BLOB_LIMIT,
+    PACK_DIR,
+    PACK_MIN_BLOBS,
+    FileBlobStore,
+    _copy_file_hashing,
+)
 from labvault.backends.memory import MemoryBlobStore
 from labvault.errors import (
     AlreadyExistsError,
@@ -43,12 +49,30 @@ class TestFileBlobStore(BlobStoreTests):
         leftovers = [p.name for p in store.root.rglob("*") if p.name.endswith(".tmp")]
         assert leftovers == []
 
+    def test_put_content_of_a_path_is_copied_by_the_kernel_and_hashed(self, store: FileBlobStore,
+                                                                       tmp_path: Path) -> None:
+        data = os.urandom(40 * 1024 * 1024 + 12345)  # several sendfile chunks and a ragged end
+        src = tmp_path / "weights.bin"
+        src.write_bytes(data)
+        digest, size = store.put_content(src)
+        assert (digest, size) == (hashlib.sha256(data).hexdigest(), len(data))
+        assert (store.root / store.digest_key(digest)).read_bytes() == data
+        with (tmp_path / "copy.bin").open("wb+") as out:  # the kernel path itself, not a fallback
+            assert _copy_file_hashing(src, out.fileno()) == (digest, size)
+        assert _copy_file_hashing(tmp_path, 0) is None  # not a regular file: the caller streams it
+        empty = tmp_path / "empty.bin"
+        empty.write_bytes(b"")
+        assert store.put_content(empty) == (hashlib.sha256(b"").hexdigest(), 0)
+        with pytest.raises(InvalidArgumentError, match="not a readable file"):
+            store.put_content(tmp_path)  # a directory: refused by name, nothing stored
+        assert sorted(p.name for p in (store.root / "tmp").iterdir()) == []
+
     @pytest.mark.multiprocess
     def test_conditional_writes_are_atomic_across_processes(self, store: FileBlobStore) -> None:
         store.put("counter", b"0")
         script = textwrap.dedent(f"""
             import sys
-            from labvault.backends.localfs import PACK_BLOB_LIMIT, PACK_DIR, PACK_MIN_BLOBS, FileBlobStore
+            from labvault.backends.localfs import FileBlobStore
             from labvault.errors import ConflictError
             store = FileBlobStore({str(store.root)!r})
             try:
@@ -181,7 +205,7 @@ class TestFileBlobStorePacks:
         assert store.list("sha256/")  # this store's index is now built
         script = textwrap.dedent(f"""
             import sys
-            from labvault.backends.localfs import PACK_BLOB_LIMIT, PACK_DIR, PACK_MIN_BLOBS, FileBlobStore
+            from labvault.backends.localfs import FileBlobStore
             store = FileBlobStore({str(store.root)!r})
             print(" ".join(d for d, _ in store.put_content_many(
                 [f"from {{sys.argv[1]}}: {{i}}".encode() for i in range(10)])))
