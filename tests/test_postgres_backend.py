@@ -26,8 +26,10 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_sql_backend import check_index_agrees_with_sql, check_index_follows_writes
 
 import labvault
+from labvault import query as sql_query
 from labvault.backends import sql
 from labvault.backends.memory import MemoryBlobStore
 from labvault.backends.sql import SCHEMA_VERSION, SQLBlobStore, schema_metadata
@@ -308,6 +310,63 @@ def test_newer_store_refused(uri: str) -> None:
         v.experiments()
     with pytest.raises(UnsupportedOperationError, match="99"):
         sql.upgrade(uri)
+
+
+# -- the run index ------------------------------------------------------------------------------------------
+def test_run_index_follows_writes_of_other_connections(uri: str) -> None:
+    from labvault.backends.postgresql import PostgresBackend
+
+    writer, reader = PostgresBackend.from_uri(uri), PostgresBackend.from_uri(uri)
+    try:
+        check_index_follows_writes(writer, reader)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_run_index_and_sql_search_agree_across_experiments(uri: str) -> None:
+    from labvault.backends.postgresql import PostgresBackend
+
+    indexed, plain = PostgresBackend.from_uri(uri), PostgresBackend.from_uri(uri)
+    try:
+        check_index_agrees_with_sql(indexed, plain)
+    finally:
+        indexed.close()
+        plain.close()
+
+
+def test_run_index_sees_a_slow_writer_that_commits_last(uri: str) -> None:
+    """Transaction ids are not handed out in commit order: a writer that took its id first but commits
+    after a later one must still be seen (a "highest stamp seen" refresh would skip it for good)."""
+    import psycopg
+
+    from labvault.backends.postgresql import PostgresBackend
+
+    writer, reader = PostgresBackend.from_uri(uri), PostgresBackend.from_uri(uri)
+    slow = psycopg.connect(uri.split("?", 1)[0])
+    try:
+        exp = writer.ensure_experiment("e", "default")
+        first = writer.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={}, tags={})
+        second = writer.create_run(exp.id, name=None, parent_id=None, start_time=2.0, params={}, tags={})
+        everything = sql_query.parse(None)
+
+        def numbers(text: str) -> list[int]:
+            return [r.number for r in reader.search_runs([exp.id], sql_query.parse(text), [], None, 0)]
+
+        assert numbers("status = 'running'") == [1, 2]  # the reader's index is loaded
+        # The slow writer takes its transaction id now and holds it open...
+        slow.execute(f'UPDATE "{_schema(uri)}".runs SET status = %s, rev = txid_current() WHERE id = %s',
+                     ("failed", first.id))
+        writer.update_run(second.id, status="finished", end_time=3.0)  # ...a later one commits first
+        assert numbers("status = 'finished'") == [2]
+        assert numbers("status = 'failed'") == []  # not committed yet: invisible
+        slow.commit()
+        assert numbers("status = 'failed'") == [1]
+        assert reader.search_runs([exp.id], everything, [], None, 0)[0].status == "failed"
+    finally:
+        slow.close()
+        writer.close()
+        reader.close()
 
 
 def test_text_columns_compare_by_code_point(uri: str) -> None:
@@ -617,8 +676,11 @@ _RUN, _FILTERS, _ORDERS = _equivalence_strategies()
 
 @pytest.fixture(scope="module")
 def equivalence_vault(database: str) -> Iterator[Any]:
-    with labvault.open(f"{database}?schema=equivalence") as vault:
-        yield vault
+    """The store searched by its run index, and a second handle on it that searches in SQL."""
+    with labvault.open(f"{database}?schema=equivalence") as vault, \
+            labvault.open(f"{database}?schema=equivalence") as sql_only:
+        sql_only.backend._index = None
+        yield vault, sql_only
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -627,8 +689,9 @@ def equivalence_vault(database: str) -> Iterator[Any]:
 def test_memory_and_postgres_agree(equivalence_vault: Any, runs: list[dict[str, Any]], filters: list[str],
                                    orders: list[list[str]]) -> None:
     name = uuid.uuid4().hex
+    indexed, sql_only = equivalence_vault
     with labvault.open(f"memory://{name}") as oracle:
-        for vault in (oracle, equivalence_vault):
+        for vault in (oracle, indexed):
             exp = vault.experiment(name)
             for spec in runs:
                 with exp.start_run(name=spec["name"], params=spec["params"], tags=spec["tags"]) as run:
@@ -637,5 +700,7 @@ def test_memory_and_postgres_agree(equivalence_vault: Any, runs: list[dict[str, 
         for flt in filters:
             for order in orders:
                 expected = [r.number for r in oracle.search_runs(name, filter=flt, order_by=order)]
-                got = [r.number for r in equivalence_vault.search_runs(name, filter=flt, order_by=order)]
-                assert got == expected, f"filter {flt!r} order {order!r}: postgres {got} memory {expected}"
+                for vault, how in ((indexed, "run index"), (sql_only, "SQL")):
+                    got = [r.number for r in vault.search_runs(name, filter=flt, order_by=order)]
+                    assert got == expected, f"filter {flt!r} order {order!r}: postgres ({how}) {got} " \
+                                            f"memory {expected}"

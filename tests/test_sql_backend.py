@@ -270,78 +270,89 @@ def test_run_index_follows_writes_of_other_connections(db: Path) -> None:
     uri = f"sqlite:///{db}"
     writer, reader = SQLBackend.from_uri(uri), SQLBackend.from_uri(uri)
     try:
-        exp = writer.ensure_experiment("e", "default")
-        first = writer.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={"lr": 0.1},
-                                  tags={})
-        everything = query.parse(None)
-
-        def search(text: str | None = None, order: str | None = None) -> list[int]:
-            return [r.number for r in reader.search_runs([exp.id], query.parse(text),
-                                                         query.parse_order_by(order), None, 0)]
-
-        assert search() == [1] and reader._index is not None and reader._index.has(exp.id)
-        second = writer.create_run(exp.id, name="b", parent_id=first.id, start_time=2.0,
-                                   params={"lr": 0.01}, tags={"team": "a"})
-        assert search() == [1, 2]
-        writer.log_metrics(first.id, [_series("acc", [0.5, 0.9])])
-        assert search("metrics.acc > 0.8") == [1]
-        writer.set_tags(first.id, {"team": "b"})
-        writer.log_params(first.id, {"opt": "adam"})
-        writer.log_results(second.id, {"score": 3})
-        writer.update_run(second.id, status="finished", end_time=5.0)
-        assert search("tags.team = 'b' and params.opt = 'adam'") == [1]
-        assert search("status = 'finished'") == [2]
-        assert search(None, "params.lr") == [2, 1]
-        (info,) = reader.search_runs([exp.id], query.parse("number = 2"), [], None, 0)
-        assert info.results == {"score": 3} and info.end_time == 5.0 and info.name == "b"
-        # What a caller gets is a copy: changing it changes nothing stored or indexed.
-        info.params["lr"] = 99
-        info.tags.clear()
-        assert search("params.lr = 0.01 and tags.team = 'a'") == [2]
-        # Deleting the experiment whose run changed last must not let a change number be given out
-        # twice: a later change elsewhere is still seen.
-        other = writer.ensure_experiment("other", "default")
-        third = writer.create_run(other.id, name=None, parent_id=None, start_time=3.0, params={}, tags={})
-        assert [r.number for r in reader.search_runs([other.id], everything, [], None, 0)] == [1]
-        writer.log_metrics(first.id, [_series("acc", [0.1])])
-        writer.log_results(third.id, {"late": 1})
-        writer.delete_experiment(other.id)
-        assert reader.search_runs([other.id], everything, [], None, 0) == []
-        assert search("metrics.acc > 0.8") == []
-        writer.set_tags(second.id, {"team": "c"})
-        assert search("tags.team = 'c'") == [2]
-        writer.delete_experiment(exp.id)
-        assert reader.search_runs([exp.id], everything, [], None, 0) == []
+        check_index_follows_writes(writer, reader)
     finally:
         writer.close()
         reader.close()
 
 
+def check_index_follows_writes(writer: SQLBackend, reader: SQLBackend) -> None:
+    """Every kind of change ``writer`` makes is seen by ``reader``'s run index at its next search (shared
+    with the PostgreSQL tests)."""
+    exp = writer.ensure_experiment("e", "default")
+    first = writer.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={"lr": 0.1},
+                              tags={})
+    everything = query.parse(None)
+
+    def search(text: str | None = None, order: str | None = None) -> list[int]:
+        return [r.number for r in reader.search_runs([exp.id], query.parse(text),
+                                                     query.parse_order_by(order), None, 0)]
+
+    assert search() == [1] and reader._index is not None and reader._index.has(exp.id)
+    second = writer.create_run(exp.id, name="b", parent_id=first.id, start_time=2.0,
+                               params={"lr": 0.01}, tags={"team": "a"})
+    assert search() == [1, 2]
+    writer.log_metrics(first.id, [_series("acc", [0.5, 0.9])])
+    assert search("metrics.acc > 0.8") == [1]
+    writer.set_tags(first.id, {"team": "b"})
+    writer.log_params(first.id, {"opt": "adam"})
+    writer.log_results(second.id, {"score": 3})
+    writer.update_run(second.id, status="finished", end_time=5.0)
+    assert search("tags.team = 'b' and params.opt = 'adam'") == [1]
+    assert search("status = 'finished'") == [2]
+    assert search(None, "params.lr") == [2, 1]
+    (info,) = reader.search_runs([exp.id], query.parse("number = 2"), [], None, 0)
+    assert info.results == {"score": 3} and info.end_time == 5.0 and info.name == "b"
+    # What a caller gets is a copy: changing it changes nothing stored or indexed.
+    info.params["lr"] = 99
+    info.tags.clear()
+    assert search("params.lr = 0.01 and tags.team = 'a'") == [2]
+    # Deleting the experiment whose run changed last must not let a change number be given out
+    # twice: a later change elsewhere is still seen.
+    other = writer.ensure_experiment("other", "default")
+    third = writer.create_run(other.id, name=None, parent_id=None, start_time=3.0, params={}, tags={})
+    assert [r.number for r in reader.search_runs([other.id], everything, [], None, 0)] == [1]
+    writer.log_metrics(first.id, [_series("acc", [0.1])])
+    writer.log_results(third.id, {"late": 1})
+    writer.delete_experiment(other.id)
+    assert reader.search_runs([other.id], everything, [], None, 0) == []
+    assert search("metrics.acc > 0.8") == []
+    writer.set_tags(second.id, {"team": "c"})
+    assert search("tags.team = 'c'") == [2]
+    writer.delete_experiment(exp.id)
+    assert reader.search_runs([exp.id], everything, [], None, 0) == []
+
+
 def test_run_index_and_sql_search_agree_across_experiments(db: Path) -> None:
     uri = f"sqlite:///{db}"
     indexed, plain = SQLBackend.from_uri(uri), SQLBackend.from_uri(uri)
-    plain._index = None
     try:
-        ids = []
-        for e in range(3):
-            exp = indexed.ensure_experiment(f"e{e}", "default")
-            ids.append(exp.id)
-            for i in range(20):
-                run = indexed.create_run(exp.id, name=f"r{i % 4}", parent_id=None, start_time=float(i),
-                                         params={"i": i, "mixed": i if i % 3 else f"s{i}"},
-                                         tags={"k": str(i % 5)})
-                if i % 2:
-                    indexed.log_metrics(run.id, [_series("m", [float((i * 7) % 11)])])
-        for text, order in [(None, None), ("metrics.m > 3", "metrics.m desc"), ("params.mixed >= 5", "name"),
-                            ("tags.k in ('1', '2') or metrics.m is null", "params.mixed"),
-                            ("name like 'r1%'", "tags.k desc, metrics.m")]:
-            expr, keys = query.parse(text), query.parse_order_by(order)
-            for limit, offset in [(None, 0), (7, 3)]:
-                want = [r.id for r in plain.search_runs(ids, expr, keys, limit, offset)]
-                assert [r.id for r in indexed.search_runs(ids, expr, keys, limit, offset)] == want, text
+        check_index_agrees_with_sql(indexed, plain)
     finally:
         indexed.close()
         plain.close()
+
+
+def check_index_agrees_with_sql(indexed: SQLBackend, plain: SQLBackend) -> None:
+    """Searches from ``indexed``'s run index and ``plain``'s SQL (its index switched off) agree."""
+    plain._index = None
+    ids = []
+    for e in range(3):
+        exp = indexed.ensure_experiment(f"e{e}", "default")
+        ids.append(exp.id)
+        for i in range(20):
+            run = indexed.create_run(exp.id, name=f"r{i % 4}", parent_id=None, start_time=float(i),
+                                     params={"i": i, "mixed": i if i % 3 else f"s{i}"},
+                                     tags={"k": str(i % 5)})
+            if i % 2:
+                indexed.log_metrics(run.id, [_series("m", [float((i * 7) % 11)])])
+    for text, order in [(None, None), ("metrics.m > 3", "metrics.m desc"), ("params.mixed >= 5", "name"),
+                        ("tags.k in ('1', '2') or metrics.m is null", "params.mixed"),
+                        ("name like 'r1%'", "tags.k desc, metrics.m")]:
+        expr, keys = query.parse(text), query.parse_order_by(order)
+        for limit, offset in [(None, 0), (7, 3)]:
+            want = [r.id for r in plain.search_runs(ids, expr, keys, limit, offset)]
+            assert [r.id for r in indexed.search_runs(ids, expr, keys, limit, offset)] == want, text
 
 
 def test_delete_experiment_cascades(backend: SQLBackend, db: Path) -> None:

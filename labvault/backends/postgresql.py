@@ -64,6 +64,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from labvault.backends.base import BlobStore, ChangeFeed, LocalChangeFeed, check_options
+from labvault.backends.runindex import RunIndex
 from labvault.backends.sql import (
     _S_RUN_NUMBER,
     _U_RUN,
@@ -199,6 +200,10 @@ def _payload(event: ChangeEvent) -> str:
     return raw.decode()
 
 
+#: The 64-bit id of the writing transaction: PostgreSQL's change number of a run (``runs.rev``).
+_THIS_TRANSACTION = sa.func.txid_current()
+
+
 def _create_run_statement() -> sa.Select[Any]:
     """A run, its number, params and tags in ONE statement (data-modifying CTEs), so creating a run is
     one round trip in autocommit instead of a transaction of six.
@@ -218,12 +223,13 @@ def _create_run_statement() -> sa.Select[Any]:
                .values(run_counter=t_experiments.c.run_counter + 1)
                .returning(t_experiments.c.run_counter).cte("counter"))
     run_columns = ["id", "experiment_id", "number", "name", "parent_id", "status", "start_time", "heartbeat",
-                   "params_json", "tags_json"]
+                   "params_json", "tags_json", "rev"]
     run = (sa.insert(t_runs).from_select(run_columns, sa.select(
         sa.bindparam("b_id", type_=sa.String), sa.bindparam("b_exp", type_=sa.String), counter.c.run_counter,
         sa.bindparam("b_name", type_=sa.Text), sa.null(), sa.literal("running"),
         sa.bindparam("b_start", type_=sa.Double), sa.bindparam("b_start", type_=sa.Double),
-        sa.bindparam("b_params_json", type_=sa.Text), sa.bindparam("b_tags_json", type_=sa.Text)))
+        sa.bindparam("b_params_json", type_=sa.Text), sa.bindparam("b_tags_json", type_=sa.Text),
+        _THIS_TRANSACTION))
         .returning(t_runs.c.number).cte("run"))
     created = sa.exists(sa.select(run.c.number))
     p = sa.func.unnest(
@@ -243,6 +249,12 @@ def _create_run_statement() -> sa.Select[Any]:
 
 
 _CREATE_RUN = _create_run_statement()
+#: Finishing / heartbeating a run, stamped for the run index.
+_U_RUN_STAMPED = _U_RUN.values(rev=_THIS_TRANSACTION)
+#: Stamp a run changed by the current transaction (see ``PostgresBackend._stamp``).
+_STAMP_RUN = sa.update(t_runs).where(t_runs.c.id == sa.bindparam("b_run")).values(rev=_THIS_TRANSACTION)
+#: The oldest transaction still running: every one before it has committed or rolled back.
+_S_HORIZON = sa.select(sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot()))
 
 
 class PostgresBackend(SQLBackend, scheme="postgresql"):
@@ -264,7 +276,7 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
         "additionalProperties": False,
     }
     _dialect: ClassVar[str] = "postgresql"
-    _stamps_runs: ClassVar[bool] = False  # concurrent writers: change numbers would not follow commits
+    _revs_follow_commits: ClassVar[bool] = False  # concurrent writers: see _index_horizon
     supports_events: ClassVar[bool] = True
 
     def __init__(self, uri: str, url: sa.URL, *, blobs: BlobStore | None = None, schema: str | None = None,
@@ -287,6 +299,7 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
         self._listeners: set[_Listener] = set()
         self._listeners_lock = threading.Lock()
         self._notifier: _Notifier | None = None
+        self._index = RunIndex()
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -348,10 +361,37 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
     def _update_run(self, run_id: str, fields: dict[str, Any]) -> None:
         """One UPDATE in autocommit (one round trip; repeating it after a lost connection is harmless)."""
         def work(conn: Connection, _attempt: int) -> None:
-            if conn.execute(_U_RUN, {**fields, "b_run": run_id}).rowcount == 0:
+            if conn.execute(_U_RUN_STAMPED, {**fields, "b_run": run_id}).rowcount == 0:
                 raise NotFoundError(f"run {run_id} not found")
 
         self._run(work, "autocommit")
+
+    # -- the run index (see labvault.backends.runindex) ---------------------------------------------------
+    def _stamp(self, conn: Connection, run_id: str | None) -> None:
+        """Stamp ``run_id`` with the id of the writing transaction (deletions need no stamp: a refresh
+        drops the experiments that no longer exist)."""
+        if run_id is not None:
+            conn.execute(_STAMP_RUN, {"b_run": run_id})
+
+    def _index_horizon(self, conn: Connection) -> int:
+        """The oldest transaction still running (``txid_snapshot_xmin``).
+
+        Transaction ids are handed out at a transaction's first write, not in commit order, so "the
+        highest stamp seen" would skip a slow writer that commits after a faster one with a higher id.
+        Every transaction older than this horizon has finished, so all its stamps are visible now; the
+        next refresh re-reads every run stamped at or after it (``_changed_since``), which includes each
+        transaction that was still running. A long-open writing transaction elsewhere holds the horizon
+        back and makes refreshes re-read more, never less.
+        """
+        return int(conn.execute(_S_HORIZON).scalar_one())
+
+    @staticmethod
+    def _changed_since(horizon: int) -> sa.ColumnElement[bool]:
+        return t_runs.c.rev >= horizon
+
+    def _latest_rev(self) -> int | None:
+        """No shortcut: every search refreshes from the horizon (one indexed query)."""
+        return None
 
     def _default_blobs(self) -> BlobStore:
         """Artifacts in the database: chunked ``bytea`` rows (see ``SQLBlobStore``)."""

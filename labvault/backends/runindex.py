@@ -1,4 +1,4 @@
-"""An in-process index of an SQLite store's runs, so searches and listings need no per-run SQL.
+"""An in-process index of an SQL store's runs, so searches and listings need no per-run SQL.
 
 A search over 10,000 runs that joins ``run_params`` and ``metric_latest`` costs SQLite tens of
 thousands of B-tree probes (60-80 ms), before a single result row is built. The file backend answers
@@ -17,6 +17,13 @@ backend the same shape:
   runs returned are built, as fresh ``RunInfo`` copies the caller may change freely.
 
 So results are exactly what SQL would answer at that snapshot, other processes' commits included.
+
+PostgreSQL has concurrent writers, so there a run's change number is the id of the transaction that
+wrote it (``txid_current()``), and ids are not handed out in commit order. A refresh there takes the
+oldest transaction still running (``txid_snapshot_xmin``) as its horizon: every transaction before it
+has finished, and the next refresh re-reads every run stamped at or after it (see
+``PostgresBackend._index_horizon``). Deleted experiments are dropped by both when a refresh no longer
+finds them.
 """
 
 from __future__ import annotations

@@ -352,6 +352,7 @@ _STAMP_RUN = f"UPDATE runs SET rev = {_TOP_REV} + 1 WHERE id = ?"
 _STAMP_DELETION = (f"INSERT INTO meta (key, value) VALUES ('runs_rev', CAST({_TOP_REV} + 1 AS TEXT)) "
                    f"ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 _S_RUNS_REV = f"SELECT {_TOP_REV}"
+_S_EXPERIMENT_IDS = sa.select(t_experiments.c.id)
 _S_LAST_SEQ_ONE = (
     sa.select(sa.func.max(t_segments.c.seq))
     .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.key == sa.bindparam("b_key"))
@@ -514,6 +515,9 @@ class SQLBackend(Backend, scheme="sqlite"):
     #: Whether write transactions stamp runs with the change counter (``runs.rev``) the in-process run
     #: index refreshes by. SQLite only: its single writer makes the numbers follow the commit order.
     _stamps_runs: ClassVar[bool] = True
+    #: Whether change numbers follow the commit order, so an unchanged top number means nothing changed
+    #: (SQLite); otherwise every refresh re-reads the runs stamped at or after its horizon (PostgreSQL).
+    _revs_follow_commits: ClassVar[bool] = True
     #: The in-process run index searches answer from (None: search in SQL, as PostgreSQL does).
     _index: RunIndex | None = None
     _options: ClassVar[dict[str, float]] = {"busy_timeout": _DEFAULT_BUSY_TIMEOUT}
@@ -1059,16 +1063,15 @@ class SQLBackend(Backend, scheme="sqlite"):
                 return index.search(experiment_ids, expr, order, limit, offset)
 
         def work(conn: Connection, _attempt: int) -> list[RunInfo] | None:
-            raw = self._driver(conn, _S_RUNS_REV).fetchone()
-            top = int(raw[0]) if raw is not None else 0
+            top = self._index_horizon(conn)
             with index.lock:
-                if top != index.rev and index.loaded():
+                if index.loaded() and (top != index.rev or not self._revs_follow_commits):
                     if top < index.rev:  # the store was replaced underneath: start over
                         index.forget()
                     else:
-                        for rec in self._records(conn, t_runs.c.rev > index.rev):
+                        for rec in self._records(conn, self._changed_since(index.rev)):
                             index.put(rec)
-                        existing = {row[0] for row in self._driver(conn, "SELECT id FROM experiments")}
+                        existing = set(conn.execute(_S_EXPERIMENT_IDS).scalars())
                         for gone in index.loaded() - existing:
                             index.forget(gone)
                 for exp_id in experiment_ids:
@@ -1078,6 +1081,16 @@ class SQLBackend(Backend, scheme="sqlite"):
                 return index.search(experiment_ids, expr, order, limit, offset)
 
         return self._run(work, "read")
+
+    def _index_horizon(self, conn: Connection) -> int:
+        """Where the run index's next refresh starts: SQLite's highest change number so far."""
+        raw = self._driver(conn, _S_RUNS_REV).fetchone()
+        return int(raw[0]) if raw is not None else 0
+
+    @staticmethod
+    def _changed_since(horizon: int) -> sa.ColumnElement[bool]:
+        """The runs a refresh from ``horizon`` (the previous refresh's) must re-read."""
+        return t_runs.c.rev > horizon
 
     def _latest_rev(self) -> int | None:
         """The store's current change number, read on a connection of its own outside any transaction
