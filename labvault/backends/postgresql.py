@@ -68,6 +68,7 @@ from labvault.backends.runindex import RunIndex
 from labvault.backends.sql import (
     _S_RUN_NUMBER,
     _U_RUN,
+    Mode,
     SQLBackend,
     SQLBlobStore,
     _dumps,
@@ -253,8 +254,10 @@ _CREATE_RUN = _create_run_statement()
 _U_RUN_STAMPED = _U_RUN.values(rev=_THIS_TRANSACTION)
 #: Stamp a run changed by the current transaction (see ``PostgresBackend._stamp``).
 _STAMP_RUN = sa.update(t_runs).where(t_runs.c.id == sa.bindparam("b_run")).values(rev=_THIS_TRANSACTION)
-#: The oldest transaction still running: every one before it has committed or rolled back.
-_S_HORIZON = sa.select(sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot()))
+#: The oldest transaction still running (every one before it has committed or rolled back), and the ids of
+#: the experiments that exist, in one round trip.
+_S_HORIZON = sa.select(sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot()),
+                       sa.select(sa.func.array_agg(t_experiments.c.id)).scalar_subquery())
 
 
 class PostgresBackend(SQLBackend, scheme="postgresql"):
@@ -277,6 +280,8 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
     }
     _dialect: ClassVar[str] = "postgresql"
     _revs_follow_commits: ClassVar[bool] = False  # concurrent writers: see _index_horizon
+    #: Index refreshes need no snapshot across statements (the horizon is read first): no BEGIN/ROLLBACK.
+    _index_read_mode: ClassVar[Mode] = "autocommit"
     supports_events: ClassVar[bool] = True
 
     def __init__(self, uri: str, url: sa.URL, *, blobs: BlobStore | None = None, schema: str | None = None,
@@ -373,8 +378,8 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
         if run_id is not None:
             conn.execute(_STAMP_RUN, {"b_run": run_id})
 
-    def _index_horizon(self, conn: Connection) -> int:
-        """The oldest transaction still running (``txid_snapshot_xmin``).
+    def _index_horizon(self, conn: Connection) -> tuple[int, set[str] | None]:
+        """The oldest transaction still running (``txid_snapshot_xmin``), and the experiments that exist.
 
         Transaction ids are handed out at a transaction's first write, not in commit order, so "the
         highest stamp seen" would skip a slow writer that commits after a faster one with a higher id.
@@ -383,11 +388,15 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
         transaction that was still running. A long-open writing transaction elsewhere holds the horizon
         back and makes refreshes re-read more, never less.
         """
-        return int(conn.execute(_S_HORIZON).scalar_one())
+        horizon, experiments = conn.execute(_S_HORIZON).one()
+        return int(horizon), set(experiments or ())
 
     @staticmethod
     def _changed_since(horizon: int) -> sa.ColumnElement[bool]:
-        return t_runs.c.rev >= horizon
+        # The upper bound (2^40 transactions later: never reached) changes no result; it makes the planner
+        # estimate a narrow range and use ix_runs_rev even before the table has statistics (right after a
+        # bulk load it would otherwise scan every run: 0.9 ms instead of 0.1 ms at 3,000 runs).
+        return sa.and_(t_runs.c.rev >= horizon, t_runs.c.rev < horizon + 2**40)
 
     def _latest_rev(self) -> int | None:
         """No shortcut: every search refreshes from the horizon (one indexed query)."""

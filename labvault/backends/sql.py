@@ -518,6 +518,8 @@ class SQLBackend(Backend, scheme="sqlite"):
     #: Whether change numbers follow the commit order, so an unchanged top number means nothing changed
     #: (SQLite); otherwise every refresh re-reads the runs stamped at or after its horizon (PostgreSQL).
     _revs_follow_commits: ClassVar[bool] = True
+    #: How a run-index refresh and other single-statement reads run ("read": in a transaction).
+    _index_read_mode: ClassVar[Mode] = "read"
     #: The in-process run index searches answer from (None: search in SQL, as PostgreSQL does).
     _index: RunIndex | None = None
     _options: ClassVar[dict[str, float]] = {"busy_timeout": _DEFAULT_BUSY_TIMEOUT}
@@ -930,7 +932,7 @@ class SQLBackend(Backend, scheme="sqlite"):
         stmt = sa.select(t_experiments).order_by(t_experiments.c.created_at, t_experiments.c.name)
         if project is not None:
             stmt = stmt.where(t_experiments.c.project == project)
-        rows = self._run(lambda conn, _: conn.execute(stmt).all(), "read")
+        rows = self._run(lambda conn, _: conn.execute(stmt).all(), self._index_read_mode)  # one statement
         return [self._experiment_info(r) for r in rows]
 
     def _delete_experiment(self, experiment_id: str) -> None:
@@ -1063,7 +1065,7 @@ class SQLBackend(Backend, scheme="sqlite"):
                 return index.search(experiment_ids, expr, order, limit, offset)
 
         def work(conn: Connection, _attempt: int) -> list[RunInfo] | None:
-            top = self._index_horizon(conn)
+            top, experiments = self._index_horizon(conn)
             with index.lock:
                 if index.loaded() and (top != index.rev or not self._revs_follow_commits):
                     if top < index.rev:  # the store was replaced underneath: start over
@@ -1071,8 +1073,9 @@ class SQLBackend(Backend, scheme="sqlite"):
                     else:
                         for rec in self._records(conn, self._changed_since(index.rev)):
                             index.put(rec)
-                        existing = set(conn.execute(_S_EXPERIMENT_IDS).scalars())
-                        for gone in index.loaded() - existing:
+                        if experiments is None:
+                            experiments = set(conn.execute(_S_EXPERIMENT_IDS).scalars())
+                        for gone in index.loaded() - experiments:
                             index.forget(gone)
                 for exp_id in experiment_ids:
                     if not index.has(exp_id):
@@ -1080,12 +1083,13 @@ class SQLBackend(Backend, scheme="sqlite"):
                 index.rev = top
                 return index.search(experiment_ids, expr, order, limit, offset)
 
-        return self._run(work, "read")
+        return self._run(work, self._index_read_mode)
 
-    def _index_horizon(self, conn: Connection) -> int:
-        """Where the run index's next refresh starts: SQLite's highest change number so far."""
+    def _index_horizon(self, conn: Connection) -> tuple[int, set[str] | None]:
+        """Where the run index's next refresh starts (SQLite: the highest change number so far), and the
+        ids of the experiments that exist if they came with it (None: read them when needed)."""
         raw = self._driver(conn, _S_RUNS_REV).fetchone()
-        return int(raw[0]) if raw is not None else 0
+        return (int(raw[0]) if raw is not None else 0), None
 
     @staticmethod
     def _changed_since(horizon: int) -> sa.ColumnElement[bool]:
