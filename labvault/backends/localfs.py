@@ -7,7 +7,6 @@ target, and the directory is fsynced: a crash leaves either the old file or the 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import logging
@@ -365,18 +364,15 @@ class FileBlobStore(BlobStore, scheme="file"):
 
         The rename makes the blob visible at once; its fsync is group-committed by ``sync()``.
 
-        A file given by path is copied by the kernel (``sendfile``) while a second thread hashes the
-        copy right behind it; other sources are hashed on a second thread while they are written
-        (hashlib releases the GIL). Either way a large file is stored at the speed of sha256, and the
-        digest is that of the bytes actually stored.
+        Hashing runs on a second thread, overlapped with the write (hashlib releases the GIL), so a large
+        file is stored at close to copy speed. The digest is that of the bytes actually written.
         """
         tmpdir = self.root / "tmp"
         tmpdir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=tmpdir, suffix=".part")
         try:
             with os.fdopen(fd, "wb", buffering=0) as fh:
-                by_kernel = isinstance(data, str | os.PathLike) and _copy_file_hashing(data, fh.fileno())
-                digest, size = by_kernel or hash_while_writing(iter_source(data, PIPELINE_CHUNK), fh)
+                digest, size = hash_while_writing(iter_source(data, PIPELINE_CHUNK), fh)
             target = self._path(self.digest_key(digest))
             if _same_size(target, size) or self._packs.stat(digest) is not None:
                 os.unlink(tmp)  # stored already (a torn copy after a power loss has another size)
@@ -674,67 +670,6 @@ def _sendfile_all(src: BinaryIO, out: BinaryIO) -> None:
             break
         offset += sent
     out.seek(offset)
-
-
-def _copy_file_hashing(source: str | os.PathLike[str], out_fd: int) -> tuple[str, int] | None:
-    """Copy the regular file ``source`` to ``out_fd`` (a new file opened for reading and writing) in the
-    kernel while a second thread hashes what has been copied so far; return (sha256 hex, size).
-
-    The hash is taken from the copy, not the source, so it names the stored bytes even if the source
-    changes meanwhile. None when ``source`` is not a regular file or the kernel cannot copy between the
-    two (nothing has been written then): the caller streams it instead.
-    """
-    try:
-        src_fd = os.open(source, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(src_fd).st_mode):
-            return None
-        cond = threading.Condition()
-        copied = 0
-        done = False
-
-        def hash_copy() -> str:
-            sha = hashlib.sha256()
-            buffer = memoryview(bytearray(4 * 1024 * 1024))
-            pos = 0
-            while True:
-                with cond:
-                    while copied <= pos and not done:
-                        cond.wait()
-                    limit = copied
-                if pos >= limit:
-                    return sha.hexdigest()
-                while pos < limit:
-                    got = os.preadv(out_fd, [buffer[: min(len(buffer), limit - pos)]], pos)
-                    if got <= 0:
-                        raise BackendUnavailableError("the blob's temporary copy shrank while being hashed")
-                    sha.update(buffer[:got])
-                    pos += got
-
-        with ThreadPoolExecutor(1) as pool:
-            hashed = pool.submit(hash_copy)
-            try:
-                while True:
-                    try:
-                        sent = os.sendfile(out_fd, src_fd, copied, 16 * 1024 * 1024)
-                    except OSError as exc:
-                        if copied == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                            return None  # no kernel copy between these files: stream instead
-                        raise
-                    if sent == 0:
-                        break
-                    with cond:
-                        copied += sent
-                        cond.notify()
-            finally:
-                with cond:
-                    done = True
-                    cond.notify()
-            return hashed.result(), copied
-    finally:
-        os.close(src_fd)
 
 
 def hash_while_writing(chunks: Iterator[bytes], out: BinaryIO) -> tuple[str, int]:
