@@ -17,9 +17,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_conformance_redis import REDIS_HOST, REDIS_PORT, START_REDIS, redis_available
+from test_sql_backend import check_index_agrees_with_sql, check_index_follows_writes
 
 import labvault
+from labvault import query
 from labvault.errors import BackendUnavailableError, ConflictError, InvalidArgumentError, NotFoundError
 
 redis = pytest.importorskip("redis")
@@ -453,13 +457,111 @@ def test_search_matches_the_reference_model_on_odd_values(uri: str) -> None:
                 tag = value if isinstance(value, str | int | float) else str(value)
                 with exp.start_run(params={"x": value}, tags={"t": tag}):
                     pass
-    with labvault.open(uri) as mine, labvault.open(reference) as oracle:
+    with labvault.open(uri) as mine, labvault.open(uri) as unindexed, labvault.open(reference) as oracle:
+        unindexed.backend._index = None  # type: ignore[attr-defined]  # the summaries path with the prefilter
         for flt in _ODD_FILTERS:
-            got = [r.number for r in mine.search_runs("odd", filter=flt)]
-            assert got == [r.number for r in oracle.search_runs("odd", filter=flt)], flt
+            want = [r.number for r in oracle.search_runs("odd", filter=flt)]
+            assert [r.number for r in mine.search_runs("odd", filter=flt)] == want, flt
+            assert [r.number for r in unindexed.search_runs("odd", filter=flt)] == want, flt
         assert [r.number for r in mine.search_runs("odd", filter="params.x = 'true'")] == [2, 4]
         big = mine.search_runs("odd", filter="number = 11")[0]
         assert big.params == {"x": 2**70}
+
+
+# -- the run index -------------------------------------------------------------------------------------------
+def test_run_index_follows_writes_of_other_clients(uri: str) -> None:
+    writer, reader = RedisBackend.from_uri(uri), RedisBackend.from_uri(uri)
+    try:
+        check_index_follows_writes(writer, reader)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_run_index_and_summary_search_agree_across_experiments(uri: str) -> None:
+    indexed, plain = RedisBackend.from_uri(uri), RedisBackend.from_uri(uri)
+    try:
+        check_index_agrees_with_sql(indexed, plain)
+    finally:
+        indexed.close()
+        plain.close()
+
+
+def test_run_index_reads_only_what_changed(uri: str, prefix: str, raw: Any) -> None:
+    """After the first search, a search reads one change number; a write makes the next one fetch only the
+    runs written since (the vault's change log), and destroying the vault underneath starts over."""
+    backend = RedisBackend.from_uri(uri)
+    everything = query.parse(None)
+    try:
+        exp = backend.ensure_experiment("e", "default")
+        runs = [backend.create_run(exp.id, name=None, parent_id=None, start_time=float(i), params={"i": i},
+                                   tags={}) for i in range(5)]
+        assert len(backend.search_runs([exp.id], everything, [], None, 0)) == 5
+        assert raw.zcard(prefix + "changes") == 5 and int(raw.get(prefix + "rev")) == 5
+        backend.log_params(runs[2].id, {"late": "yes"})
+        assert int(raw.get(prefix + "rev")) == 6
+        assert raw.zrangebyscore(prefix + "changes", "(5", "+inf") == [runs[2].id.encode()]
+        hit = backend.search_runs([exp.id], query.parse("params.late = 'yes'"), [], None, 0)
+        assert [r.number for r in hit] == [3]
+        # Keys changed behind labvault's back (not through a write script) are not seen until a stamp:
+        raw.set(prefix + f"run:{runs[0].id}:summary", raw.get(prefix + f"run:{runs[1].id}:summary"))
+        assert [r.number for r in backend.search_runs([exp.id], everything, [], None, 0)] == [1, 2, 3, 4, 5]
+        # A vault destroyed and made again (change numbers start over, lower) is reloaded from scratch.
+        backend.destroy()
+        again = backend.ensure_experiment("e", "default")
+        backend.create_run(again.id, name="new", parent_id=None, start_time=1.0, params={}, tags={})
+        assert [r.name for r in backend.search_runs([again.id], everything, [], None, 0)] == ["new"]
+        assert backend.search_runs([exp.id], everything, [], None, 0) == []
+    finally:
+        backend.close()
+
+
+def _equivalence_strategies() -> tuple[Any, Any, Any]:
+    from test_query_equivalence import FILTERS, ORDERS, RUN
+
+    return RUN, FILTERS, ORDERS
+
+
+_RUN, _FILTERS, _ORDERS = _equivalence_strategies()
+
+
+@pytest.fixture(scope="module")
+def equivalence_vaults() -> Iterator[Any]:
+    """One vault under a fresh prefix searched by its run index, and a second handle on it that evaluates
+    every summary with the reference model; every key under the prefix is deleted afterwards."""
+    from labvault.testing.plugin import require_service
+
+    require_service("Redis", redis_available(), START_REDIS)
+    uri = f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={_prefix()}"
+    with labvault.open(uri) as indexed, labvault.open(uri) as plain:
+        plain.backend._index = None  # type: ignore[attr-defined]
+        try:
+            yield indexed, plain
+        finally:
+            indexed.backend.destroy()  # type: ignore[attr-defined]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(_RUN, min_size=1, max_size=6), filters=st.lists(_FILTERS, min_size=1, max_size=4),
+       orders=st.lists(_ORDERS, min_size=1, max_size=2))
+def test_memory_and_redis_agree(equivalence_vaults: Any, runs: list[dict[str, Any]], filters: list[str],
+                                orders: list[list[str]]) -> None:
+    name = uuid.uuid4().hex
+    indexed, plain = equivalence_vaults
+    with labvault.open(f"memory://{name}") as oracle:
+        for vault in (oracle, indexed):
+            exp = vault.experiment(name)
+            for spec in runs:
+                with exp.start_run(name=spec["name"], params=spec["params"], tags=spec["tags"]) as run:
+                    for key, value in spec["metrics"].items():
+                        run.log_metric(key, value)
+        for flt in filters:
+            for order in orders:
+                expected = [r.number for r in oracle.search_runs(name, filter=flt, order_by=order)]
+                for vault, how in ((indexed, "run index"), (plain, "summaries")):
+                    got = [r.number for r in vault.search_runs(name, filter=flt, order_by=order)]
+                    assert got == expected, f"filter {flt!r} order {order!r}: redis ({how}) {got} " \
+                                            f"memory {expected}"
 
 
 # -- unix sockets: a private server started (and stopped) by this test ---------------------------------------

@@ -276,9 +276,9 @@ def test_run_index_follows_writes_of_other_connections(db: Path) -> None:
         reader.close()
 
 
-def check_index_follows_writes(writer: SQLBackend, reader: SQLBackend) -> None:
+def check_index_follows_writes(writer: Any, reader: Any) -> None:
     """Every kind of change ``writer`` makes is seen by ``reader``'s run index at its next search (shared
-    with the PostgreSQL tests)."""
+    with the PostgreSQL and Redis tests; any backend with a ``_index``)."""
     exp = writer.ensure_experiment("e", "default")
     first = writer.create_run(exp.id, name=None, parent_id=None, start_time=1.0, params={"lr": 0.1},
                               tags={})
@@ -333,8 +333,8 @@ def test_run_index_and_sql_search_agree_across_experiments(db: Path) -> None:
         plain.close()
 
 
-def check_index_agrees_with_sql(indexed: SQLBackend, plain: SQLBackend) -> None:
-    """Searches from ``indexed``'s run index and ``plain``'s SQL (its index switched off) agree."""
+def check_index_agrees_with_sql(indexed: Any, plain: Any) -> None:
+    """Searches from ``indexed``'s run index and ``plain``'s own path (its index switched off) agree."""
     plain._index = None
     ids = []
     for e in range(3):

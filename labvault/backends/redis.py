@@ -29,6 +29,8 @@ Key layout, every key under the vault's prefix ``P`` (letters, digits, ``_ - .``
     P run:<rid>:metric:<key>       list    packed batches of (int64 step, float64 value, float64 time)
     P run:<rid>:batches            zset    ids of applied metric batches (last hour), for exactly-once
     P run:<rid>:artifacts          hash    artifact key -> {"size","digest","created_at"} JSON
+    P rev                          string  the vault's change number (INCR'd by every write to a run)
+    P changes                      zset    run id scored by the change number of its last write
     P events                       stream  change events (field "e": JSON), MAXLEN ~ 10000
     P blobs                        zset    every blob key (lexicographic listing)
     P blob:<key>                   hash    a published blob's manifest: upload, size, chunks, chunk_size
@@ -36,9 +38,17 @@ Key layout, every key under the vault's prefix ``P`` (letters, digits, ``_ - .``
 
 Every write that touches a run is one Lua script (atomic, one round trip): it checks the run exists,
 applies the write and rebuilds the run's summary document from its hash by string concatenation (no
-JSON decoding in Lua, so numbers keep their exact text). Listings and searches then read one summary per
-run with a single ``MGET`` and parse them with one ``orjson.loads``; the filter and order are evaluated
-with ``labvault.query`` (exactly the reference semantics).
+JSON decoding in Lua, so numbers keep their exact text) and stamps the run with the vault's next change
+number (``INCR rev``, ``ZADD changes``). Listings read one summary per run with a single ``SORT ... GET``
+and parse them with one ``orjson.loads``.
+
+Searches answer from an in-process run index (``labvault.backends.runindex``, as on SQLite and
+PostgreSQL): a search first reads ``rev`` (one ``GET``); when it moved, one read-only script returns the new
+change number, the experiments that exist and the summaries of the runs stamped since the last refresh,
+atomically (Redis runs a script alone, so the change numbers follow the order of the writes and the
+refresh sees exactly the writes up to its number). An experiment is loaded whole the first time a
+search names it. The filter and ordering then run over numpy columns; a filter the vectorised evaluator
+does not handle falls back to ``labvault.query`` over every summary (the reference semantics).
 
 Run numbers come from ``INCR`` inside the creating script, which first checks whether the (client-made)
 run id already exists, so a retried creation never burns a number. Params are write-once inside a script
@@ -106,6 +116,7 @@ from labvault.backends.base import (
     iter_source,
     run_exists_error,
 )
+from labvault.backends.runindex import Record, RunIndex, make_record
 from labvault.domain import ArtifactInfo, ChangeEvent, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
     AuthenticationError,
@@ -208,13 +219,16 @@ def _text(raw: bytes | str) -> str:
 
 # -- Lua scripts ---------------------------------------------------------------------------------------------
 #: Shared by the write scripts. ``rebuild`` makes a run's summary document from its hash by concatenation
-#: (keys are validated: no quotes or backslashes; values are stored as JSON text). ``publish`` appends the
+#: (keys are validated: no quotes or backslashes; values are stored as JSON text) and stamps the run with
+#: the vault's next change number (``INCR rev``, ``ZADD changes``) for the run index. ``publish`` appends the
 #: write's change event to the stream in the same script, so an event exists exactly when its write does.
-#: Every write script takes the events stream as KEYS[1] and the event payload (or "") as ARGV[1].
+#: Every write script takes the events stream (``<prefix>events``) as KEYS[1], which gives ``PREFIX``, and
+#: the event payload (or "") as ARGV[1].
 _COMMON = """
+local PREFIX = string.sub(KEYS[1], 1, #KEYS[1] - 6)
 local function rebuild(run_key, summary_key)
   local flat = redis.call('HGETALL', run_key)
-  local core, p, t, m, r = {}, {}, {}, {}, {}
+  local core, p, t, m, r, rid = {}, {}, {}, {}, {}, nil
   for i = 1, #flat, 2 do
     local f, v = flat[i], flat[i + 1]
     local kind = string.sub(f, 1, 2)
@@ -222,11 +236,15 @@ local function rebuild(run_key, summary_key)
     elseif kind == 't:' then t[#t + 1] = '"' .. string.sub(f, 3) .. '":' .. v
     elseif kind == 'm:' then m[#m + 1] = '"' .. string.sub(f, 3) .. '":' .. v
     elseif kind == 'r:' then r[#r + 1] = '"' .. string.sub(f, 3) .. '":' .. v
-    else core[#core + 1] = '"' .. f .. '":' .. v end
+    else
+      core[#core + 1] = '"' .. f .. '":' .. v
+      if f == 'id' then rid = string.sub(v, 2, -2) end
+    end
   end
   redis.call('SET', summary_key, '{' .. table.concat(core, ',')
     .. ',"params":{' .. table.concat(p, ',') .. '},"tags":{' .. table.concat(t, ',')
     .. '},"metrics":{' .. table.concat(m, ',') .. '},"results":{' .. table.concat(r, ',') .. '}}')
+  if rid then redis.call('ZADD', PREFIX .. 'changes', redis.call('INCR', PREFIX .. 'rev'), rid) end
 end
 local function hset_pairs(key, args, first)
   for i = first, #args, 200 do
@@ -333,13 +351,29 @@ for _, rid in ipairs(runs) do
     if string.sub(f, 1, 2) == 'm:' then redis.call('UNLINK', base .. ':metric:' .. string.sub(f, 3)) end
   end
   redis.call('UNLINK', base, base .. ':summary', base .. ':batches', base .. ':artifacts')
+  redis.call('ZREM', PREFIX .. 'changes', rid)
 end
+redis.call('INCR', PREFIX .. 'rev')
 redis.call('UNLINK', KEYS[4], KEYS[5])
 redis.call('HDEL', KEYS[2], ARGV[3])
 local field = info['project'] .. '/' .. info['name']
 if redis.call('HGET', KEYS[3], field) == ARGV[3] then redis.call('HDEL', KEYS[3], field) end
 publish(ARGV[1])
 return 1
+""",
+    # The run index's refresh, read atomically. KEYS: rev, changes, experiments, then the runs zset of each
+    # experiment to load whole. ARGV: the change number the index has (-1: none), prefix.
+    # -> {change number now, experiment ids, summaries changed since ARGV[1], summaries of each experiment}
+    "index_refresh": """
+local function summaries(ids)
+  local docs = {}
+  for i, rid in ipairs(ids) do docs[i] = redis.call('GET', ARGV[2] .. 'run:' .. rid .. ':summary') end
+  return docs
+end
+local out = {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('HKEYS', KEYS[3]), {}}
+if ARGV[1] ~= '-1' then out[3] = summaries(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')) end
+for k = 4, #KEYS do out[k] = summaries(redis.call('ZRANGE', KEYS[k], 0, -1)) end
+return out
 """,
     # KEYS: manifest, blob index. ARGV: prefix, key, upload, size, chunks, chunk size, only-if-absent, mtime.
     # -> 1 published, 0 an identical blob exists already (ours dropped, its mtime refreshed), -1 a chunk
@@ -985,6 +1019,8 @@ class RedisBackend(Backend, scheme="redis"):
         self._stopping = threading.Event()
         self._events_key = self.prefix + "events"
         self._sent = threading.local()  # the event the last write script of this thread appended
+        #: Searches answer from this (see the module doc); None makes them read every summary instead.
+        self._index: RunIndex | None = RunIndex()
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -1064,6 +1100,9 @@ class RedisBackend(Backend, scheme="redis"):
         def unlink(names: list[bytes]) -> Callable[[Any], int]:
             return lambda client: int(client.unlink(*names))
 
+        if self._index is not None:
+            with self._index.lock:
+                self._index.forget()
         while True:
             cursor, names = self._conn.call(scan, "scan")
             names = [n for n in names if bytes(n).startswith(mine)]
@@ -1301,12 +1340,56 @@ class RedisBackend(Backend, scheme="redis"):
 
         if not experiment_ids or limit == 0:
             return []
+        if self._index is not None:
+            found = self._indexed_search(experiment_ids, expr, order, limit, offset)
+            if found is not None:
+                return found
         docs = [d for d in self._summaries(experiment_ids) if d is not None]
         for needles in _required_needles(expr):
             docs = [d for d in docs if any(n in d for n in needles)]
         runs = query.sort_runs(query.filter_runs(expr, self._infos(docs)), order)
         end = None if limit is None else offset + limit
         return runs[offset:end]
+
+    def _indexed_search(self, experiment_ids: list[str], expr: Expr, order: Sequence[OrderKey],
+                        limit: int | None, offset: int) -> list[RunInfo] | None:
+        """A search answered by the run index after bringing it up to date (None: the filter needs the
+        reference evaluator)."""
+        index = self._index
+        assert index is not None
+        rev_key = self.prefix + "rev"
+        if index.rev >= 0 and all(map(index.has, experiment_ids)):
+            raw = self._conn.call(lambda c: c.get(rev_key), "change number")
+            if (int(raw) if raw is not None else 0) == index.rev:
+                with index.lock:  # nothing changed since the last refresh
+                    return index.search(experiment_ids, expr, order, limit, offset)
+        script = self._conn.script("index_refresh")
+        with index.lock:
+            since = index.rev if index.loaded() else -1
+            missing = [e for e in dict.fromkeys(experiment_ids) if not index.has(e)]
+            keys = [rev_key, self.prefix + "changes", self._k("experiments"),
+                    *(self._k("exp", e, "runs") for e in missing)]
+            args = [since, self.prefix]
+            reply = self._conn.call(lambda c: script(keys=keys, args=args, client=c), "run index refresh")
+            top, existing = int(reply[0]), {_text(e) for e in reply[1]}
+            if top < since:  # the vault was destroyed and made again underneath: start over
+                index.forget()
+                return self._indexed_search(experiment_ids, expr, order, limit, offset)
+            for rec in self._records(reply[2]):
+                index.put(rec)
+            for gone in index.loaded() - existing:
+                index.forget(gone)
+            for exp_id, docs in zip(missing, reply[3:], strict=True):
+                if exp_id in existing:
+                    index.load(exp_id, self._records(docs))
+            index.rev = top
+            return index.search(experiment_ids, expr, order, limit, offset)
+
+    def _records(self, docs: Sequence[bytes | None]) -> list[Record]:
+        """Run-index records from summary documents (missing ones skipped)."""
+        return [make_record(i.id, i.experiment_id, i.number, i.name, i.parent_id, i.status, i.start_time,
+                            i.end_time, i.error, i.heartbeat, i.params, i.tags, i.metrics, i.results)
+                for i in self._infos(docs)]
 
     def _hset(self, run_id: str, target: str, pairs: list[Any], rebuild: bool, what: str,
               event: ChangeEvent) -> None:
