@@ -232,6 +232,75 @@ class TestS3BlobStore(BlobStoreTests):
         return 11 * 1024 * 1024  # three 5 MiB parts
 
 
+class TestS3ManySmallObjects:
+    """``put_many`` / ``put_content_many`` of small in-memory objects go through obstore: the same results,
+    errors, bucket creation, deduplication and touch rules as one ``put`` / ``put_content`` at a time."""
+
+    @pytest.mark.parametrize("client", ["obstore", "boto3"])
+    def test_obstore_path_stores_what_boto3_reads_back(self, s3_url: str, client: str) -> None:  # noqa: F811
+        items = [(f"k/{i}", os.urandom(100 + i)) for i in range(40)]
+        with labvault.blobs.open(s3_url) as store:
+            if client == "boto3":  # as without obstore installed
+                store._small_obj = False  # type: ignore[attr-defined]
+            assert (store._small_client() is not None) == (client == "obstore")  # type: ignore[attr-defined]
+            assert store.put_many(items, workers=8) == [len(v) for _, v in items]
+            digests = store.put_content_many([v for _, v in items[:5]])
+            assert [store.get_content(d) for d, _ in digests] == [v for _, v in items[:5]]
+            # boto3 reads verify the SHA-256 the server stored with each object (sent by obstore)
+            assert store.get_many([k for k, _ in items]) == [v for _, v in items]
+            assert store.info("k/7").size == 107
+            assert sorted(store.list("k/")) == sorted(k for k, _ in items)
+
+    def test_bucket_is_created_by_the_first_put_many(self, s3_server: Any) -> None:  # noqa: F811
+        import uuid
+
+        import boto3
+
+        bucket = f"lv-new-{uuid.uuid4().hex[:12]}"
+        try:
+            with labvault.blobs.open(f"s3://{bucket}/p?endpoint_url={s3_server.endpoint}") as store:
+                assert store.put_many([("a", b"1"), ("b", b"22")]) == [1, 2]
+                assert store.get("b") == b"22"
+        finally:
+            client = boto3.client("s3", endpoint_url=s3_server.endpoint)
+            for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=obj["Key"])
+            client.delete_bucket(Bucket=bucket)
+
+    def test_put_content_many_deduplicates_repairs_and_touches(self, s3_url: str,  # noqa: F811
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+        import time
+
+        import labvault.backends.s3 as s3_module
+
+        payloads = [os.urandom(64) for _ in range(10)]
+        with labvault.blobs.open(s3_url) as store:
+            first = store.put_content_many(payloads)
+            assert first == [(hashlib.sha256(p).hexdigest(), 64) for p in payloads]
+            again = store.put_content_many([*payloads, b"one new blob"])  # conditional PUTs answer 412
+            assert again[:10] == first and store.get_content(again[10][0]) == b"one new blob"
+            store.put(store.digest_key(first[0][0]), b"damaged")  # the wrong bytes at an address
+            store.put_content_many(payloads[:2])
+            assert store.get_content(first[0][0]) == payloads[0]
+            monkeypatch.setattr(s3_module, "TOUCH_AFTER_SECONDS", 0.0)
+            before = store.info(store.digest_key(first[5][0])).modified
+            time.sleep(1.1)  # S3 times have one-second resolution
+            store.put_content_many(payloads[5:7])
+            assert store.info(store.digest_key(first[5][0])).modified > before
+
+    def test_refused_credentials_are_an_authentication_error(self, s3_url: str,  # noqa: F811
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+        from labvault.errors import AuthenticationError
+
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        with labvault.blobs.open(s3_url, retry_deadline=0) as store:
+            assert store._small_client() is not None  # type: ignore[attr-defined]
+            with pytest.raises(AuthenticationError, match=r"refused the credentials"):
+                store.put_many([("a", b"1"), ("b", b"2")])
+            with pytest.raises(AuthenticationError):
+                store.put_content_many([b"1", b"2"])
+
+
 # -- opening by URL and registration -----------------------------------------------------------------------
 def test_open_file_urls_and_bare_paths(tmp_path: Path) -> None:
     for url in (str(tmp_path / "a"), f"file://{tmp_path / 'b'}", tmp_path.joinpath("c").as_uri()):

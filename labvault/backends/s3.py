@@ -18,7 +18,15 @@ come from boto3's usual chain: ``$AWS_ACCESS_KEY_ID`` / ``$AWS_SECRET_ACCESS_KEY
 * Retries: botocore's retry modes (``retry_mode=adaptive`` by default, ``max_attempts=5``) handle
   throttling and 5xx; on top, connection errors and 5xx are retried with exponential backoff until
   ``retry_deadline`` seconds (default 60) have passed, then ``BackendUnavailableError``.
-* ``put_many`` / ``get_many`` / ``put_content_many`` run requests on a thread pool (``workers=``).
+* ``put_many`` / ``get_many`` / ``put_content_many`` run requests on a thread pool (``workers=``). Small
+  in-memory objects (up to ``multipart_threshold``) in ``put_many`` and ``put_content_many`` go through
+  obstore (a Rust S3 client, installed with the ``s3`` extra) when it is importable: botocore spends
+  0.7-0.9 ms of CPU on each request and obstore about 0.1-0.15 ms, which decides the rate when the client
+  shares its cores with the server (measured: 965 vs 3,600+ PUTs of 1 KiB a second against SeaweedFS on
+  2 cores). Credentials, endpoint, region and addressing style are resolved by boto3 as for every other
+  request (``obstore.auth.boto3.Boto3CredentialProvider``); every PUT carries its SHA-256, checked by the
+  server. ``put_content_many`` writes each blob with ``If-None-Match: *`` instead of a HEAD first, so a
+  new blob costs one request; one found stored is checked (size) and touched as ``put_content`` does.
 
 boto3 is imported on first use, so ``import labvault`` never needs it (``pip install 'labvault[s3]'``).
 """
@@ -100,6 +108,12 @@ def _digest_from_key(key: str) -> str | None:
     return None
 
 
+def _bucket_missing(exc: NotFoundError) -> bool:
+    """Whether a NotFoundError says the bucket (not an object) does not exist."""
+    text = str(exc)
+    return "bucket" in text and "does not exist" in text
+
+
 def _size_option(name: str, value: object, low: int, high: int) -> int:
     """An integer byte count, also from URL text such as ``16MiB`` / ``8MB`` / ``1048576``."""
     if isinstance(value, str):
@@ -178,6 +192,8 @@ class S3BlobStore(BlobStore, scheme="s3"):
         self.addressing_style = addressing_style
         self._client_obj: Any = None
         self._client_lock = threading.Lock()
+        self._small_obj: Any = None  # obstore's store, False when unavailable (see _small_client)
+        self._bucket_lock = threading.Lock()
         self._bucket_checked = False
 
     @classmethod
@@ -263,6 +279,110 @@ class S3BlobStore(BlobStore, scheme="s3"):
             return session.client("s3", endpoint_url=endpoint, config=config)
         except BotoCoreError as exc:
             raise InvalidArgumentError(f"cannot configure the S3 client for {self.url}: {exc}") from exc
+
+    def _small_client(self) -> Any:
+        """obstore's ``S3Store`` for many small objects (made on first use), or None without obstore."""
+        if self._small_obj is None:
+            client = self.client  # resolves endpoint, region and credentials (outside the lock below)
+            with self._client_lock:
+                if self._small_obj is None:
+                    self._small_obj = self._make_small_client(client) or False
+        return self._small_obj or None
+
+    def _make_small_client(self, client: Any) -> Any:
+        try:
+            import boto3  # type: ignore[import-untyped,import-not-found,unused-ignore]
+            from obstore.auth.boto3 import Boto3CredentialProvider
+            from obstore.store import S3Store
+        except ImportError:
+            return None
+        import datetime as dt
+
+        endpoint = (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL") or None)
+        style = self.addressing_style or ("path" if endpoint else "auto")
+        options: dict[str, Any] = {
+            "region": client.meta.region_name or "us-east-1",
+            "virtual_hosted_style_request": style == "virtual" or (style == "auto" and not endpoint),
+            "checksum_algorithm": "SHA256",
+        }
+        if endpoint:
+            options["endpoint"] = endpoint
+        try:
+            provider = Boto3CredentialProvider(boto3.session.Session(profile_name=self.profile))
+            return S3Store(
+                self.bucket, credential_provider=provider,
+                client_options={"allow_http": bool(endpoint and endpoint.startswith("http://")),
+                                "connect_timeout": dt.timedelta(seconds=self.connect_timeout),
+                                "timeout": dt.timedelta(seconds=self.read_timeout)},
+                retry_config={"max_retries": self.max_attempts,
+                              "retry_timeout": dt.timedelta(seconds=max(self.retry_deadline, 1.0))},
+                **options,
+            )
+        except Exception:  # no credentials, an option obstore does not take, ...: boto3 does it all
+            return None
+
+    def _translate_small(self, exc: BaseException, op: str, key: str) -> LabvaultError:
+        """Map an obstore exception to the labvault error ``_translate`` gives for botocore's."""
+        from obstore import exceptions as oe
+
+        where = self._where(key)
+        text = str(exc)
+        if "NoSuchBucket" in text:
+            return NotFoundError(f"S3 bucket {self.bucket!r} does not exist ({op} {where})")
+        if isinstance(exc, FileNotFoundError | oe.NotFoundError):
+            return NotFoundError(f"no blob {key!r} in {self.url}")
+        if isinstance(exc, oe.AlreadyExistsError | oe.PreconditionError):
+            return precondition_failed(key, f"the S3 server answered 412 PreconditionFailed to {op}")
+        if isinstance(exc, oe.UnauthenticatedError) or any(code in text for code in _AUTH):
+            code = next((c for c in _AUTH if c in text), "unauthenticated")
+            return AuthenticationError(f"S3 {op} {where}: the server refused the credentials ({code})")
+        if isinstance(exc, oe.PermissionDeniedError | PermissionError):
+            return PermissionDeniedError(f"S3 {op} {where}: access denied")
+        if any(code in text for code in _CORRUPT):
+            return CorruptDataError(f"S3 {op} {where}: the server rejected the data's checksum")
+        return BackendUnavailableError(f"S3 {op} {where} failed: {type(exc).__name__}: "
+                                       f"{text.splitlines()[0] if text else ''}")
+
+    def _small_put(self, store: Any, key: str, body: bytes, mode: str = "overwrite") -> int:
+        """One PutObject through obstore (creating the bucket when it is missing, as ``_writing`` does)."""
+        import obstore
+
+        def put() -> int:
+            try:
+                obstore.put(store, self._full(key), body, mode=mode)  # type: ignore[arg-type]
+            except Exception as exc:
+                raise self._translate_small(exc, "put", key) from exc
+            return len(body)
+
+        return self._writing("put", key, put)
+
+    def _small_put_content(self, store: Any, body: bytes) -> tuple[str, int]:
+        """``put_content`` of a small in-memory blob through obstore: one conditional PUT when it is new."""
+        import obstore
+
+        raw = hashlib.sha256(body).digest()
+        key = self.digest_key(raw.hex())
+        try:
+            self._small_put(store, key, body, mode="create")
+        except ConflictError:  # stored already (If-None-Match: * failed): the same bytes, by their address
+            try:
+                meta = obstore.head(store, self._full(key))
+            except Exception as exc:
+                raise self._translate_small(exc, "head", key) from exc
+            if int(meta["size"]) != len(body):  # a damaged object at this address: replace it
+                self._small_put(store, key, body)
+            elif time.time() - meta["last_modified"].timestamp() > TOUCH_AFTER_SECONDS:
+                self._touch(key)
+        return raw.hex(), len(body)
+
+    def _small_bytes(self, data: BlobSource) -> bytes | None:
+        """``data`` as bytes when it is in memory and fits one PutObject (obstore's path), else None."""
+        if isinstance(data, bytes | bytearray | memoryview):
+            view = memoryview(data).cast("B")
+            if 0 < len(view) <= self.multipart_threshold:
+                return view.tobytes() if not isinstance(data, bytes) else data
+        return None
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -372,14 +492,26 @@ class S3BlobStore(BlobStore, scheme="s3"):
                 raise
 
     def _writing(self, op: str, key: str, fn: Callable[[], _T]) -> _T:
-        """Run a write; when the bucket is missing, create it (once) and run the write again."""
+        """Run a write; when the bucket is missing, create it (once) and run the write again.
+
+        Concurrent writes (``put_many``) may all find it missing: one creates it, and each writes again,
+        waiting briefly when the new bucket is not visible to the server's every request yet."""
         try:
             return fn()
         except NotFoundError as exc:
-            if self._bucket_checked or "bucket" not in str(exc) or "does not exist" not in str(exc):
+            if not _bucket_missing(exc):
                 raise
-            self._ensure_bucket()
-            return fn()
+        with self._bucket_lock:
+            if not self._bucket_checked:
+                self._ensure_bucket()
+        for delay in (0.05, 0.1, 0.2, 0.5, 1.0):
+            try:
+                return fn()
+            except NotFoundError as exc:
+                if not _bucket_missing(exc):
+                    raise
+                time.sleep(delay)
+        return fn()
 
     # -- writes -------------------------------------------------------------------------------------------
     def _put(self, key: str, chunks: Iterator[bytes]) -> int:
@@ -589,12 +721,29 @@ class S3BlobStore(BlobStore, scheme="s3"):
     def _put_content_many(
         self, items: builtins.list[BlobSource], workers: int | None
     ) -> builtins.list[tuple[str, int]]:
-        return self._map(self.put_content, items, workers)
+        store = self._small_client() if len(items) > 1 else None
+        if store is None:
+            return self._map(self.put_content, items, workers)
+
+        def put(data: BlobSource) -> tuple[str, int]:
+            body = self._small_bytes(data)
+            return self.put_content(data) if body is None else self._small_put_content(store, body)
+
+        return self._map(put, items, workers)
 
     def _put_many(
         self, pairs: builtins.list[tuple[str, BlobSource]], workers: int | None
     ) -> builtins.list[int]:
-        return self._map(lambda kv: self._write(kv[0], kv[1], if_absent=False, if_match=None), pairs, workers)
+        store = self._small_client() if len(pairs) > 1 else None
+
+        def put(pair: tuple[str, BlobSource]) -> int:
+            key, data = pair
+            body = self._small_bytes(data) if store is not None else None
+            if body is None:
+                return self._write(key, data, if_absent=False, if_match=None)
+            return self._small_put(store, key, body)
+
+        return self._map(put, pairs, workers)
 
     def _get_many(self, keys: builtins.list[str], workers: int | None) -> builtins.list[bytes]:
         def get(key: str) -> bytes:
@@ -786,6 +935,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
 
     def close(self) -> None:
         client, self._client_obj = self._client_obj, None
+        self._small_obj = None
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
