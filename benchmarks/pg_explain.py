@@ -5,8 +5,11 @@ runs (default 2,000) are created through the public API with the benchmark's W5 
 ``acc`` and ``loss``), then copied with SQL ``INSERT ... SELECT`` under new ids until the experiment holds
 ``--runs`` runs (default 100,000), and ``ANALYZE``d. It then runs the W5 query
 (``params.optimizer = 'adam' and metrics.acc > 0.5`` ordered by ``metrics.loss``, plus a selective
-variant with ``limit``), captures the SQL labvault sends, prints ``EXPLAIN (ANALYZE, BUFFERS)`` for each
-statement and the wall time of ``vault.search_runs`` (median of 5).
+variant with ``limit``) twice: from the in-process run index (what ``search_runs`` does by default: the
+first search loads the experiment, later ones refresh it from ``runs.rev`` and filter numpy columns), and in
+SQL (the path a filter the index cannot evaluate takes; the index switched off). For each it prints the wall
+time of ``vault.search_runs`` (median of 5) and ``EXPLAIN (ANALYZE, BUFFERS)`` of every statement sent,
+including the index refresh after another client's write.
 
 PostgreSQL comes from ``LABVAULT_BENCH_PG`` (default ``postgres@127.0.0.1:5432``).
 """
@@ -98,37 +101,63 @@ def explain(uri: str, n_runs: int, n_seed: int) -> None:
         total = c.exec_driver_sql("SELECT count(*) FROM runs").scalar()
     print(f"copied to {total:,} runs in {time.perf_counter() - t0:.1f} s; ANALYZE done\n")
 
-    with labvault.open(uri) as vault:
-        statements: list[tuple[str, Any]] = []
-        backend: Any = vault.backend
-        base_engine = backend._engines()[0].engine
+    statements: list[tuple[str, Any]] = []
 
-        def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
-                    many: bool) -> None:
-            if statement.lstrip().upper().startswith(("SELECT", "WITH")):
-                statements.append((statement, parameters))
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            statements.append((statement, parameters))
 
+    def explain_captured(captured: list[tuple[str, Any]]) -> None:
+        with engine.connect() as c:
+            for statement, parameters in captured:
+                plan = c.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters).all()
+                print("\n".join("    " + row[0] for row in plan))
+                print()
+
+    def timed(vault: Any, flt: str, order: list[str], limit: int | None
+              ) -> tuple[list[Any], list[Any], float]:
+        """One captured search (after a warm-up), then the median of 5 in milliseconds."""
+        base_engine = vault.backend._engines()[0].engine
+        vault.search_runs("bench", filter=flt, order_by=order, limit=limit)  # warm the pool and caches
+        sa.event.listen(base_engine, "before_cursor_execute", capture)
+        statements.clear()
+        found = vault.search_runs("bench", filter=flt, order_by=order, limit=limit)
+        sa.event.remove(base_engine, "before_cursor_execute", capture)
+        captured = list(statements)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            vault.search_runs("bench", filter=flt, order_by=order, limit=limit)
+            times.append(time.perf_counter() - t0)
+        return found, captured, statistics.median(times) * 1000
+
+    with labvault.open(uri) as indexed, labvault.open(uri) as sql_only, labvault.open(uri) as writer:
+        sql_only.backend._index = None  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        indexed.search_runs("bench", filter=QUERIES[0][1], order_by=QUERIES[0][2])
+        print(f"first indexed search (loads the {total:,} runs into the run index): "
+              f"{time.perf_counter() - t0:.2f} s\n")
         for title, flt, order, limit in QUERIES:
-            vault.search_runs("bench", filter=flt, order_by=order, limit=limit)  # warm the pool and caches
-            sa.event.listen(base_engine, "before_cursor_execute", capture)
-            statements.clear()
-            found = vault.search_runs("bench", filter=flt, order_by=order, limit=limit)
-            sa.event.remove(base_engine, "before_cursor_execute", capture)
-            captured = list(statements)
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                vault.search_runs("bench", filter=flt, order_by=order, limit=limit)
-                times.append(time.perf_counter() - t0)
+            found, _, index_ms = timed(indexed, flt, order, limit)
+            sql_found, captured, sql_ms = timed(sql_only, flt, order, limit)
+            assert [r.id for r in found] == [r.id for r in sql_found], title
             print(f"## {title}: filter {flt!r}, order_by {order}, limit {limit}")
-            median_ms = statistics.median(times) * 1000
-            print(f"{len(found):,} runs returned; search_runs median {median_ms:.1f} ms "
-                  f"(min {min(times) * 1000:.1f} ms) over 5, {len(captured)} SELECT statement(s)\n")
-            with engine.connect() as c:
-                for statement, parameters in captured:
-                    plan = c.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters).all()
-                    print("\n".join("    " + row[0] for row in plan))
-                    print()
+            print(f"{len(found):,} runs returned; search_runs median from the run index {index_ms:.1f} ms, "
+                  f"in SQL {sql_ms:.1f} ms ({len(captured)} SELECT statement(s), plans below)\n")
+            explain_captured(captured)
+        one = writer.search_runs("bench", filter="number = 17")[0]
+        one.log_params({"late": "yes"})
+        base_engine = indexed.backend._engines()[0].engine  # type: ignore[attr-defined]
+        sa.event.listen(base_engine, "before_cursor_execute", capture)
+        statements.clear()
+        t0 = time.perf_counter()
+        hit = indexed.search_runs("bench", filter="params.late = 'yes'")
+        refresh_ms = (time.perf_counter() - t0) * 1000
+        sa.event.remove(base_engine, "before_cursor_execute", capture)
+        assert [r.number for r in hit] == [17]
+        print("## run index refresh after another client's write (one param logged to run 17)")
+        print(f"search_runs {refresh_ms:.1f} ms, {len(statements)} SELECT statement(s)\n")
+        explain_captured(list(statements))
     engine.dispose()
 
 
