@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -662,16 +661,16 @@ def test_nonfinite_latest_values(uri: str) -> None:
         assert vault.search_runs("inf", filter="metrics.nan IS NULL")[0].id == run.id
 
 
-def _equivalence_strategies() -> tuple[Any, Any, Any]:
+def _equivalence_strategies() -> tuple[Any, Any, Any, Any]:
     sys.path.insert(0, str(Path(__file__).parent))
     try:
-        from test_query_equivalence import FILTERS, ORDERS, RUN
+        from test_query_equivalence import FILTERS, ORDERS, RUN, check_agrees_with_memory
     finally:
         sys.path.pop(0)
-    return RUN, FILTERS, ORDERS
+    return RUN, FILTERS, ORDERS, check_agrees_with_memory
 
 
-_RUN, _FILTERS, _ORDERS = _equivalence_strategies()
+_RUN, _FILTERS, _ORDERS, check_agrees_with_memory = _equivalence_strategies()
 
 
 @pytest.fixture(scope="module")
@@ -688,19 +687,5 @@ def equivalence_vault(database: str) -> Iterator[Any]:
        orders=st.lists(_ORDERS, min_size=1, max_size=2))
 def test_memory_and_postgres_agree(equivalence_vault: Any, runs: list[dict[str, Any]], filters: list[str],
                                    orders: list[list[str]]) -> None:
-    name = uuid.uuid4().hex
     indexed, sql_only = equivalence_vault
-    with labvault.open(f"memory://{name}") as oracle:
-        for vault in (oracle, indexed):
-            exp = vault.experiment(name)
-            for spec in runs:
-                with exp.start_run(name=spec["name"], params=spec["params"], tags=spec["tags"]) as run:
-                    for key, value in spec["metrics"].items():
-                        run.log_metric(key, value)
-        for flt in filters:
-            for order in orders:
-                expected = [r.number for r in oracle.search_runs(name, filter=flt, order_by=order)]
-                for vault, how in ((indexed, "run index"), (sql_only, "SQL")):
-                    got = [r.number for r in vault.search_runs(name, filter=flt, order_by=order)]
-                    assert got == expected, f"filter {flt!r} order {order!r}: postgres ({how}) {got} " \
-                                            f"memory {expected}"
+    check_agrees_with_memory("postgres", indexed, sql_only, runs, filters, orders)

@@ -81,6 +81,28 @@ def _fill(vault: Vault, runs: list[dict[str, Any]]) -> None:
                 run.log_metric(key, value)
 
 
+def check_agrees_with_memory(label: str, indexed: Vault, plain: Vault, runs: list[dict[str, Any]],
+                             filters: list[str], orders: list[list[str]]) -> None:
+    """Write ``runs`` to a fresh experiment of ``indexed`` and of a memory oracle; every filter and order
+    must give the oracle's runs in its order from ``indexed`` (its run index) and ``plain`` (the same store
+    with its index switched off). Shared by the PostgreSQL and Redis tests."""
+    name = uuid.uuid4().hex
+    with labvault.open(f"memory://{name}") as oracle:
+        for vault in (oracle, indexed):
+            exp = vault.experiment(name)
+            for spec in runs:
+                with exp.start_run(name=spec["name"], params=spec["params"], tags=spec["tags"]) as run:
+                    for key, value in spec["metrics"].items():
+                        run.log_metric(key, value)
+        for flt in filters:
+            for order in orders:
+                expected = [r.number for r in oracle.search_runs(name, filter=flt, order_by=order)]
+                for vault, how in ((indexed, "run index"), (plain, "without the index")):
+                    got = [r.number for r in vault.search_runs(name, filter=flt, order_by=order)]
+                    assert got == expected, f"filter {flt!r} order {order!r}: {label} ({how}) {got} " \
+                                            f"memory {expected}"
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[Vault]]]:
     root = tmp_path_factory.mktemp("equiv")

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_conformance_redis import REDIS_HOST, REDIS_PORT, START_REDIS, redis_available
+from test_query_equivalence import FILTERS, ORDERS, RUN, check_agrees_with_memory
 from test_sql_backend import check_index_agrees_with_sql, check_index_follows_writes
 
 import labvault
@@ -516,15 +517,6 @@ def test_run_index_reads_only_what_changed(uri: str, prefix: str, raw: Any) -> N
         backend.close()
 
 
-def _equivalence_strategies() -> tuple[Any, Any, Any]:
-    from test_query_equivalence import FILTERS, ORDERS, RUN
-
-    return RUN, FILTERS, ORDERS
-
-
-_RUN, _FILTERS, _ORDERS = _equivalence_strategies()
-
-
 @pytest.fixture(scope="module")
 def equivalence_vaults() -> Iterator[Any]:
     """One vault under a fresh prefix searched by its run index, and a second handle on it that evaluates
@@ -542,26 +534,12 @@ def equivalence_vaults() -> Iterator[Any]:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(runs=st.lists(_RUN, min_size=1, max_size=6), filters=st.lists(_FILTERS, min_size=1, max_size=4),
-       orders=st.lists(_ORDERS, min_size=1, max_size=2))
+@given(runs=st.lists(RUN, min_size=1, max_size=6), filters=st.lists(FILTERS, min_size=1, max_size=4),
+       orders=st.lists(ORDERS, min_size=1, max_size=2))
 def test_memory_and_redis_agree(equivalence_vaults: Any, runs: list[dict[str, Any]], filters: list[str],
                                 orders: list[list[str]]) -> None:
-    name = uuid.uuid4().hex
     indexed, plain = equivalence_vaults
-    with labvault.open(f"memory://{name}") as oracle:
-        for vault in (oracle, indexed):
-            exp = vault.experiment(name)
-            for spec in runs:
-                with exp.start_run(name=spec["name"], params=spec["params"], tags=spec["tags"]) as run:
-                    for key, value in spec["metrics"].items():
-                        run.log_metric(key, value)
-        for flt in filters:
-            for order in orders:
-                expected = [r.number for r in oracle.search_runs(name, filter=flt, order_by=order)]
-                for vault, how in ((indexed, "run index"), (plain, "summaries")):
-                    got = [r.number for r in vault.search_runs(name, filter=flt, order_by=order)]
-                    assert got == expected, f"filter {flt!r} order {order!r}: redis ({how}) {got} " \
-                                            f"memory {expected}"
+    check_agrees_with_memory("redis", indexed, plain, runs, filters, orders)
 
 
 # -- unix sockets: a private server started (and stopped) by this test ---------------------------------------
