@@ -255,11 +255,9 @@ class S3BlobStore(BlobStore, scheme="s3"):
             ) from exc
         from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
-        endpoint = (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                    or os.environ.get("AWS_ENDPOINT_URL") or None)
+        endpoint, style = self._endpoint_and_style()
         region = (self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
                   or ("us-east-1" if endpoint else None))
-        style = self.addressing_style or ("path" if endpoint else "auto")
         retries: Any = {"max_attempts": self.max_attempts, "mode": self.retry_mode}
         s3_options: Any = {"addressing_style": style}
         config = Config(
@@ -280,6 +278,13 @@ class S3BlobStore(BlobStore, scheme="s3"):
         except BotoCoreError as exc:
             raise InvalidArgumentError(f"cannot configure the S3 client for {self.url}: {exc}") from exc
 
+    def _endpoint_and_style(self) -> tuple[str | None, str]:
+        """The endpoint (``endpoint_url=``, else ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``, else None
+        for AWS) and the addressing style (path-style for a custom endpoint unless set) of both clients."""
+        endpoint = (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL") or None)
+        return endpoint, self.addressing_style or ("path" if endpoint else "auto")
+
     def _small_client(self) -> Any:
         """obstore's ``S3Store`` for many small objects (made on first use), or None without obstore."""
         if self._small_obj is None:
@@ -298,9 +303,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
             return None
         import datetime as dt
 
-        endpoint = (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                    or os.environ.get("AWS_ENDPOINT_URL") or None)
-        style = self.addressing_style or ("path" if endpoint else "auto")
+        endpoint, style = self._endpoint_and_style()
         options: dict[str, Any] = {
             "region": client.meta.region_name or "us-east-1",
             "virtual_hosted_style_request": style == "virtual" or (style == "auto" and not endpoint),
