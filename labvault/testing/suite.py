@@ -508,6 +508,30 @@ class BackendTests:
         assert self._numbers(searchable, evil) == []
         assert self._numbers(searchable) == [1, 2, 3, 4, 5]
 
+    def test_like_is_linear_on_every_backend(self, vault: Vault) -> None:
+        """A hostile LIKE over a long tag answers at once (Python's backtracking ``re`` took hours)."""
+        exp = vault.experiment("redos")
+        with exp.start_run(tags={"t": "a" * 7999 + "c"}):
+            pass
+        found: list[list[int]] = []
+
+        def expire(signum: int, frame: object) -> None:
+            raise TimeoutError("a LIKE search over an 8,000-character tag did not finish in 60 s")
+
+        # A hang guard, not a timing (the fixed matcher needs milliseconds). An interval timer, because
+        # the regex engine holds the GIL (no watchdog thread could run) but checks for signals.
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, 60)
+        try:
+            for pattern in ("%a" * 14 + "%b", "%a" * 10 + "%c", "%" + "a_" * 300 + "b%"):
+                for op in ("LIKE", "ILIKE"):
+                    runs = vault.search_runs("redos", filter=f"tags.t {op} '{pattern}'")
+                    found.append([r.number for r in runs])
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert found == [[], [], [1], [1], [], []]
+
     # ----------------------------------------------------------------------------------------------
     # change feed
     @staticmethod
