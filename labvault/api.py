@@ -26,7 +26,13 @@ import numpy as np
 
 from labvault.domain import TERMINAL_STATUSES, ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.domain import validation as v
-from labvault.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnsupportedOperationError
+from labvault.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    LabvaultError,
+    NotFoundError,
+    UnsupportedOperationError,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,27 +141,48 @@ class Vault:
         return f"<labvault.Vault {self.backend.uri!r}>"
 
     def close(self) -> None:
-        """Flush every buffered point, stop the background flusher and release the backend."""
+        """Flush every buffered point, stop the background flusher and release the backend.
+
+        Every active run is flushed even when one fails; the flusher is stopped and the backend closed in
+        any case, then the flush failures are raised as one error (see ``flush``).
+        """
         if self._closed:
             return
-        self.flush()
-        self._closed = True
-        self._wake.set()
-        if self._flusher is not None and self._flusher is not threading.current_thread():
-            self._flusher.join(timeout=5)
-        with self._remotes_lock:
-            remotes, self._remotes = list(self._remotes.values()), {}
-        for backend in remotes:
-            backend.close()
-        self.backend.close()
-        _open_vaults.discard(self)
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._wake.set()
+            if self._flusher is not None and self._flusher is not threading.current_thread():
+                self._flusher.join(timeout=5)
+            with self._remotes_lock:
+                remotes, self._remotes = list(self._remotes.values()), {}
+            try:
+                for backend in remotes:
+                    backend.close()
+            finally:
+                self.backend.close()
+                _open_vaults.discard(self)
 
     def flush(self) -> None:
-        """Write the metric buffers of every active run to the backend now."""
+        """Write the metric buffers of every active run to the backend now.
+
+        One run's failure does not stop the others: every run is flushed, a failed run keeps its points
+        buffered (a later flush writes them once the cause is gone), and then one error is raised that names
+        each failed run and what failed. Its class is the failures' class when they all share one that is a
+        ``LabvaultError`` (``NotFoundError`` for runs deleted meanwhile, say), else ``LabvaultError``; the
+        first failure is its ``__cause__``.
+        """
         with self._active_lock:
             runs = list(self._active.values())
+        failures: list[tuple[Run, Exception]] = []
         for run in runs:
-            run.flush()
+            try:
+                run.flush()
+            except Exception as exc:  # flush the others first; raised together below
+                failures.append((run, exc))
+        if failures:
+            raise _flush_failure(failures) from failures[0][1]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -186,10 +213,13 @@ class Vault:
             for run in runs:
                 try:
                     run.flush()
-                    if beat:
-                        self.backend.update_run(run.id, heartbeat=now())
                 except Exception:  # keep flushing the others; the owner sees it on flush()
                     run._flush_error = traceback.format_exc()
+                if beat:  # a run whose flush fails is still alive: keep its heartbeat fresh
+                    try:
+                        self.backend.update_run(run.id, heartbeat=now())
+                    except Exception:
+                        run._flush_error = traceback.format_exc()
             try:
                 self.backend.sync()  # group commit: what this interval wrote survives a power loss
             except Exception:  # retried next interval, and raised by close()
@@ -492,13 +522,23 @@ class Vault:
         return out
 
 
+def _flush_failure(failures: Sequence[tuple[Run, Exception]]) -> LabvaultError:
+    """One error for the runs whose flush failed: each run named with what failed. The class is theirs
+    when they agree on one ``LabvaultError`` class, else ``LabvaultError``."""
+    kinds = {type(exc) for _run, exc in failures}
+    kind = kinds.pop() if len(kinds) == 1 else LabvaultError
+    if not issubclass(kind, LabvaultError):
+        kind = LabvaultError
+    parts = [f"run {run.id} ({run.experiment.name}#{run.number}): {type(exc).__name__}: {exc}"
+             for run, exc in failures]
+    return kind(f"flushing {len(failures)} run(s) failed; their points stay buffered: " + "; ".join(parts))
+
+
 def _reachable(backend: Backend) -> bool:
     """Whether a store answers (a server's health check; a cheap listing otherwise)."""
     check = getattr(backend, "check_online", None)
     if callable(check):
         return bool(check())
-    from labvault.errors import LabvaultError
-
     try:
         backend.list_experiments()
     except (LabvaultError, OSError):
@@ -737,7 +777,9 @@ class Run:
         """Append one point to a metric. ``step`` defaults to the key's previous step + 1 (from 0).
 
         The point is buffered and written within ``flush_interval`` seconds (or on ``flush()``).
-        NaN and infinities are stored as they are.
+        NaN and infinities are stored as they are. A step is an integer from 0 to 2**63 - 1 (stored as
+        int64, exactly, on every backend); anything else, including a default step past 2**63 - 1, raises
+        ``InvalidArgumentError`` here, so a bad point never reaches the buffer.
         """
         if key not in self._known_keys:
             self._check_writable()
@@ -747,7 +789,9 @@ class Run:
         with self._lock:
             if step is None:
                 step = self._next_step.get(key, 0)
-            elif step.__class__ is not int or step < 0:
+                if step > v.MAX_STEP:
+                    raise _next_step_error(key, step)
+            elif step.__class__ is not int or step < 0 or step > v.MAX_STEP:
                 step = v.validate_step(key, step)
             if timestamp is None:
                 timestamp = time.time()
@@ -763,39 +807,48 @@ class Run:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None,
                     timestamp: float | None = None) -> None:
-        """Append one point to each of several metrics (validated together first)."""
+        """Append one point to each of several metrics, validated together first: when one key, value or
+        (default) step is refused, no point of the call is buffered."""
         if not isinstance(metrics, Mapping):
             raise InvalidArgumentError(f"metrics must be a mapping, got {type(metrics).__name__}")
+        self._check_writable()
         checked = {v.validate_key(k, "metric key"): v.validate_metric_value(k, x) for k, x in metrics.items()}
-        if step is not None:
-            v.validate_step(next(iter(checked), "metric"), step)
-        if timestamp is not None:
-            v.validate_timestamp(next(iter(checked), "metric"), timestamp)
-        ts = time.time() if timestamp is None else float(timestamp)
-        for key, value in checked.items():
-            self.log_metric(key, value, step, ts)
+        first = next(iter(checked), "metric")
+        fixed = None if step is None else v.validate_step(first, step)
+        ts = time.time() if timestamp is None else v.validate_timestamp(first, timestamp)
+        with self._lock:
+            steps = {key: self._next_step.get(key, 0) if fixed is None else fixed for key in checked}
+            for key, s in steps.items():
+                if s > v.MAX_STEP:
+                    raise _next_step_error(key, s)
+            for key, value in checked.items():
+                self._next_step[key] = steps[key] + 1
+                self._known_keys.add(key)
+                self._pending.setdefault(key, []).append((value, steps[key], ts))
 
     def log_metric_series(self, key: str, values: Iterable[float] | np.ndarray[Any, Any],
                           steps: Iterable[int] | np.ndarray[Any, Any] | None = None,
                           timestamps: Iterable[float] | np.ndarray[Any, Any] | None = None) -> None:
-        """Append many points of one metric at once from arrays (the fastest way to log)."""
+        """Append many points of one metric at once from arrays (the fastest way to log).
+
+        ``steps`` are integers from 0 to 2**63 - 1 (any numpy integer dtype; a uint64 step above 2**63 - 1
+        is refused), or by default the key's next steps. Everything is checked before anything is written.
+        """
         self._check_writable()
         v.validate_key(key, "metric key")
-        vals = np.asarray(values, dtype=np.float64).reshape(-1)
+        try:
+            vals = np.asarray(values, dtype=np.float64).reshape(-1)
+            ts = None if timestamps is None else np.asarray(timestamps, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgumentError(f"metric {key!r}: values and timestamps must be numbers: {exc}") \
+                from exc
         n = vals.shape[0]
-        self.flush_key(key)
-        if steps is None:
-            start = self._next_step.get(key, 0)
-            st = np.arange(start, start + n, dtype=np.int64)
-        else:
-            raw = np.asarray(steps)
-            if raw.shape != (n,) or not np.issubdtype(raw.dtype, np.integer):
-                raise InvalidArgumentError(f"metric {key!r}: steps must be {n} integers")
-            st = raw.astype(np.int64)
-        ts = (np.full(n, time.time()) if timestamps is None
-              else np.asarray(timestamps, dtype=np.float64).reshape(-1))
+        st = _series_steps(key, steps, n, self._next_step.get(key, 0))
+        if ts is None:
+            ts = np.full(n, time.time())
         if ts.shape != (n,):
             raise InvalidArgumentError(f"metric {key!r}: timestamps must have {n} entries")
+        self.flush_key(key)
         self.vault.backend.log_metrics(self.id, [MetricSeries(key, st, vals, ts)])
         self._stale = True
         if n:
@@ -959,9 +1012,51 @@ class Run:
 
 
 def _to_series(key: str, points: list[tuple[float, int, float]]) -> MetricSeries:
-    arr = np.array(points, dtype=np.float64)
-    return MetricSeries(key, arr[:, 1].astype(np.int64), np.ascontiguousarray(arr[:, 0]),
-                        np.ascontiguousarray(arr[:, 2]))
+    """A buffer of (value, step, timestamp) points as arrays; steps go straight to int64 (exact: never
+    through float64, which rounds steps above 2**53)."""
+    n = len(points)
+    return MetricSeries(key, np.fromiter((p[1] for p in points), dtype=np.int64, count=n),
+                        np.fromiter((p[0] for p in points), dtype=np.float64, count=n),
+                        np.fromiter((p[2] for p in points), dtype=np.float64, count=n))
+
+
+def _next_step_error(key: str, step: int) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"metric {key!r}: the default next step {step} is past 2**63 - 1 (the largest int64 step); "
+        "pass step= explicitly"
+    )
+
+
+def _series_steps(key: str, steps: Iterable[int] | np.ndarray[Any, Any] | None, n: int,
+                  start: int) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """The int64 steps of ``log_metric_series``: checked exactly against 0 .. 2**63 - 1, naming the first
+    step that cannot be stored (``InvalidArgumentError``)."""
+    if steps is None:
+        if n and start + n - 1 > v.MAX_STEP:
+            raise _next_step_error(key, max(start, v.MAX_STEP + 1))
+        return np.arange(start, start + n, dtype=np.int64) if n else np.empty(0, dtype=np.int64)
+    if not isinstance(steps, np.ndarray) and not hasattr(steps, "__len__"):
+        steps = list(steps)  # a generator
+    try:
+        raw = np.asarray(steps)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgumentError(f"metric {key!r}: steps must be {n} integers: {exc}") from exc
+    if raw.shape != (n,):
+        raise InvalidArgumentError(f"metric {key!r}: steps must be {n} integers, got shape {raw.shape}")
+    if not n:
+        return np.empty(0, dtype=np.int64)
+    if np.issubdtype(raw.dtype, np.unsignedinteger):
+        bad = raw > v.MAX_STEP
+    elif np.issubdtype(raw.dtype, np.signedinteger):
+        bad = raw < 0
+    else:
+        # Floats, bools, objects: one by one, the first bad step named. A list is checked as given, since
+        # numpy turns [1, 2**63] into floats and [2**64] into objects.
+        items = raw.tolist() if isinstance(steps, np.ndarray) else list(steps)
+        return np.array([v.validate_step(key, x) for x in items], dtype=np.int64)
+    if bad.any():
+        raise v.step_error(key, raw[int(np.argmax(bad))])
+    return raw.astype(np.int64)
 
 
 class RunList(list[Run]):

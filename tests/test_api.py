@@ -213,3 +213,31 @@ def test_group_commit_drained_by_flusher(tmp_path: Path, scheme: str) -> None:
             time.sleep(0.02)
         assert sum(len(q) for q in queues) == 0, "the flusher did not sync within its interval"
         run.end()
+
+
+def test_heartbeat_goes_on_while_a_flush_fails(tmp_path: Path) -> None:
+    """The background flusher beats the heartbeat of a run whose flush fails (here its artifact store is
+    unwritable: a regular file stands where its folder must be), so a live run is never taken for a dead
+    one; the points stay buffered and a flush writes them once the store is back."""
+    import time
+
+    blobs = tmp_path / "blobs"
+    blobs.write_bytes(b"not a folder")
+    with labvault.open("memory://", artifacts=f"file://{blobs}", flush_interval=0.02) as vault:
+        vault.heartbeat_interval = 0.02  # read by the flusher, which starts with the first run
+        run = vault.experiment("e").start_run()
+        vault.backend.update_run(run.id, heartbeat=1.0)  # long ago: any beat from now on is visible
+        run.log_artifact("small.txt", b"buffered")  # small: written by the background flush, which fails
+        run.log_metric("m", 1.0)
+        deadline = time.time() + 10  # hang guard
+        while (run._flush_error is None or vault.backend.get_run(run.id).heartbeat == 1.0) \
+                and time.time() < deadline:
+            time.sleep(0.01)
+        assert run._flush_error is not None, "the flush did not fail: the test proves nothing"
+        assert vault.backend.get_run(run.id).heartbeat != 1.0, "no heartbeat while the flush fails"
+        assert len(vault.backend.metric_history(run.id, "m")) == 0
+        blobs.unlink()
+        vault.flush()
+        assert run.get_artifact("small.txt") == b"buffered"
+        assert run.metric_history("m").values.tolist() == [1.0]
+        run.end()

@@ -511,6 +511,42 @@ def test_metrics_json_binary_and_batch(admin: httpx.Client) -> None:
     assert (status, name) == (409, "ConflictError") and "batch item 1" in message
 
 
+def test_metric_steps_exact_over_json_and_binary(admin: httpx.Client) -> None:
+    """Steps up to 2**63 - 1 travel exactly both ways in JSON and in the binary frame; a step that cannot
+    be stored gets a 400 naming it (a JSON float step is refused, never rounded to an integer)."""
+    big = [0, 2**53 + 1, 2**63 - 1]
+    _, run_id = new_run(admin)
+    series = {"key": "j", "steps": big, "values": [1.0, 2.0, 3.0], "timestamps": [1.0, 2.0, 3.0]}
+    assert admin.post(f"/runs/{run_id}/metrics", json={"metrics": [series]}).status_code == 204
+    frame = wire.encode_series([MetricSeries("b", np.array(big, dtype=np.int64), np.ones(3), np.ones(3))])
+    assert admin.post(f"/runs/{run_id}/metrics", content=frame,
+                      headers={"Content-Type": wire.METRICS_MEDIA_TYPE}).status_code == 204
+    assert ok(admin.post("/batch", json={"items": [{"run_id": run_id, "metrics": [{**series, "key": "k"}]}]}))
+    doc = ok(admin.get(f"/runs/{run_id}/metric-history", params={"key": ["j", "b", "k"]}))
+    assert [m["steps"] for m in doc["metrics"]] == [big, big, big]
+    raw = admin.get(f"/runs/{run_id}/metric-history", params={"key": ["j", "b", "k"], "format": "binary"})
+    assert [s.steps.tolist() for s in wire.decode_series(raw.content)] == [big, big, big]
+    wrapped = np.array([2**63], dtype=np.uint64).view(np.int64)  # what a uint64 step becomes in the frame
+    cases: list[tuple[str, Any, str]] = [
+        ("json", 2**63, "9223372036854775808"), ("json", -1, "-1"), ("json", 2.0, "2.0"),
+        ("json", 2**64, "step"), ("batch", 2**63, "9223372036854775808"), ("batch", -3, "-3"),
+        ("batch", 2.0, "steps.0"),  # pydantic would take 2.0 for 2 unless strict
+        ("frame", wrapped, "-9223372036854775808"),
+    ]
+    for how, step, named in cases:
+        if how == "frame":
+            body = wire.encode_series([MetricSeries("x", step, np.ones(1), np.ones(1))])
+            resp = admin.post(f"/runs/{run_id}/metrics", content=body,
+                              headers={"Content-Type": wire.METRICS_MEDIA_TYPE})
+        else:
+            one = {"key": "x", "steps": [step], "values": [1.0], "timestamps": [1.0]}
+            resp = (admin.post(f"/runs/{run_id}/metrics", json={"metrics": [one]}) if how == "json" else
+                    admin.post("/batch", json={"items": [{"run_id": run_id, "metrics": [one]}]}))
+        status, _name, message = error_of(resp)
+        assert 400 <= status < 500 and named in message, (how, step, status, message)
+    assert ok(admin.get(f"/runs/{run_id}/metric-history", params={"key": "x"}))["metrics"][0]["steps"] == []
+
+
 def test_search_and_listing(admin: httpx.Client) -> None:
     exp_id = ok(admin.post("/experiments", json={"name": "s"}))["id"]
     for i in range(5):

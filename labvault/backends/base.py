@@ -738,10 +738,12 @@ class Backend(ABC):
                 continue
             if s.steps.dtype != np.int64 or s.values.dtype != np.float64 or s.timestamps.dtype != np.float64:
                 raise InvalidArgumentError(f"metric {s.key!r}: arrays must be int64 / float64 / float64")
-            if n and (int(s.steps.min()) < 0 or not np.isfinite(s.timestamps).all()):
-                raise InvalidArgumentError(
-                    f"metric {s.key!r}: steps must be >= 0 and timestamps finite"
-                )
+            negative = s.steps < 0
+            if negative.any():
+                raise v.step_error(s.key, int(s.steps[int(np.argmax(negative))]))
+            finite = np.isfinite(s.timestamps)
+            if not finite.all():
+                v.validate_timestamp(s.key, float(s.timestamps[int(np.argmin(finite))]))
             batch.append(s)
         if batch:
             self._log_metrics(_check_id(run_id, "run id"), batch)

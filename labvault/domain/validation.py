@@ -216,18 +216,34 @@ def validate_metric_value(key: str, value: object) -> float:
     )
 
 
-def validate_step(key: str, step: object) -> int:
-    """A metric step is a non-negative integer."""
-    if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < 2**63:
-        return step
-    item = getattr(step, "item", None)
-    if callable(item) and not isinstance(step, bool | str | bytes | float):
-        converted = item()
-        if isinstance(converted, int) and not isinstance(converted, bool) and converted >= 0:
-            return converted
-    raise InvalidArgumentError(
-        f"metric {key!r} step must be a non-negative integer, got {type(step).__name__} {_show(step)}"
+#: The largest metric step: steps are stored as int64 on every backend, so 0 .. 2**63 - 1 round-trip exactly.
+MAX_STEP = 2**63 - 1
+
+
+def step_error(key: str, step: object) -> InvalidArgumentError:
+    """The error for a step that cannot be stored, naming it."""
+    return InvalidArgumentError(
+        f"metric {key!r} step must be an integer from 0 to 2**63 - 1 (int64), "
+        f"got {type(step).__name__} {_show(step)}"
     )
+
+
+def validate_step(key: str, step: object) -> int:
+    """A metric step is an integer from 0 to ``MAX_STEP`` (a Python int or a numpy integer scalar).
+
+    The bound is checked here, at the call, because every backend stores steps as int64: a larger step
+    would be accepted into the buffer and then fail every later flush of the run.
+    """
+    if isinstance(step, int) and not isinstance(step, bool):
+        if 0 <= step <= MAX_STEP:
+            return int(step)
+        raise step_error(key, step)
+    item = getattr(step, "item", None)
+    if callable(item) and not isinstance(step, str | bytes | float):
+        converted = item()
+        if isinstance(converted, int) and not isinstance(converted, bool) and 0 <= converted <= MAX_STEP:
+            return converted
+    raise step_error(key, step)
 
 
 def validate_timestamp(key: str, timestamp: object) -> float:

@@ -31,7 +31,7 @@ import orjson
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -145,7 +145,7 @@ class ArtifactIn(_Model):
 
 class SeriesIn(_Model):
     key: str
-    steps: list[int]
+    steps: list[StrictInt]
     values: list[float | str]
     timestamps: list[float | str]
 

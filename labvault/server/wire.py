@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labvault import errors
-from labvault.domain import ArtifactInfo, ChangeEvent, ExperimentInfo, MetricSeries, RunInfo
+from labvault.domain import ArtifactInfo, ChangeEvent, ExperimentInfo, MetricSeries, RunInfo, validation
 from labvault.errors import InvalidArgumentError, LabvaultError
 
 if TYPE_CHECKING:
@@ -166,8 +166,9 @@ def series_in_json(doc: object) -> MetricSeries:
         raise InvalidArgumentError(f"metric {key!r}: steps, values and timestamps must be arrays")
     steps_in, values_in, times_in = raw
     assert isinstance(steps_in, list) and isinstance(values_in, list) and isinstance(times_in, list)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in steps_in):
-        raise InvalidArgumentError(f"metric {key!r}: steps must be non-negative integers")
+    for s in steps_in:  # exact Python ints from the JSON parser: checked before any int64 conversion
+        if s.__class__ is not int or not 0 <= s <= validation.MAX_STEP:
+            raise validation.step_error(key, s)
     try:
         values = np.array([float_in(x, f"metric {key!r} value") for x in values_in], dtype=np.float64)
         times = np.array([float_in(x, f"metric {key!r} timestamp") for x in times_in], dtype=np.float64)

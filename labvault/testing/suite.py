@@ -314,6 +314,103 @@ class BackendTests:
                 run.log_metric("loss", value, step=step)
         assert vault.get_run(run.id).metrics == {"loss": 0.25}
 
+    def test_metric_steps_are_exact_int64(self, uri: str, vault: Vault) -> None:
+        """Steps up to 2**63 - 1 round-trip exactly through every logging call, a reopened handle and a copy
+        to another store (through float64, 2**53 + 1 would round and 2**63 - 1 would overflow)."""
+        big = [0, 2**53 + 1, 2**63 - 1]
+        with vault.experiment("m").start_run() as run:
+            for value, step in enumerate(big):
+                run.log_metric("one", float(value), step=step)
+            run.log_metric("np", 1.0, step=np.uint64(2**63 - 1))
+            run.log_metric("auto", 1.0, step=2**53)
+            run.log_metric("auto", 2.0)  # the default next step, 2**53 + 1
+            run.log_metrics({"a": 1.0, "b": 2.0}, step=2**53 + 1)
+            run.log_metrics({"a": 3.0, "b": 4.0}, step=np.int64(2**63 - 1))
+            run.log_metric_series("int64", np.ones(3), np.array(big, dtype=np.int64))
+            run.log_metric_series("uint64", np.ones(3), np.array(big, dtype=np.uint64))
+            run.log_metric_series("list", [1.0, 2.0, 3.0], big)
+            run.log_metric_series("next", [1.0], np.array([2**63 - 3], dtype=np.uint64))
+            run.log_metric_series("next", [3.0, 4.0])  # default steps 2**63 - 2, 2**63 - 1
+        expected = {"one": big, "np": [2**63 - 1], "auto": [2**53, 2**53 + 1], "a": big[1:], "b": big[1:],
+                    "int64": big, "uint64": big, "list": big, "next": [2**63 - 3, 2**63 - 2, 2**63 - 1]}
+        target = f"memory://{os.urandom(8).hex()}"
+        labvault.copy(uri, target)
+        with labvault.open(uri) as again, labvault.open(target) as copied:
+            for where in (vault, again, copied):
+                got = where.search_runs("m")[0]
+                for key, steps in expected.items():
+                    hist = got.metric_history(key)
+                    assert hist.steps.dtype == np.int64, (where, key)
+                    assert hist.steps.tolist() == steps, (where.uri, key)
+                assert got.metrics["one"] == 2.0 and got.metrics["b"] == 4.0
+
+    def test_unstorable_metric_steps_refused_at_the_call(self, vault: Vault) -> None:
+        """A step that can never be stored (negative, past 2**63 - 1, not an integer, or a default next step
+        past 2**63 - 1) is refused by the call with an InvalidArgumentError naming it, and nothing of the
+        call is buffered: the run's later flushes still work."""
+        run = vault.experiment("m").start_run()
+        run.log_metric("m", 1.0, step=2**63 - 1)
+        run.log_metric("n", 1.0, step=5)
+        run.flush()
+        top, wrap = "9223372036854775808", "18446744073709551616"
+        bad: list[tuple[Any, str]] = [
+            (lambda: run.log_metric("m", 2.0, step=2**63), top),
+            (lambda: run.log_metric("m", 2.0, step=2**64), wrap),
+            (lambda: run.log_metric("m", 2.0, step=-1), "-1"),
+            (lambda: run.log_metric("m", 2.0, step=2.0), "2.0"),
+            (lambda: run.log_metric("m", 2.0, step=np.uint64(2**63)), top),
+            (lambda: run.log_metric("m", 2.0, step=np.float64(3)), "3.0"),
+            (lambda: run.log_metric("m", 2.0), top),  # the default step after 2**63 - 1
+            (lambda: run.log_metrics({"n": 2.0, "m": 2.0}), top),  # n's next step is fine, m's is not
+            (lambda: run.log_metrics({"n": 2.0}, step=np.uint64(2**64 - 1)), "18446744073709551615"),
+            (lambda: run.log_metric_series("s", [1.0, 2.0], np.array([1, 2**63], dtype=np.uint64)), top),
+            (lambda: run.log_metric_series("s", [1.0, 2.0], [1, 2**63]), top),
+            (lambda: run.log_metric_series("s", [1.0], [2**64]), wrap),
+            (lambda: run.log_metric_series("s", [1.0, 2.0], np.array([3, -4])), "-4"),
+            (lambda: run.log_metric_series("s", [1.0], np.array([1.5])), "1.5"),
+            (lambda: run.log_metric_series("m", [1.0, 2.0]), top),  # default steps past 2**63 - 1
+        ]
+        for i, (call, named) in enumerate(bad):
+            with pytest.raises(InvalidArgumentError) as info:
+                call()
+            assert named in str(info.value), f"bad call {i}: {str(info.value)!r} does not name {named!r}"
+        run.log_metric("n", 2.0)  # the run is not poisoned: step 6
+        run.flush()
+        assert vault.backend.metric_history(run.id, "m").steps.tolist() == [2**63 - 1]
+        assert vault.backend.metric_history(run.id, "n").steps.tolist() == [5, 6]
+        assert len(vault.backend.metric_history(run.id, "s")) == 0
+        assert vault.backend.get_run(run.id).metrics == {"m": 1.0, "n": 2.0}
+        run.end()
+
+    def test_close_flushes_every_run_when_one_fails(self, uri: str) -> None:
+        """A run whose flush fails (its experiment deleted through another handle) costs no other run its
+        points: flush() and close() write every other run, then raise one error naming the failed run;
+        close() still stops the flusher and closes the backend."""
+        vault = labvault.open(uri, flush_interval=3600)  # no background flush: flush() and close() write
+        other = labvault.open(uri)
+        try:
+            doomed = vault.experiment("doomed").start_run()  # first in line: it used to stop the others
+            kept = vault.experiment("kept").start_run()
+            doomed.log_metric("m", 1.0)
+            kept.log_metric("m", 1.0)
+            other.delete_experiment("doomed")
+            with pytest.raises(NotFoundError) as info:
+                vault.flush()
+            assert doomed.id in str(info.value) and kept.id not in str(info.value)
+            assert other.backend.metric_history(kept.id, "m").values.tolist() == [1.0]
+            kept.log_metric("m", 2.0, step=2**63 - 1)
+            with pytest.raises(NotFoundError) as info:
+                vault.close()
+            assert doomed.id in str(info.value) and kept.id not in str(info.value)
+            hist = other.backend.metric_history(kept.id, "m")
+            assert hist.values.tolist() == [1.0, 2.0] and hist.steps.tolist() == [0, 2**63 - 1]
+            assert vault._flusher is not None and not vault._flusher.is_alive()
+            with pytest.raises(InvalidArgumentError, match="closed"):
+                vault.experiment("after")
+            vault.close()  # closed already: a no-op
+        finally:
+            other.close()
+
     # ----------------------------------------------------------------------------------------------
     # artifacts
     def test_artifacts_from_bytes_path_and_file(self, vault: Vault, tmp_path: Path) -> None:
