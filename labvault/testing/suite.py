@@ -321,11 +321,11 @@ class BackendTests:
         with vault.experiment("m").start_run() as run:
             for value, step in enumerate(big):
                 run.log_metric("one", float(value), step=step)
-            run.log_metric("np", 1.0, step=np.uint64(2**63 - 1))
+            run.log_metric("np", 1.0, step=np.uint64(2**63 - 1))  # type: ignore[arg-type]
             run.log_metric("auto", 1.0, step=2**53)
             run.log_metric("auto", 2.0)  # the default next step, 2**53 + 1
             run.log_metrics({"a": 1.0, "b": 2.0}, step=2**53 + 1)
-            run.log_metrics({"a": 3.0, "b": 4.0}, step=np.int64(2**63 - 1))
+            run.log_metrics({"a": 3.0, "b": 4.0}, step=np.int64(2**63 - 1))  # type: ignore[arg-type]
             run.log_metric_series("int64", np.ones(3), np.array(big, dtype=np.int64))
             run.log_metric_series("uint64", np.ones(3), np.array(big, dtype=np.uint64))
             run.log_metric_series("list", [1.0, 2.0, 3.0], big)
@@ -357,12 +357,12 @@ class BackendTests:
             (lambda: run.log_metric("m", 2.0, step=2**63), top),
             (lambda: run.log_metric("m", 2.0, step=2**64), wrap),
             (lambda: run.log_metric("m", 2.0, step=-1), "-1"),
-            (lambda: run.log_metric("m", 2.0, step=2.0), "2.0"),
-            (lambda: run.log_metric("m", 2.0, step=np.uint64(2**63)), top),
-            (lambda: run.log_metric("m", 2.0, step=np.float64(3)), "3.0"),
+            (lambda: run.log_metric("m", 2.0, step=2.0), "2.0"),  # type: ignore[arg-type]
+            (lambda: run.log_metric("m", 2.0, step=np.uint64(2**63)), top),  # type: ignore[arg-type]
+            (lambda: run.log_metric("m", 2.0, step=np.float64(3)), "3.0"),  # type: ignore[arg-type]
             (lambda: run.log_metric("m", 2.0), top),  # the default step after 2**63 - 1
             (lambda: run.log_metrics({"n": 2.0, "m": 2.0}), top),  # n's next step is fine, m's is not
-            (lambda: run.log_metrics({"n": 2.0}, step=np.uint64(2**64 - 1)), "18446744073709551615"),
+            (lambda: run.log_metrics({"n": 2.0}, step=np.uint64(2**64 - 1)), "18446744073709551615"),  # type: ignore[arg-type]
             (lambda: run.log_metric_series("s", [1.0, 2.0], np.array([1, 2**63], dtype=np.uint64)), top),
             (lambda: run.log_metric_series("s", [1.0, 2.0], [1, 2**63]), top),
             (lambda: run.log_metric_series("s", [1.0], [2**64]), wrap),
