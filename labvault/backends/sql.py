@@ -1160,8 +1160,11 @@ class SQLBackend(Backend, scheme="sqlite"):
         into JSON as ``Inf``, which no JSON parser reads); ``_infos_with_json_details`` converts it back.
         """
         value = t_latest.c.value
-        encoded = sa.case((value > _DBL_MAX, sa.literal("inf")), (value < -_DBL_MAX, sa.literal("-inf")),
-                          else_=value)
+        # printf('%!.17g'): SQLite's own JSON writer prints doubles with 15 significant digits, which
+        # would turn a logged 0.12345678901234568 into 0.123456789012346.
+        encoded = sa.case((value.is_(None), sa.null()), (value > _DBL_MAX, sa.literal("inf")),
+                          (value < -_DBL_MAX, sa.literal("-inf")),
+                          else_=sa.func.json(sa.func.printf("%!.17g", value)))
         metrics = (sa.select(sa.func.json_group_object(t_latest.c.key, encoded))
                    .where(t_latest.c.run_id == t_runs.c.id).scalar_subquery())
         results = (sa.select(sa.func.json_group_object(t_results.c.key, sa.func.json(t_results.c.value_json)))

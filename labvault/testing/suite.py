@@ -314,6 +314,22 @@ class BackendTests:
                 run.log_metric("loss", value, step=step)
         assert vault.get_run(run.id).metrics == {"loss": 0.25}
 
+    def test_latest_metric_values_are_exact(self, vault: Vault) -> None:
+        """Latest values keep all 17 significant digits in get_run, listings and searches.
+
+        (SQLite 3.40's printf, which the SQLite store formats them with, is exact over the magnitudes
+        metrics take; near the ends of the double range, e.g. 1.7976931348623157e308, it can be off by
+        one unit in the last place.)"""
+        values = {"a": 0.12345678901234568, "b": 1 / 3, "c": 2.0**-1074, "d": 6.02214076e23 / 7,
+                  "e": -9007199254740993.0, "f": 5e-324 * 3}
+        with vault.experiment("exact").start_run() as run:
+            run.log_metrics(values)
+        assert vault.get_run(run.id).metrics == values
+        (found,) = vault.search_runs("exact", filter="metrics.a > 0.1")
+        assert found.metrics == values
+        assert vault.search_runs("exact", filter="metrics.a = 0.12345678901234568")
+        assert not vault.search_runs("exact", filter="metrics.a = 0.123456789012346")
+
     def test_metric_steps_are_exact_int64(self, uri: str, vault: Vault) -> None:
         """Steps up to 2**63 - 1 round-trip exactly through every logging call, a reopened handle and a copy
         to another store (through float64, 2**53 + 1 would round and 2**63 - 1 would overflow)."""
