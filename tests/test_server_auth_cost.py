@@ -25,7 +25,7 @@ import httpx
 import pytest
 from test_conformance_http import free_port, wait_healthy
 
-from labvault.errors import BackendUnavailableError, InvalidArgumentError
+from labvault.errors import AuthenticationError, BackendUnavailableError, InvalidArgumentError, LabvaultError
 from labvault.server.app import ServerConfig, create_app
 from labvault.server.auth import AuthStore, FailureLimiter, VerifySlots
 from labvault.server.inprocess import ASGIBridge
@@ -199,8 +199,6 @@ def test_failed_authentications_from_one_address_get_429_others_are_served(serve
     store = AuthStore(server.auth_db)
     _, fresh = store.create_token("ana")  # never verified by the server yet
     store.close()
-    with client(attacker, fresh) as same_address:
-        assert same_address.get("/experiments").status_code == 429  # the address is out of attempts
     with client("127.0.3.2", fresh) as other_address:
         assert other_address.get("/experiments").status_code == 200
     with client(attacker, server.token) as proven_from_attacker:
@@ -236,24 +234,32 @@ def test_a_limited_address_costs_no_argon2_and_unknown_ids_cost_none(
         after = [get(f"lv_{token_id}_{'D' * 43}").status_code for _ in range(5)]
         assert after == [429] * 5 and len(verifies) == 3  # the budget is spent: refused before any work
         assert get(token).status_code == 200 and len(verifies) == 3  # a proven token still gets in
+        _, unproven = store.create_token("ana")
+        assert get(unproven).status_code == 429 and len(verifies) == 3  # not verified yet: must wait
     finally:
         app.state.labvault.close()
         bridge.shutdown()
 
 
-def test_failure_limiter_refills_gives_back_and_keeps_a_bounded_table() -> None:
+def test_failure_limiter_refills_overdraws_and_keeps_a_bounded_table() -> None:
     now = [0.0]
     limiter = FailureLimiter(rate=2.0, burst=3, max_addresses=100, clock=lambda: now[0])
-    assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert limiter.take("a") == pytest.approx(0.5)  # empty: one attempt back in half a second
-    assert limiter.take("b") == 0.0  # another address has its own bucket
+    assert limiter.retry_after("a") == 0.0 and len(limiter) == 0  # nobody is kept before a failure
+    for _ in range(3):
+        assert limiter.retry_after("a") == 0.0
+        limiter.charge("a")
+    assert limiter.retry_after("a") == pytest.approx(0.5)  # empty: one attempt back in half a second
+    assert limiter.retry_after("b") == 0.0  # another address has its own bucket
     now[0] += 0.5
-    assert limiter.take("a") == 0.0 and limiter.take("a") > 0
-    limiter.give_back("b")  # "b" succeeded: its bucket is full again, so it is not kept
-    assert "b" not in limiter._buckets
+    assert limiter.retry_after("a") == 0.0
+    for _ in range(10):  # concurrent failures of a flood overdraw the bucket, down to -burst
+        limiter.charge("a")
+    assert limiter.retry_after("a") == pytest.approx(2.0)  # (1 - (-3)) / 2
+    now[0] += 10
+    assert limiter.retry_after("a") == 0.0 and len(limiter) == 0  # refilled: forgotten
     for i in range(1000):
-        limiter.take(f"10.0.{i // 256}.{i % 256}")
-    assert len(limiter) == 100  # least recently used addresses went first
+        limiter.charge(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter) == 100  # least recently charged addresses went first
     with pytest.raises(InvalidArgumentError):
         FailureLimiter(rate=0)
 
@@ -290,3 +296,44 @@ def test_verify_slots_bound_the_verifications_and_the_waiters() -> None:
         return seen
 
     assert anyio.run(scenario) == ["held", "waited"]
+
+
+def test_verify_slots_share_one_verification_per_token() -> None:
+    async def scenario() -> tuple[list[str], list[object]]:
+        calls: list[str] = []
+        outcomes: list[object] = []
+        slots = VerifySlots(concurrency=1, wait=60, max_waiting=0)  # no waiting room: only sharing helps
+        gate = anyio.Event()
+
+        async def work(name: str, ok: bool) -> str:
+            calls.append(name)
+            await gate.wait()
+            if not ok:
+                raise AuthenticationError("invalid, expired or revoked API token")
+            return name
+
+        async def request(key: bytes, name: str, ok: bool) -> None:
+            try:
+                outcomes.append(await slots.run(key, lambda: work(name, ok)))
+            except LabvaultError as exc:
+                outcomes.append(type(exc).__name__)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(request, b"good", "good", True)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(request, b"other", "other", True)  # another token: no slot, no room to wait
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+        async with anyio.create_task_group() as tg:
+            gate = anyio.Event()
+            for _ in range(3):
+                tg.start_soon(request, b"bad", "bad", False)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+        return calls, outcomes
+
+    calls, outcomes = anyio.run(scenario)
+    assert calls == ["good", "bad"]  # five requests, one verification; three failures, one verification
+    assert sorted(map(str, outcomes)) == sorted(["good"] * 5 + ["BackendUnavailableError"]
+                                                + ["AuthenticationError"] * 3)

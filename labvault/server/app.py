@@ -562,9 +562,8 @@ class _AuthMiddleware:
         client = scope.get("client")
         address = str(client[0]) if client else ""
         limiter = self.state.failures
-        proven = token is not None and auth.is_verified(token)  # good before: never held up by the limit
-        if not proven:
-            wait = limiter.take(address)
+        if token is None or not auth.is_verified(token):  # a token good before is never held up by the limit
+            wait = limiter.retry_after(address)
             if wait > 0:
                 seconds = max(1, math.ceil(wait))
                 message = f"too many failed authentications from {address}; retry in {seconds} s"
@@ -573,26 +572,21 @@ class _AuthMiddleware:
             if token is None:
                 raise AuthenticationError(
                     "this server needs an API token: send 'Authorization: Bearer <token>'")
-            principal = await self._verify(auth, token)
+            return await self._verify(auth, token)
         except AuthenticationError as exc:
-            if proven:
-                limiter.take(address)  # revoked or expired since: a failure like any other
+            limiter.charge(address)
             return _error_response(401, "AuthenticationError", str(exc), {"WWW-Authenticate": "Bearer"})
         except BackendUnavailableError as exc:  # no verification slot: not the client's failure
-            if not proven:
-                limiter.give_back(address)
-            return _error_response(503, "BackendUnavailableError", str(exc),
-                                   {"Retry-After": str(max(1, math.ceil(self.state.verify_slots.wait)))})
-        if not proven:
-            limiter.give_back(address)
-        return principal
+            retry = str(max(1, math.ceil(self.state.verify_slots.wait)))
+            return _error_response(503, "BackendUnavailableError", str(exc), {"Retry-After": retry})
 
     async def _verify(self, auth: AuthStore, token: str) -> Principal:
         found = await run_in_threadpool(auth.check, token)
         if isinstance(found, Principal):
             return found
-        async with self.state.verify_slots.slot():
-            return await run_in_threadpool(auth.verify, found)
+        pending = found
+        key = f"{pending.principal.token_id}:".encode() + pending.fingerprint
+        return await self.state.verify_slots.run(key, lambda: run_in_threadpool(auth.verify, pending))
 
 
 def _bearer_token(scope: Scope) -> str | None:

@@ -12,7 +12,7 @@ unknown id is refused after the lookup. That a caller can tell a known id from a
 time of the answer gives them nothing, since the secret alone authenticates. What argon2 work remains
 (64 MiB and tens of milliseconds per verification) is bounded by the server: ``FailureLimiter`` answers
 429 to an address after a burst of failed authentications, and ``VerifySlots`` lets only a few
-verifications run at once (the rest wait briefly, then get 503).
+verifications run at once (the rest wait briefly, then get 503) and only one per distinct token.
 
 There are no default users or passwords. Roles are ordered: ``reader`` (read everything), ``writer``
 (read and write runs, metrics, artifacts), ``admin`` (also delete experiments, write raw blobs and manage
@@ -34,10 +34,10 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -46,11 +46,13 @@ from labvault.errors import (
     AuthenticationError,
     BackendUnavailableError,
     InvalidArgumentError,
+    LabvaultError,
     NotFoundError,
     PermissionDeniedError,
 )
 
 ROLES: tuple[str, ...] = ("reader", "writer", "admin")
+T = TypeVar("T")
 _RANK = {role: i for i, role in enumerate(ROLES)}
 _USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
 _TOKEN_RE = re.compile(r"lv_([0-9a-f]{12})_([A-Za-z0-9_\-]{20,128})")
@@ -371,12 +373,12 @@ class PendingVerification:
 class FailureLimiter:
     """Failed authentications per client address, as token buckets: ``burst`` at once, then ``rate`` a second.
 
-    Each authentication that is not already known to succeed takes a token from its address's bucket
-    before any work is done (``take``) and gives it back when it succeeds (``give_back``), so concurrent
-    attempts cannot overshoot the budget, and a client whose tokens are good never runs its bucket down.
-    An empty bucket means 429 without a database lookup or argon2 work; other addresses are unaffected.
-    At most ``max_addresses`` buckets are kept (least recently used first out), and a full bucket is not
-    kept at all, so the table's memory is bounded whatever the number of addresses.
+    ``retry_after`` is asked before any work: an address whose bucket is empty gets 429 at once (no
+    database lookup, no argon2). Each failure is ``charge``d after the fact, so the first requests of a
+    legitimate client (possibly many at once, before its token is verified) never wait on the budget; the
+    concurrent failures of a flood may overdraw the bucket, down to ``-burst``, and are paid back before
+    that address may try again. A success costs nothing. At most ``max_addresses`` buckets are kept (least
+    recently charged out first; a bucket found refilled is dropped), so memory is bounded.
     """
 
     def __init__(self, rate: float = 2.0, burst: int = 10, max_addresses: int = 10_000,
@@ -393,43 +395,48 @@ class FailureLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, address: str) -> float:
-        """Take one attempt for ``address``: 0.0 when granted, else the seconds until one is available."""
+    def retry_after(self, address: str) -> float:
+        """0.0 when ``address`` may try to authenticate, else the seconds until it may."""
         with self._lock:
-            tokens, now = self._level(address)
-            wait = 0.0
-            if tokens >= 1.0:
-                tokens -= 1.0
-            else:
-                wait = (1.0 - tokens) / self.rate
-            self._keep(address, tokens, now)
-            return wait
+            entry = self._buckets.get(address)
+            if entry is None:
+                return 0.0
+            tokens = self._refilled(entry)
+            if tokens >= self.burst:
+                del self._buckets[address]  # refilled: the same as never seen
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
-    def give_back(self, address: str) -> None:
-        """Return the attempt a successful authentication took."""
+    def charge(self, address: str) -> None:
+        """Count one failed authentication from ``address``."""
         with self._lock:
-            tokens, now = self._level(address)
-            self._keep(address, min(self.burst, tokens + 1.0), now)
+            entry = self._buckets.pop(address, None)
+            tokens = self.burst if entry is None else self._refilled(entry)
+            self._buckets[address] = (max(-self.burst, tokens - 1.0), self._clock())
+            while len(self._buckets) > self.max_addresses:
+                self._buckets.popitem(last=False)
 
-    def _level(self, address: str) -> tuple[float, float]:
-        now = self._clock()
-        tokens, when = self._buckets.pop(address, (self.burst, now))
-        return min(self.burst, tokens + (now - when) * self.rate), now
+    def _refilled(self, entry: tuple[float, float]) -> float:
+        tokens, when = entry
+        return min(self.burst, tokens + (self._clock() - when) * self.rate)
 
-    def _keep(self, address: str, tokens: float, now: float) -> None:
-        if tokens >= self.burst:
-            return  # a full bucket is the same as none
-        self._buckets[address] = (tokens, now)
-        while len(self._buckets) > self.max_addresses:
-            self._buckets.popitem(last=False)
+
+class _Flight:
+    """One verification in progress, which concurrent requests with the same token wait for."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
 
 
 class VerifySlots:
-    """At most ``concurrency`` argon2 verifications at once (each holds 64 MiB and several cores).
+    """At most ``concurrency`` argon2 verifications at once (each holds 64 MiB and several cores), and one
+    per distinct token: concurrent requests carrying the same unverified token share its verification.
 
     A request that finds every slot taken waits up to ``wait`` seconds as a coroutine (no thread, no
-    argon2 memory); at most ``max_waiting`` wait at a time. Beyond either bound ``slot`` raises
-    ``BackendUnavailableError`` (the server answers 503 with Retry-After; clients retry those).
+    argon2 memory); at most ``max_waiting`` wait at a time. Beyond either bound ``run`` raises
+    ``BackendUnavailableError`` (the server answers 503 with Retry-After; clients retry those). Event-loop
+    side only (not thread-safe).
     """
 
     def __init__(self, concurrency: int = 1, wait: float = 2.0, max_waiting: int = 64) -> None:
@@ -441,10 +448,33 @@ class VerifySlots:
         self._free = concurrency
         self._waiting = 0
         self._released: anyio.Event | None = None  # set when a slot frees up (created in the event loop)
+        self._flights: dict[bytes, _Flight] = {}
+
+    async def run(self, key: bytes, work: Callable[[], Awaitable[T]]) -> T:
+        """``await work()`` in a slot, or share the result of the call with the same ``key`` in progress."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            await flight.done.wait()  # bounded: the leader waits at most ``wait`` for a slot, then verifies
+            if flight.error is None:
+                return cast(T, flight.result)
+            if isinstance(flight.error, LabvaultError):
+                raise type(flight.error)(str(flight.error))
+            raise BackendUnavailableError("the verification of this API token was interrupted; retry")
+        flight = self._flights[key] = _Flight()
+        try:
+            async with self.slot():
+                flight.result = await work()
+            return cast(T, flight.result)
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[key]
+            flight.done.set()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one verification slot for the block (event-loop side only: not thread-safe)."""
+        """Hold one verification slot for the block."""
         await self._acquire()
         try:
             yield
