@@ -82,8 +82,10 @@ class Served:
         self.bridge.shutdown()
 
 
+# Every request of the in-process bridge comes from 127.0.0.1, and some tests fail to authenticate on purpose
+# many times: the per-address failure limit (tests/test_server_auth_cost.py) is lifted here.
 SMALL = ServerConfig(max_request_size=1 * MB, max_upload_size=8 * MB, max_chunk_size=4 * MB,
-                     body_timeout=0.5, sse_ping=0.2)
+                     body_timeout=0.5, sse_ping=0.2, auth_failure_burst=1_000_000)
 
 
 @pytest.fixture

@@ -533,7 +533,7 @@ class _AuthMiddleware:
 
     Failing is cheap: an address past its budget of failed authentications gets 429 before any lookup,
     an unknown token id costs one primary-key lookup, and argon2 runs (in the thread pool, never on the
-    event loop) only for live ids, a few at a time (``VerifySlots``).
+    event loop) only for live ids, ``argon2_concurrency`` at a time and once per distinct token.
     """
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
