@@ -66,19 +66,29 @@ EMBEDDED_DB_NAME = "labvault.db"
 
 _LAZY = {"Vault": "labvault.api", "Experiment": "labvault.api", "Run": "labvault.api",
          "RunList": "labvault.api"}
+#: Submodules reachable as ``labvault.<name>`` after a plain ``import labvault``, imported on first use.
+_SUBMODULES = frozenset({"api", "backends", "blobs", "domain", "gc", "query", "server", "sync", "testing"})
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    """Load the API classes and the submodules on first access (``import labvault`` stays cheap)."""
+    if name in _LAZY or name in _SUBMODULES:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(f"labvault.{name}" if name in _SUBMODULES else _LAZY[name])
+        return module if name in _SUBMODULES else getattr(module, name)
     raise AttributeError(f"module 'labvault' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
 def _resolve_uri(uri: str | os.PathLike[str] | None) -> tuple[str, str]:
     """Return (scheme, uri) for what the user passed, applying the defaults."""
     from pathlib import Path
+
+    from labvault._uri import uri_scheme
 
     if uri is None:
         uri = os.environ.get("LABVAULT_URI") or None
@@ -90,19 +100,13 @@ def _resolve_uri(uri: str | os.PathLike[str] | None) -> tuple[str, str]:
         raise InvalidArgumentError(f"uri must be a string or a path, got {type(uri).__name__}")
     if not uri or uri.strip() != uri or "\x00" in uri:
         raise InvalidArgumentError(f"invalid vault URI {uri!r}: empty, padded or containing NUL")
-    if "://" not in uri:
-        if ":" in uri.split("/", 1)[0] and len(uri.split(":", 1)[0]) > 1:
-            raise InvalidArgumentError(
-                f"invalid vault URI {uri!r}: write scheme://..., e.g. sqlite:///path.db or file://dir"
-            )
-        path = Path(uri).expanduser()
-        if (path / EMBEDDED_DB_NAME).is_file():
-            return "sqlite", _embedded_sqlite_uri(path)
-        return "file", uri
-    scheme = uri.split("://", 1)[0].lower()
-    if not scheme or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
-        raise InvalidArgumentError(f"invalid vault URI {uri!r}: bad scheme {scheme!r}")
-    return scheme, uri
+    scheme = uri_scheme(uri, "vault URI")
+    if scheme is not None:
+        return scheme, uri
+    path = Path(uri).expanduser()
+    if (path / EMBEDDED_DB_NAME).is_file():
+        return "sqlite", _embedded_sqlite_uri(path)
+    return "file", uri
 
 
 def _embedded_sqlite_uri(directory: Any) -> str:
@@ -117,6 +121,7 @@ def open_backend(
     **options: Any,
 ) -> Backend:
     """Build the ``Backend`` a URI or config names, without wrapping it in a ``Vault``."""
+    from labvault._uri import without_secrets
     from labvault.backends import registry
     from labvault.backends.base import BlobStore
 
@@ -137,22 +142,23 @@ def open_backend(
     try:
         cls = registry.backend_class(scheme)
     except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"cannot open vault {resolved!r}: {exc}") from exc
+        raise InvalidArgumentError(f"cannot open vault {without_secrets(resolved)!r}: {exc}") from exc
     return cls.from_uri(resolved, artifacts=blob_store, **options)
 
 
-def open_blob_store(url: str) -> BlobStore:
-    """Open a blob store by URL (``file:///path``, a bare path, ``memory://``)."""
+def open_blob_store(url: str, **options: Any) -> BlobStore:
+    """Open a blob store by URL (``file:///path``, a bare path, ``memory://``, ``s3://bucket/prefix``);
+    ``options`` go to the store's ``from_url``. An unknown scheme raises ``InvalidArgumentError``."""
+    from labvault._uri import uri_scheme
     from labvault.backends import registry
 
     if not isinstance(url, str) or not url:
-        raise InvalidArgumentError(f"artifacts must be a blob store URL, got {url!r}")
-    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
-    cls = registry.blob_store_class(scheme)
+        raise InvalidArgumentError(f"a blob store URL must be a non-empty string, got {url!r}")
+    cls = registry.blob_store_class(uri_scheme(url, "blob store URL") or "file")
     from_url = getattr(cls, "from_url", None)
     if from_url is None:
         raise InvalidArgumentError(f"blob store {cls.__name__} cannot be opened from a URL")
-    store: BlobStore = from_url(url)
+    store: BlobStore = from_url(url, **options)
     return store
 
 

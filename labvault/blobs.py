@@ -41,19 +41,8 @@ def open(url: str, **options: Any) -> BlobStore:
     ``InvalidArgumentError`` listing the known ones. Construction does no I/O.
     """
     from labvault import open_blob_store
-    from labvault.backends import registry
 
-    if not options:
-        return open_blob_store(url)
-    if not isinstance(url, str) or not url:
-        raise InvalidArgumentError(f"a blob store URL must be a non-empty string, got {url!r}")
-    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
-    cls = registry.blob_store_class(scheme)
-    from_url = getattr(cls, "from_url", None)
-    if from_url is None:
-        raise InvalidArgumentError(f"blob store {cls.__name__} cannot be opened from a URL")
-    store: BlobStore = from_url(url, **options)
-    return store
+    return open_blob_store(url, **options)
 
 
 def register(scheme: str, cls: type[BlobStore] | str, *, replace: bool = False) -> None:

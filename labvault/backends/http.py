@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import orjson
 
+from labvault._uri import refuse_credentials
 from labvault.backends.base import (
     CHUNK_SIZE,
     Backend,
@@ -74,13 +75,12 @@ def _credentials_path() -> Path:
 
 def normalize_url(url: str) -> str:
     """``scheme://host:port/path`` without a trailing slash (the key credentials are stored under)."""
+    refuse_credentials(url, "labvault server URLs",
+                       "pass token=, set $LABVAULT_TOKEN or store one with: labvault login URL")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
         raise InvalidArgumentError(f"not a labvault server URL: {_redact(url)!r} (write http(s)://host:port)")
-    if parts.username or parts.password:
-        raise InvalidArgumentError(
-            f"{_redact(url)!r}: do not put credentials in the URL; pass token= or set LABVAULT_TOKEN")
     port = parts.port or (443 if scheme == "https" else 80)
     host = parts.hostname.lower()
     if ":" in host:

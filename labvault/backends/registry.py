@@ -29,6 +29,8 @@ _BUILTIN_BACKENDS: dict[str, str] = {
     "sqlite": "labvault.backends.sql:SQLBackend",
     "postgresql": "labvault.backends.postgresql:PostgresBackend",
     "postgres": "labvault.backends.postgresql:PostgresBackend",
+    "postgresql+psycopg": "labvault.backends.postgresql:PostgresBackend",
+    "postgres+psycopg": "labvault.backends.postgresql:PostgresBackend",
     "redis": "labvault.backends.redis:RedisBackend",
     "rediss": "labvault.backends.redis:RedisBackend",
     "unix": "labvault.backends.redis:RedisBackend",
@@ -137,12 +139,12 @@ def import_object(target: str) -> Any:
 
 def _resolve(table: dict[str, Any], kind: str, scheme: str, known: list[str]) -> Any:
     scheme = scheme.lower()
-    entry = table.get(scheme)
-    if entry is None and "+" in scheme:
-        entry = table.get(scheme.split("+", 1)[0]) or table.get(scheme.split("+", 1)[1])
+    entry = table.get(scheme)  # exactly: "git+file" is not "file" (nor "git"), it is unknown
     if entry is None:
+        base, plus, variant = scheme.partition("+")
+        hint = f" ({base!r} is known, but not {base}+{variant})" if plus and base in table else ""
         raise InvalidArgumentError(
-            f"unknown {kind} scheme {scheme!r}; known schemes: {', '.join(known)}"
+            f"unknown {kind} scheme {scheme!r}{hint}; known schemes: {', '.join(known)}"
         )
     if isinstance(entry, str):
         try:

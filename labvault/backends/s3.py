@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from labvault._uri import refuse_credentials
 from labvault.backends.base import (
     CHUNK_SIZE,
     BlobSource,
@@ -201,21 +202,12 @@ class S3BlobStore(BlobStore, scheme="s3"):
         """``s3://bucket[/prefix][?endpoint_url=...&region=...&profile=...&part_size=16MiB&...]``."""
         if not isinstance(url, str):
             raise InvalidArgumentError(f"S3 URL must be a string, got {url!r}")
+        refuse_credentials(url, "S3 URLs", "credentials come from the AWS environment: "
+                           "$AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY, a profile or an instance role")
         parts = urlsplit(url)
         if parts.scheme.lower() != "s3" or not parts.netloc:
             raise InvalidArgumentError(f"{url!r} is not an S3 URL: write s3://bucket/prefix")
-        if parts.username or parts.password:
-            raise InvalidArgumentError(
-                "S3 URLs must not carry credentials: use $AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY "
-                "or a profile"
-            )
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        for key in ("aws_access_key_id", "aws_secret_access_key", "access_key", "secret_key",
-                    "session_token"):
-            if key in query:
-                raise InvalidArgumentError(
-                    f"S3 URL option {key!r} is not accepted: credentials come from the AWS environment"
-                )
         merged: dict[str, Any] = {**query, **options}
         if "region_name" in merged:
             merged["region"] = merged.pop("region_name")

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -44,6 +45,7 @@ from labvault.domain import ArtifactInfo, ChangeEvent, now
 from labvault.domain import validation as v
 from labvault.errors import (
     AuthenticationError,
+    BackendUnavailableError,
     ConflictError,
     InvalidArgumentError,
     LabvaultError,
@@ -51,7 +53,15 @@ from labvault.errors import (
     UnsupportedOperationError,
 )
 from labvault.server import wire
-from labvault.server.auth import ANONYMOUS_ADMIN, AuthStore, Principal, check_role, default_auth_db
+from labvault.server.auth import (
+    ANONYMOUS_ADMIN,
+    AuthStore,
+    FailureLimiter,
+    Principal,
+    VerifySlots,
+    check_role,
+    default_auth_db,
+)
 
 if TYPE_CHECKING:
     from labvault.backends.base import ChangeFeed
@@ -83,6 +93,13 @@ class ServerConfig:
     sync_interval: float = 1.0
     #: Events a slow event-stream client may fall behind by before the server drops it.
     sse_queue: int = 10_000
+    #: Failed authentications one client address may have in a burst, then per second (then 429).
+    auth_failure_burst: int = 10
+    auth_failure_rate: float = 2.0
+    #: argon2 token verifications at once per server process (each takes 64 MiB and runs 4 lanes in
+    #: parallel, so one already keeps the cores busy), and the seconds a request waits for one (then 503).
+    argon2_concurrency: int = 1
+    argon2_wait: float = 2.0
 
 
 class _JSON(Response):
@@ -512,7 +529,12 @@ _PUBLIC_PATHS = frozenset(f"{wire.API_PREFIX}{p}" for p in ("/health", "/openapi
 
 class _AuthMiddleware:
     """Authenticates every request before routing (so an anonymous caller learns nothing, not even which
-    paths exist or how large a body may be); the role each endpoint needs is checked by its dependency."""
+    paths exist or how large a body may be); the role each endpoint needs is checked by its dependency.
+
+    Failing is cheap: an address past its budget of failed authentications gets 429 before any lookup,
+    an unknown token id costs one primary-key lookup, and argon2 runs (in the thread pool, never on the
+    event loop) only for live ids, ``argon2_concurrency`` at a time and once per distinct token.
+    """
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
@@ -526,25 +548,54 @@ class _AuthMiddleware:
         if auth is None:
             principal = ANONYMOUS_ADMIN
         else:
-            token = None
-            for name, value in scope.get("headers", []):
-                if name == b"authorization":
-                    scheme, _, rest = value.decode("latin-1").partition(" ")
-                    if scheme.lower() == "bearer" and rest.strip():
-                        token = rest.strip()
-                    break
-            try:
-                if token is None:
-                    raise AuthenticationError(
-                        "this server needs an API token: send 'Authorization: Bearer <token>'")
-                principal = await run_in_threadpool(auth.authenticate, token)
-            except AuthenticationError as exc:
-                response = _error_response(401, "AuthenticationError", str(exc),
-                                           {"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
+            outcome = await self._authenticate(auth, scope)
+            if isinstance(outcome, Response):
+                await outcome(scope, receive, send)
                 return
+            principal = outcome
         scope.setdefault("state", {})[_PRINCIPAL] = principal
         await self.app(scope, receive, send)
+
+    async def _authenticate(self, auth: AuthStore, scope: Scope) -> Principal | Response:
+        """The request's principal, or the 401 / 429 / 503 answer; charges failures to the address."""
+        token = _bearer_token(scope)
+        client = scope.get("client")
+        address = str(client[0]) if client else ""
+        limiter = self.state.failures
+        if token is None or not auth.is_verified(token):  # a token good before is never held up by the limit
+            wait = limiter.retry_after(address)
+            if wait > 0:
+                seconds = max(1, math.ceil(wait))
+                message = f"too many failed authentications from {address}; retry in {seconds} s"
+                return _error_response(429, "AuthenticationError", message, {"Retry-After": str(seconds)})
+        try:
+            if token is None:
+                raise AuthenticationError(
+                    "this server needs an API token: send 'Authorization: Bearer <token>'")
+            return await self._verify(auth, token)
+        except AuthenticationError as exc:
+            limiter.charge(address)
+            return _error_response(401, "AuthenticationError", str(exc), {"WWW-Authenticate": "Bearer"})
+        except BackendUnavailableError as exc:  # no verification slot: not the client's failure
+            retry = str(max(1, math.ceil(self.state.verify_slots.wait)))
+            return _error_response(503, "BackendUnavailableError", str(exc), {"Retry-After": retry})
+
+    async def _verify(self, auth: AuthStore, token: str) -> Principal:
+        found = await run_in_threadpool(auth.check, token)
+        if isinstance(found, Principal):
+            return found
+        pending = found
+        key = f"{pending.principal.token_id}:".encode() + pending.fingerprint
+        return await self.state.verify_slots.run(key, lambda: run_in_threadpool(auth.verify, pending))
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    """The token of the request's ``Authorization: Bearer`` header, if any."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, rest = value.decode("latin-1").partition(" ")
+            return rest.strip() if scheme.lower() == "bearer" and rest.strip() else None
+    return None
 
 
 # -- the application -----------------------------------------------------------------------------------------
@@ -556,6 +607,8 @@ class ServerState:
         self.auth = auth
         self.config = config
         self.hub = EventHub(backend, config.sse_queue)
+        self.failures = FailureLimiter(config.auth_failure_rate, config.auth_failure_burst)
+        self.verify_slots = VerifySlots(config.argon2_concurrency, config.argon2_wait)
         self.started = time.time()
         self._stop = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="labvault-sync", daemon=True)

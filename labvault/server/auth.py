@@ -6,6 +6,14 @@ server verifies a token with argon2 the first time it sees it and then remembers
 in memory (compared with ``hmac.compare_digest``), so later requests cost a primary-key lookup, which
 also makes a revocation or a role change take effect on the very next request.
 
+The id is not a secret (it is printed by ``labvault tokens list`` and names the token in logs and
+revocations), so the server looks it up first and spends argon2 work only on tokens that exist: an
+unknown id is refused after the lookup. That a caller can tell a known id from an unknown one by the
+time of the answer gives them nothing, since the secret alone authenticates. What argon2 work remains
+(64 MiB and tens of milliseconds per verification) is bounded by the server: ``FailureLimiter`` answers
+429 to an address after a burst of failed authentications, and ``VerifySlots`` lets only a few
+verifications run at once (the rest wait briefly, then get 503) and only one per distinct token.
+
 There are no default users or passwords. Roles are ordered: ``reader`` (read everything), ``writer``
 (read and write runs, metrics, artifacts), ``admin`` (also delete experiments, write raw blobs and manage
 users and tokens).
@@ -14,7 +22,6 @@ The file lives at ``--auth-db`` / ``$LABVAULT_AUTH_DB``, else ``<config dir>/aut
 dir is ``$LABVAULT_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/labvault``, else ``~/.config/labvault``. It is
 created with mode 0600 in a 0700 directory.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -26,19 +33,26 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
+
+import anyio
 
 from labvault.errors import (
     AlreadyExistsError,
     AuthenticationError,
+    BackendUnavailableError,
     InvalidArgumentError,
+    LabvaultError,
     NotFoundError,
     PermissionDeniedError,
 )
 
 ROLES: tuple[str, ...] = ("reader", "writer", "admin")
+T = TypeVar("T")
 _RANK = {role: i for i, role in enumerate(ROLES)}
 _USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
 _TOKEN_RE = re.compile(r"lv_([0-9a-f]{12})_([A-Za-z0-9_\-]{20,128})")
@@ -152,7 +166,6 @@ class AuthStore:
         self._verified: dict[str, bytes] = {}  # token id -> sha256(secret) of a secret argon2 accepted
         self._verified_lock = threading.Lock()
         self._hasher: Any = None
-        self._dummy_hash: str | None = None
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -289,37 +302,200 @@ class AuthStore:
     # -- authentication -----------------------------------------------------------------------------------
     def authenticate(self, token: str) -> Principal:
         """The principal a bearer token stands for, or ``AuthenticationError`` (never saying why)."""
+        found = self.check(token)
+        return found if isinstance(found, Principal) else self.verify(found)
+
+    def check(self, token: str) -> Principal | PendingVerification:
+        """The cheap part of ``authenticate``: the token's row and the in-memory cache, no argon2.
+
+        Returns the principal when this secret was verified before, a ``PendingVerification`` when only
+        argon2 can decide (run it with ``verify``), and raises ``AuthenticationError`` for a malformed
+        token, an unknown id or a revoked or expired token.
+        """
         token_id, secret = parse_token(token)
         row = self._connect().execute(
             "SELECT t.secret_hash, t.expires_at, t.revoked_at, u.name, u.role "
             "FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?", (token_id,)
         ).fetchone()
-        fingerprint = hashlib.sha256(secret.encode()).digest()
         if row is None:
-            self._burn(secret)  # as slow as a real check, so timing does not reveal which ids exist
-            raise AuthenticationError(BAD_TOKEN)
+            raise AuthenticationError(BAD_TOKEN)  # the id is public: no argon2 work for one that is unknown
         secret_hash, expires_at, revoked_at, user, role = row
         if revoked_at is not None or (expires_at is not None and expires_at < time.time()):
             raise AuthenticationError(BAD_TOKEN)
+        principal = Principal(str(user), str(role), token_id)
+        fingerprint = hashlib.sha256(secret.encode()).digest()
         with self._verified_lock:
             known = self._verified.get(token_id)
-        if known is None or not hmac.compare_digest(known, fingerprint):
-            from argon2.exceptions import VerificationError, VerifyMismatchError
+        if known is not None and hmac.compare_digest(known, fingerprint):
+            return principal
+        return PendingVerification(principal, str(secret_hash), secret, fingerprint)
 
-            try:
-                self._ph().verify(secret_hash, secret)
-            except (VerifyMismatchError, VerificationError) as exc:
-                raise AuthenticationError(BAD_TOKEN) from exc
-            except Exception as exc:  # a damaged hash in the store: still a refusal, not a 500
-                raise AuthenticationError(BAD_TOKEN) from exc
-            with self._verified_lock:
-                self._verified[token_id] = fingerprint
-        return Principal(str(user), str(role), token_id)
+    def verify(self, pending: PendingVerification) -> Principal:
+        """The argon2 verification ``check`` left to do (blocking, 64 MiB): the principal, or refused."""
+        from argon2.exceptions import VerificationError, VerifyMismatchError
 
-    def _burn(self, secret: str) -> None:
-        from argon2.exceptions import VerificationError
+        try:
+            self._ph().verify(pending.secret_hash, pending.secret)
+        except (VerifyMismatchError, VerificationError) as exc:
+            raise AuthenticationError(BAD_TOKEN) from exc
+        except Exception as exc:  # a damaged hash in the store: still a refusal, not a 500
+            raise AuthenticationError(BAD_TOKEN) from exc
+        assert pending.principal.token_id is not None
+        with self._verified_lock:
+            self._verified[pending.principal.token_id] = pending.fingerprint
+        return pending.principal
 
-        if self._dummy_hash is None:
-            self._dummy_hash = self._ph().hash(secrets.token_urlsafe(32))
-        with contextlib.suppress(VerificationError):
-            self._ph().verify(self._dummy_hash, secret)
+    def is_verified(self, token: str) -> bool:
+        """Whether this exact token passed argon2 in this process before (memory only: no database).
+
+        A yes does not authenticate (the token may have been revoked since); it lets the server skip the
+        failure limit for clients that have proven their token once.
+        """
+        match = _TOKEN_RE.fullmatch(token)
+        if match is None:
+            return False
+        with self._verified_lock:
+            known = self._verified.get(match.group(1))
+        return known is not None and hmac.compare_digest(
+            known, hashlib.sha256(match.group(2).encode()).digest())
+
+
+@dataclass(frozen=True)
+class PendingVerification:
+    """A token whose row exists and is live, waiting for its argon2 verification (``AuthStore.verify``)."""
+
+    principal: Principal
+    secret_hash: str = field(repr=False)
+    secret: str = field(repr=False)
+    fingerprint: bytes = field(repr=False)
+
+
+class FailureLimiter:
+    """Failed authentications per client address, as token buckets: ``burst`` at once, then ``rate`` a second.
+
+    ``retry_after`` is asked before any work: an address whose bucket is empty gets 429 at once (no
+    database lookup, no argon2). Each failure is ``charge``d after the fact, so the first requests of a
+    legitimate client (possibly many at once, before its token is verified) never wait on the budget; the
+    concurrent failures of a flood may overdraw the bucket, down to ``-burst``, and are paid back before
+    that address may try again. A success costs nothing. At most ``max_addresses`` buckets are kept (least
+    recently charged out first; a bucket found refilled is dropped), so memory is bounded.
+    """
+
+    def __init__(self, rate: float = 2.0, burst: int = 10, max_addresses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not (rate > 0 and burst >= 1 and max_addresses >= 1):
+            raise InvalidArgumentError(
+                f"failure limit needs rate > 0, burst >= 1, max_addresses >= 1; got {rate}, {burst}, "
+                f"{max_addresses}")
+        self.rate, self.burst, self.max_addresses = float(rate), float(burst), max_addresses
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def retry_after(self, address: str) -> float:
+        """0.0 when ``address`` may try to authenticate, else the seconds until it may."""
+        with self._lock:
+            entry = self._buckets.get(address)
+            if entry is None:
+                return 0.0
+            tokens = self._refilled(entry)
+            if tokens >= self.burst:
+                del self._buckets[address]  # refilled: the same as never seen
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def charge(self, address: str) -> None:
+        """Count one failed authentication from ``address``."""
+        with self._lock:
+            entry = self._buckets.pop(address, None)
+            tokens = self.burst if entry is None else self._refilled(entry)
+            self._buckets[address] = (max(-self.burst, tokens - 1.0), self._clock())
+            while len(self._buckets) > self.max_addresses:
+                self._buckets.popitem(last=False)
+
+    def _refilled(self, entry: tuple[float, float]) -> float:
+        tokens, when = entry
+        return min(self.burst, tokens + (self._clock() - when) * self.rate)
+
+
+class _Flight:
+    """One verification in progress, which concurrent requests with the same token wait for."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class VerifySlots:
+    """At most ``concurrency`` argon2 verifications at once (each holds 64 MiB and several cores), and one
+    per distinct token: concurrent requests carrying the same unverified token share its verification.
+
+    A request that finds every slot taken waits up to ``wait`` seconds as a coroutine (no thread, no
+    argon2 memory); at most ``max_waiting`` wait at a time. Beyond either bound ``run`` raises
+    ``BackendUnavailableError`` (the server answers 503 with Retry-After; clients retry those). Event-loop
+    side only (not thread-safe).
+    """
+
+    def __init__(self, concurrency: int = 1, wait: float = 2.0, max_waiting: int = 64) -> None:
+        if not (concurrency >= 1 and wait >= 0 and max_waiting >= 0):
+            raise InvalidArgumentError(
+                f"verification slots need concurrency >= 1, wait >= 0, max_waiting >= 0; got {concurrency}, "
+                f"{wait}, {max_waiting}")
+        self.concurrency, self.wait, self.max_waiting = concurrency, wait, max_waiting
+        self._free = concurrency
+        self._waiting = 0
+        self._released: anyio.Event | None = None  # set when a slot frees up (created in the event loop)
+        self._flights: dict[bytes, _Flight] = {}
+
+    async def run(self, key: bytes, work: Callable[[], Awaitable[T]]) -> T:
+        """``await work()`` in a slot, or share the result of the call with the same ``key`` in progress."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            await flight.done.wait()  # bounded: the leader waits at most ``wait`` for a slot, then verifies
+            if flight.error is None:
+                return cast(T, flight.result)
+            if isinstance(flight.error, LabvaultError):
+                raise type(flight.error)(str(flight.error))
+            raise BackendUnavailableError("the verification of this API token was interrupted; retry")
+        flight = self._flights[key] = _Flight()
+        try:
+            async with self.slot():
+                flight.result = await work()
+            return cast(T, flight.result)
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[key]
+            flight.done.set()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one verification slot for the block."""
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self._free += 1
+            if self._released is not None:
+                self._released.set()
+                self._released = None
+
+    async def _acquire(self) -> None:
+        if self._free == 0 and self._waiting >= self.max_waiting:
+            raise BackendUnavailableError("the server is busy verifying other API tokens; retry shortly")
+        self._waiting += 1
+        try:
+            with anyio.move_on_after(self.wait):
+                while self._free == 0:
+                    if self._released is None:
+                        self._released = anyio.Event()
+                    await self._released.wait()
+        finally:
+            self._waiting -= 1
+        if self._free == 0:
+            raise BackendUnavailableError("the server is busy verifying other API tokens; retry shortly")
+        self._free -= 1
