@@ -92,6 +92,7 @@ class _Store:
         self.counters: dict[str, int] = {}
         self.metrics: dict[str, dict[str, list[MetricSeries]]] = {}
         self.artifacts: dict[str, dict[str, ArtifactInfo]] = {}
+        self.batches: dict[str, set[str]] = {}  # run id -> ids of the metric batches it holds
         self.blobs = MemoryBlobStore()
 
 
@@ -146,6 +147,7 @@ class MemoryBackend(Backend, scheme="memory"):
                 del s.runs[run_id]
                 s.metrics.pop(run_id, None)
                 s.artifacts.pop(run_id, None)
+                s.batches.pop(run_id, None)
 
     def _create_run(
         self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
@@ -204,14 +206,20 @@ class MemoryBackend(Backend, scheme="memory"):
         with self._store.lock:
             self._run(run_id).results.update(deepcopy(results))
 
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
         with self._store.lock:
             run = self._run(run_id)
+            if batch_id is not None:  # the reference model remembers every batch id of a run
+                seen = self._store.batches.setdefault(run_id, set())
+                if batch_id in seen:
+                    return False
+                seen.add(batch_id)
             per_key = self._store.metrics.setdefault(run_id, {})
             for s in series:
                 copy = MetricSeries(s.key, s.steps.copy(), s.values.copy(), s.timestamps.copy())
                 per_key.setdefault(s.key, []).append(copy)
                 run.metrics[s.key] = float(s.values[-1])
+        return True
 
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:
         with self._store.lock:

@@ -1452,10 +1452,11 @@ class RedisBackend(Backend, scheme="redis"):
     def _metric_key(self, run_id: str, key: str) -> str:
         return f"{self.prefix}run:{run_id}:metric:{key}"
 
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
         run_key, summary = self._run_keys(run_id)
         keys = [run_key, summary, run_key + ":batches"]
-        args: list[Any] = [uuid.uuid4().hex, len(series)]  # the batch id makes a re-sent batch a no-op
+        # the batch id (the caller's, else a fresh one for our own retries) makes a re-sent batch a no-op
+        args: list[Any] = [batch_id or uuid.uuid4().hex, len(series)]
         for s in series:
             n = len(s)
             packed = np.empty(n, dtype=_POINT)
@@ -1467,9 +1468,11 @@ class RedisBackend(Backend, scheme="redis"):
             args += ["m:" + s.key, _number_json(float(s.values[-1])), len(segments), *segments]
         event = _event("metric.logged", None, run_id, keys=sorted({s.key for s in series}),
                        points=sum(len(s) for s in series))
-        if int(self._run_script("log_metrics", keys, args, "metric write", event)) == -1:
+        applied = int(self._run_script("log_metrics", keys, args, "metric write", event))
+        if applied == -1:
             raise NotFoundError(f"run {run_id} not found")
         self._mark_sent(event)
+        return applied == 1 or batch_id is None  # 0 without a caller's id: our own retry found its batch
 
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:
         run_key = self._run_keys(run_id)[0]
