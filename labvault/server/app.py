@@ -148,7 +148,7 @@ class SearchIn(_Model):
 
 class ArtifactIn(_Model):
     key: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=_MAX_INT64)
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: FiniteFloat | None = None
 
@@ -183,7 +183,8 @@ class BatchIn(_Model):
 
 
 class UploadIn(_Model):
-    size: int | None = Field(None, ge=0, description="total size, checked when the upload completes")
+    size: int | None = Field(None, ge=0, le=_MAX_INT64,
+                             description="total size, checked when the upload completes")
 
 
 class CompleteIn(_Model):
