@@ -49,6 +49,7 @@ CHUNK_SIZE = 1024 * 1024
 #: Retries come seconds after the first attempt, so this is far beyond any retry; Redis also forgets a
 #: batch id after ``labvault.backends.redis.BATCH_MEMORY`` seconds.
 BATCH_MEMORY = 1000
+_HEX = frozenset("0123456789abcdef")
 _BATCH_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
 
 
@@ -359,6 +360,14 @@ class BlobStore(ABC):
     def digest_key(digest: str) -> str:
         """Where a content-addressed blob lives: ``sha256/ab/cd/<digest>``."""
         return f"sha256/{digest[:2]}/{digest[2:4]}/{digest}"
+
+    @staticmethod
+    def key_digest(key: str) -> str | None:
+        """The sha256 a content-addressed key names (the inverse of ``digest_key``), else None."""
+        digest = key[-64:]
+        if len(key) == 77 and key == BlobStore.digest_key(digest) and _HEX.issuperset(digest):
+            return digest
+        return None
 
     def put_content(self, data: BlobSource) -> tuple[str, int]:
         """Store ``data`` by its sha256 digest (once, however often it is put); return (digest, size).

@@ -412,7 +412,7 @@ class BackendTests:
             backend.log_metrics(run.id, first, batch_id="b1")
             backend.log_metrics(run.id, first, batch_id="b1")  # re-sent (a retry after a lost answer)
             backend.log_metrics(run.id, [series("loss", [0.3], 2)], batch_id="b2")
-            backend.log_metrics(run.id, first, batch_id="b1")  # re-sent after a newer batch: still stored once
+            backend.log_metrics(run.id, first, batch_id="b1")  # re-sent after a newer batch: still once
             backend.log_metrics(run.id, [series("loss", [0.2], 3)])  # without an id: appended every time
             backend.log_metrics(run.id, [series("loss", [0.2], 3)])
             backend.log_metrics(other.id, first, batch_id="b1")  # batch ids belong to their run
