@@ -48,7 +48,7 @@ CHUNK_SIZE = 1024 * 1024
 #: A re-sent metric batch is recognised (and skipped) while it is among its run's last this many batches.
 #: Retries come seconds after the first attempt, so this is far beyond any retry; Redis also forgets a
 #: batch id after ``labvault.backends.redis.BATCH_MEMORY`` seconds.
-BATCH_MEMORY = 1000
+BATCH_MEMORY = 256
 _HEX = frozenset("0123456789abcdef")
 _BATCH_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
 

@@ -1506,16 +1506,16 @@ class FileBackend(Backend, scheme="file"):
             lines = lines[1:]  # begins mid-line
         return {line.decode("ascii", "replace") for line in lines}
 
-    def _remember_batch(self, run_dir: Path, batch_id: str) -> None:
-        """Append a batch id to the run's ``BATCHES`` (one write of a whole line; fsynced at ``sync()``)."""
-        path = run_dir / BATCHES
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    @staticmethod
+    def _remember_batch(run_dir: Path, batch_id: str) -> None:
+        """Append a batch id to the run's ``BATCHES`` (one write of a whole line). Never fsynced: a power
+        failure can only make the store forget that some batches were applied (a retry of one then
+        stores it again), and sparing the fsyncs of a file and a directory per run keeps runs cheap."""
+        fd = os.open(run_dir / BATCHES, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             _write_all(fd, batch_id.encode("ascii") + b"\n")
         finally:
             os.close(fd)
-        if self.durable:
-            self._pending.add_file(path)
 
     @_translate_os_errors
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:

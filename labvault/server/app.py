@@ -867,7 +867,7 @@ def _router(state: ServerState) -> APIRouter:
                 "events": True, "cross_process_events": bool(cls.supports_events),
                 "persistent": bool(cls.persistent), "multiprocess": bool(cls.multiprocess),
                 "resumable_uploads": True, "ranges": True, "metric_formats": ["json", "binary"],
-                "batch": True,
+                "batch": True, "metric_batch_ids": True,
             },
             "auth": "none" if state.auth is None else "token",
             "user": {"name": p.user, "role": p.role},
