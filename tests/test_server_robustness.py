@@ -140,6 +140,22 @@ def test_pathological_headers_and_parameters_get_4xx(server: Server) -> None:
         assert whole.content == b"hello"
 
 
+def test_ranges_promise_no_length_the_content_may_not_have() -> None:
+    from starlette.exceptions import HTTPException
+
+    from labvault.server.app import _parse_range
+
+    assert _parse_range("bytes=0-99", None) is None  # unknown size: an end cannot be honoured, send all
+    assert _parse_range("bytes=-5", None) is None
+    assert _parse_range("bytes=5-", None) == (5, -1)
+    assert _parse_range("bytes=2-" + "9" * 5000, 10) == (2, 10)
+    assert _parse_range("bytes=-" + "9" * 5000, 10) == (0, 10)
+    assert _parse_range("bytes=\u0661-", 10) is None  # a non-ASCII digit is no number
+    with pytest.raises(HTTPException) as info:
+        _parse_range("bytes=" + "9" * 5000 + "-", 10)
+    assert info.value.status_code == 416
+
+
 def test_a_500_does_not_drop_the_connection(server: Server) -> None:
     """A run row corrupted from another handle makes the SQLite backend fail with a raw exception: the
     server answers 500 and the client's next request travels on the same connection."""

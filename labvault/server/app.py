@@ -355,7 +355,8 @@ def _parse_range(header: str | None, size: int | None) -> tuple[int, int] | None
     """(start, end exclusive) of a single satisfiable byte range; None to send everything.
 
     Raises ``HTTPException(416)`` for a range beyond the end. Malformed or multi-range headers are
-    ignored (RFC 9110 allows answering them with the whole representation).
+    ignored (RFC 9110 allows answering them with the whole representation), and so are ranges with an
+    end when the size is unknown (a promised length the content may not have would break the response).
     """
     if not header:
         return None
@@ -363,11 +364,8 @@ def _parse_range(header: str | None, size: int | None) -> tuple[int, int] | None
     if match is None or (not match.group(1) and not match.group(2)):
         return None
     first, last = match.group(1), match.group(2)
-    if size is None:
-        if not first:
-            return None
-        start = _bound(first)
-        return (start, _bound(last) + 1) if last else (start, -1)
+    if size is None:  # only "from byte N on" can be answered without knowing where the content ends
+        return (_bound(first), -1) if first and not last else None
     if not first:  # suffix range: the last N bytes
         n = _bound(last)
         if n == 0:
