@@ -143,16 +143,16 @@ def test_pathological_headers_and_parameters_get_4xx(server: Server) -> None:
 def test_ranges_promise_no_length_the_content_may_not_have() -> None:
     from starlette.exceptions import HTTPException
 
-    from labvault.server.app import _parse_range
+    from labvault.server.protocol import parse_range
 
-    assert _parse_range("bytes=0-99", None) is None  # unknown size: an end cannot be honoured, send all
-    assert _parse_range("bytes=-5", None) is None
-    assert _parse_range("bytes=5-", None) == (5, -1)
-    assert _parse_range("bytes=2-" + "9" * 5000, 10) == (2, 10)
-    assert _parse_range("bytes=-" + "9" * 5000, 10) == (0, 10)
-    assert _parse_range("bytes=\u0661-", 10) is None  # a non-ASCII digit is no number
+    assert parse_range("bytes=0-99", None) is None  # unknown size: an end cannot be honoured, send all
+    assert parse_range("bytes=-5", None) is None
+    assert parse_range("bytes=5-", None) == (5, -1)
+    assert parse_range("bytes=2-" + "9" * 5000, 10) == (2, 10)
+    assert parse_range("bytes=-" + "9" * 5000, 10) == (0, 10)
+    assert parse_range("bytes=\u0661-", 10) is None  # a non-ASCII digit is no number
     with pytest.raises(HTTPException) as info:
-        _parse_range("bytes=" + "9" * 5000 + "-", 10)
+        parse_range("bytes=" + "9" * 5000 + "-", 10)
     assert info.value.status_code == 416
 
 

@@ -59,7 +59,7 @@ from labvault.errors import (
 )
 from labvault.server import wire
 from labvault.server.auth import ANONYMOUS_ADMIN, AuthStore, Principal, check_role, default_auth_db
-from labvault.server.protocol import ConnectionMiddleware, JSONRoute
+from labvault.server.protocol import ConnectionMiddleware, JSONRoute, describe_error, parse_range
 
 if TYPE_CHECKING:
     from labvault.backends.base import ChangeFeed
@@ -342,44 +342,7 @@ class _ConcatReader(io.RawIOBase):
         super().close()
 
 
-# -- ranges --------------------------------------------------------------------------------------------------
-_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
-_HUGE = 10**18  # a range bound of more digits than this: beyond any content (and int() of it is costly)
-
-
-def _bound(digits: str) -> int:
-    return int(digits) if len(digits) <= 18 else _HUGE
-
-
-def _parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
-    """(start, end exclusive) of a single satisfiable byte range; None to send everything.
-
-    Raises ``HTTPException(416)`` for a range beyond the end. Malformed or multi-range headers are
-    ignored (RFC 9110 allows answering them with the whole representation), and so are ranges with an
-    end when the size is unknown (a promised length the content may not have would break the response).
-    """
-    if not header:
-        return None
-    match = _RANGE_RE.fullmatch(header.strip())
-    if match is None or (not match.group(1) and not match.group(2)):
-        return None
-    first, last = match.group(1), match.group(2)
-    if size is None:  # only "from byte N on" can be answered without knowing where the content ends
-        return (_bound(first), -1) if first and not last else None
-    if not first:  # suffix range: the last N bytes
-        n = _bound(last)
-        if n == 0:
-            raise HTTPException(416, f"range {header[:80]!r} is empty",
-                                headers={"Content-Range": f"bytes */{size}"})
-        return max(0, size - n), size
-    start = _bound(first)
-    end = min(size, _bound(last) + 1) if last else size
-    if start >= size or (last and _bound(last) < start):
-        raise HTTPException(416, f"range {header[:80]!r} is outside the {size}-byte content",
-                            headers={"Content-Range": f"bytes */{size}"})
-    return start, end
-
-
+# -- blob sizes and ranges -----------------------------------------------------------------------------------
 def _blob_size(blobs: BlobStore, key: str, fh: BinaryIO) -> int | None:
     """The size of an open blob without reading it: by seeking, else from the store's own ``info`` (the
     default ``BlobStore.info`` reads the whole blob to hash it, so it is not asked); None when unknown."""
@@ -449,7 +412,7 @@ async def _send_blob(request: Request, blobs: BlobStore, key: str, *, size: int 
     try:
         if size is None:
             size = await run_in_threadpool(_blob_size, blobs, key, fh)
-        span = _parse_range(request.headers.get("range"), size)
+        span = parse_range(request.headers.get("range"), size)
     except BaseException:
         fh.close()
         raise
@@ -727,7 +690,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         return _error_response(422, "InvalidArgumentError",
-                               "invalid request: " + "; ".join(_describe(err) for err in exc.errors()[:5]))
+                               "invalid request: " + "; ".join(describe_error(e) for e in exc.errors()[:5]))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -746,19 +709,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, disconnected)
     # Any other exception is answered by ConnectionMiddleware (``_internal_error``), which, unlike
     # Starlette's handler for ``Exception``, does not re-raise it: the connection stays usable.
-
-
-def _describe(err: Mapping[str, Any]) -> str:
-    """One validation error as ``where: what`` (with the parser's reason, and a hint for a body that is
-    not JSON at all)."""
-    loc = tuple(err.get("loc", ()))
-    text = f"{'.'.join(str(p) for p in loc)}: {err.get('msg', 'invalid')}"
-    reason = (err.get("ctx") or {}).get("error")
-    if isinstance(reason, str):
-        text += f" ({reason})"
-    if loc == ("body",) and isinstance(err.get("input"), bytes):
-        text += " (send the body as JSON with Content-Type: application/json)"
-    return text
 
 
 def _internal_error(exc: Exception) -> Response:

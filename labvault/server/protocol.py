@@ -1,4 +1,8 @@
-"""HTTP plumbing of the labvault server: strict JSON request bodies and connections that survive errors.
+"""HTTP plumbing of the labvault server: strict JSON request bodies, byte ranges, validation messages, and
+connections that survive errors.
+
+``parse_range`` reads a ``Range`` header with bounded numbers (a bound of 5,000 digits is "beyond the
+end", not a 500 from ``int()``), and ``describe_error`` turns one request validation error into text.
 
 ``JSONRoute`` parses every JSON request body with one strict parser (``parse_json_body``): bytes that
 are not UTF-8 text, lone UTF-16 surrogates (``"\\udcff"``, which no store can encode), integers of more
@@ -23,10 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -98,6 +103,56 @@ class JSONRoute(APIRoute):
             return await handler(_StrictJSONRequest(request.scope, request.receive))
 
         return route
+
+
+def describe_error(err: Mapping[str, Any]) -> str:
+    """One validation error as ``where: what`` (with the parser's reason, and a hint for a body that is
+    not JSON at all)."""
+    loc = tuple(err.get("loc", ()))
+    text = f"{'.'.join(str(p) for p in loc)}: {err.get('msg', 'invalid')}"
+    reason = (err.get("ctx") or {}).get("error")
+    if isinstance(reason, str):
+        text += f" ({reason})"
+    if loc == ("body",) and isinstance(err.get("input"), bytes):
+        text += " (send the body as JSON with Content-Type: application/json)"
+    return text
+
+
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_HUGE = 10**18  # a range bound of more digits than this: beyond any content (and int() of it is costly)
+
+
+def _bound(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else _HUGE
+
+
+def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
+    """(start, end exclusive) of a single satisfiable byte range; None to send everything.
+
+    Raises ``HTTPException(416)`` for a range beyond the end. Malformed or multi-range headers are
+    ignored (RFC 9110 allows answering them with the whole representation), and so are ranges with an
+    end when the size is unknown (a promised length the content may not have would break the response).
+    """
+    if not header:
+        return None
+    match = _RANGE_RE.fullmatch(header.strip())
+    if match is None or (not match.group(1) and not match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if size is None:  # only "from byte N on" can be answered without knowing where the content ends
+        return (_bound(first), -1) if first and not last else None
+    if not first:  # suffix range: the last N bytes
+        n = _bound(last)
+        if n == 0:
+            raise HTTPException(416, f"range {header[:80]!r} is empty",
+                                headers={"Content-Range": f"bytes */{size}"})
+        return max(0, size - n), size
+    start = _bound(first)
+    end = min(size, _bound(last) + 1) if last else size
+    if start >= size or (last and _bound(last) < start):
+        raise HTTPException(416, f"range {header[:80]!r} is outside the {size}-byte content",
+                            headers={"Content-Range": f"bytes */{size}"})
+    return start, end
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
