@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from copy import deepcopy
 from typing import Any, BinaryIO, ClassVar
 
-from labvault.backends.base import Backend, BlobStore, check_params_conflict, run_exists_error
+from labvault.backends.base import BATCH_MEMORY, Backend, BlobStore, check_params_conflict, run_exists_error
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.domain.model import BlobInfo
 from labvault.errors import InvalidArgumentError, NotFoundError
@@ -92,7 +92,7 @@ class _Store:
         self.counters: dict[str, int] = {}
         self.metrics: dict[str, dict[str, list[MetricSeries]]] = {}
         self.artifacts: dict[str, dict[str, ArtifactInfo]] = {}
-        self.batches: dict[str, set[str]] = {}  # run id -> ids of the metric batches it holds
+        self.batches: dict[str, dict[str, None]] = {}  # run id -> ids of its latest metric batches
         self.blobs = MemoryBlobStore()
 
 
@@ -209,11 +209,13 @@ class MemoryBackend(Backend, scheme="memory"):
     def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
         with self._store.lock:
             run = self._run(run_id)
-            if batch_id is not None:  # the reference model remembers every batch id of a run
-                seen = self._store.batches.setdefault(run_id, set())
+            if batch_id is not None:  # the ids of the run's last BATCH_MEMORY batches, oldest first
+                seen = self._store.batches.setdefault(run_id, {})
                 if batch_id in seen:
                     return False
-                seen.add(batch_id)
+                seen[batch_id] = None
+                if len(seen) > BATCH_MEMORY:
+                    del seen[next(iter(seen))]
             per_key = self._store.metrics.setdefault(run_id, {})
             for s in series:
                 copy = MetricSeries(s.key, s.steps.copy(), s.values.copy(), s.timestamps.copy())

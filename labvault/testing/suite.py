@@ -431,6 +431,10 @@ class BackendTests:
         with pytest.raises(NotFoundError):
             backend.log_metrics("0" * 32, first, batch_id="b3")
         assert backend.metric_history(run.id, "loss").values.tolist() == [0.5, 0.4, 0.3, 0.2, 0.2]
+        for i in range(50):  # a batch is remembered far beyond the one before
+            backend.log_metrics(other.id, [series("loss", [float(i)], 2 + i)], batch_id=f"later-{i}")
+        backend.log_metrics(other.id, first, batch_id="b1")
+        assert backend.metric_history(other.id, "loss").values.tolist() == [0.5, 0.4, *map(float, range(50))]
 
     def test_large_artifact_streams_with_flat_memory(self, uri: str, tmp_path: Path) -> None:
         if not self.heavy:
