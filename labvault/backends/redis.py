@@ -54,9 +54,10 @@ Run numbers come from ``INCR`` inside the creating script, which first checks wh
 run id already exists, so a retried creation never burns a number. Params are write-once inside a script
 that writes nothing when any key holds a different value; the client then decides whether the stored
 text is really a different value (``1`` and ``1.0`` are the same param) and raises ``ConflictError``
-naming the param, the stored and the new value. Metric batches carry a unique batch id; the appending
-script applies a batch only if its id is not in the run's ``batches`` set, so a batch re-sent after a
-lost reply is stored exactly once.
+naming the param, the stored and the new value. Metric batches carry a batch id (the caller's
+``log_metrics(..., batch_id=)``, else a fresh one); the appending script applies a batch only if its id
+is not in the run's ``batches`` set (ids of the last ``BATCH_MEMORY`` seconds), so a batch re-sent after
+a lost reply is stored exactly once.
 
 Connection loss: every call goes through ``_Connection.call``, which retries on connection errors and
 timeouts with exponential backoff and jitter, reconnecting through the pool; every operation is
