@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import traceback
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -632,6 +633,7 @@ class Run:
         "_pending",
         "_snapshot",
         "_stale",
+        "_unsent",
         "experiment",
         "vault",
     )
@@ -643,6 +645,8 @@ class Run:
         self._active = active
         self._lock = threading.Lock()
         self._pending: dict[str, list[tuple[float, int, float]]] = {}
+        #: A batch whose write failed, with its batch id: the next flush re-sends it first (``_send``).
+        self._unsent: tuple[str, list[MetricSeries]] | None = None
         self._next_step: dict[str, int] = {}
         self._known_keys: set[str] = set()
         self._flush_error: str | None = None
@@ -857,11 +861,27 @@ class Run:
     def flush_key(self, key: str) -> None:
         """Write the buffered points of one metric (keeps ordering with direct array writes)."""
         with self.vault._flush_lock:
+            self._send_unsent()
             with self._lock:
                 bucket = self._pending.pop(key, None)
             if bucket:
-                self.vault.backend.log_metrics(self.id, [_to_series(key, bucket)])
-                self._stale = True
+                self._send([_to_series(key, bucket)])
+
+    def _send(self, batch: list[MetricSeries]) -> None:
+        """Write buffered points as one batch under a fresh batch id (under the vault's flush lock).
+
+        When the write fails, the batch stays, with its id, and the next flush sends it again before
+        anything newer: a write whose answer was lost (a timeout) but that did land is then a no-op for
+        the backend, so no point is lost and none is stored twice."""
+        self._unsent = (uuid.uuid4().hex, batch)
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        if self._unsent is not None:
+            batch_id, batch = self._unsent
+            self._stale = True
+            self.vault.backend.log_metrics(self.id, batch, batch_id=batch_id)
+            self._unsent = None
 
     def flush(self) -> None:
         """Write every buffered metric point and small artifact of this run to the backend now."""
@@ -871,21 +891,13 @@ class Run:
     def _flush_locked(self) -> None:
         if self._artifacts:
             self._flush_artifacts()
+        self._send_unsent()
         if not self._pending:
             return
         with self._lock:
             pending, self._pending = self._pending, {}
         if pending:
-            batch = [_to_series(k, pts) for k, pts in pending.items()]
-            self._stale = True
-            try:
-                self.vault.backend.log_metrics(self.id, batch)
-            except BaseException:
-                with self._lock:  # put the points back so nothing is lost on a transient failure
-                    for k, pts in pending.items():
-                        pts.extend(self._pending.get(k, []))
-                        self._pending[k] = pts
-                raise
+            self._send([_to_series(k, pts) for k, pts in pending.items()])
 
     def _flush_artifacts(self) -> None:
         """Write the buffered small artifacts: their bytes in one batch, then their records in one."""
@@ -907,6 +919,7 @@ class Run:
     def _discard_buffer(self) -> None:
         with self._lock:
             self._pending = {}
+            self._unsent = None
             self._artifacts, self._artifact_bytes = None, 0
 
     def log_artifact(self, key: str, data: BlobSource) -> ArtifactInfo:

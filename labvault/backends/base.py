@@ -45,6 +45,12 @@ if TYPE_CHECKING:
 BlobSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", IO[bytes]]
 
 CHUNK_SIZE = 1024 * 1024
+#: A re-sent metric batch is recognised (and skipped) while it is among its run's last this many batches.
+#: Retries come seconds after the first attempt, so this is far beyond any retry; Redis also forgets a
+#: batch id after ``labvault.backends.redis.BATCH_MEMORY`` seconds.
+BATCH_MEMORY = 256
+_HEX = frozenset("0123456789abcdef")
+_BATCH_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
 
 
 def iter_source(data: BlobSource, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -354,6 +360,14 @@ class BlobStore(ABC):
     def digest_key(digest: str) -> str:
         """Where a content-addressed blob lives: ``sha256/ab/cd/<digest>``."""
         return f"sha256/{digest[:2]}/{digest[2:4]}/{digest}"
+
+    @staticmethod
+    def key_digest(key: str) -> str | None:
+        """The sha256 a content-addressed key names (the inverse of ``digest_key``), else None."""
+        digest = key[-64:]
+        if len(key) == 77 and key == BlobStore.digest_key(digest) and _HEX.issuperset(digest):
+            return digest
+        return None
 
     def put_content(self, data: BlobSource) -> tuple[str, int]:
         """Store ``data`` by its sha256 digest (once, however often it is put); return (digest, size).
@@ -726,27 +740,21 @@ class Backend(ABC):
             self._log_results(_check_id(run_id, "run id"), checked)
             self._emit("results.logged", None, run_id, keys=sorted(checked))
 
-    def log_metrics(self, run_id: str, series: Sequence[MetricSeries]) -> None:
-        """Append batches of points; each series holds one key's steps, values and timestamps."""
-        batch = []
-        for s in series:
-            v.validate_key(s.key, "metric key")
-            n = len(s.values)
-            if not (len(s.steps) == n == len(s.timestamps)):
-                raise InvalidArgumentError(f"metric {s.key!r}: steps, values and timestamps differ in length")
-            if n == 0:
-                continue
-            if s.steps.dtype != np.int64 or s.values.dtype != np.float64 or s.timestamps.dtype != np.float64:
-                raise InvalidArgumentError(f"metric {s.key!r}: arrays must be int64 / float64 / float64")
-            negative = s.steps < 0
-            if negative.any():
-                raise v.step_error(s.key, int(s.steps[int(np.argmax(negative))]))
-            finite = np.isfinite(s.timestamps)
-            if not finite.all():
-                v.validate_timestamp(s.key, float(s.timestamps[int(np.argmin(finite))]))
-            batch.append(s)
-        if batch:
-            self._log_metrics(_check_id(run_id, "run id"), batch)
+    def log_metrics(self, run_id: str, series: Sequence[MetricSeries], *,
+                    batch_id: str | None = None) -> None:
+        """Append batches of points; each series holds one key's steps, values and timestamps.
+
+        ``batch_id`` (1 to 32 letters, digits, ``_`` or ``-``; a ``uuid4().hex`` fits) makes the append
+        idempotent: when this run already holds a batch appended with the same id, the call changes
+        nothing and emits no event. A writer that may re-send a batch whose first attempt's outcome it
+        never learnt (a timed-out request, a dropped connection) passes one id per batch, so the batch
+        is stored exactly once however often it travels. A backend recognises a re-sent batch while it
+        is among the run's last ``BATCH_MEMORY`` batches (Redis: also for an hour), far beyond any retry.
+        """
+        if batch_id is not None:
+            check_batch_id(batch_id)
+        batch = check_metric_batch(series)
+        if batch and self._log_metrics(_check_id(run_id, "run id"), batch, batch_id):
             self._emit("metric.logged", None, run_id, keys=sorted({b.key for b in batch}),
                        points=sum(len(b) for b in batch))
 
@@ -833,7 +841,11 @@ class Backend(ABC):
     def _log_results(self, run_id: str, results: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None: ...
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
+        """Append one batch; False when ``batch_id`` names a batch the run holds already (nothing written).
+
+        With a ``batch_id``, the check and the append must be atomic with respect to another append of the
+        same id (a retry racing its first attempt), and the id must be remembered with the points."""
 
     @abstractmethod
     def _metric_history(self, run_id: str, key: str) -> MetricSeries: ...
@@ -858,6 +870,42 @@ def run_exists_error(run_id: str) -> Exception:
     from labvault.errors import AlreadyExistsError
 
     return AlreadyExistsError(f"run id {run_id!r} exists already")
+
+
+def check_metric_batch(series: Iterable[MetricSeries]) -> list[MetricSeries]:
+    """The non-empty series of a metric batch, each checked (``InvalidArgumentError`` naming the metric)."""
+    batch = []
+    for s in series:
+        v.validate_key(s.key, "metric key")
+        n = len(s.values)
+        if not (len(s.steps) == n == len(s.timestamps)):
+            raise InvalidArgumentError(f"metric {s.key!r}: steps, values and timestamps differ in length")
+        if n == 0:
+            continue
+        if s.steps.dtype != np.int64 or s.values.dtype != np.float64 or s.timestamps.dtype != np.float64:
+            raise InvalidArgumentError(f"metric {s.key!r}: arrays must be int64 / float64 / float64")
+        negative = s.steps < 0
+        if negative.any():
+            raise v.step_error(s.key, int(s.steps[int(np.argmax(negative))]))
+        finite = np.isfinite(s.timestamps)
+        if not finite.all():
+            v.validate_timestamp(s.key, float(s.timestamps[int(np.argmin(finite))]))
+        batch.append(s)
+    return batch
+
+
+def check_run_id(value: object) -> str:
+    """A run id as every backend accepts it (``InvalidArgumentError`` otherwise)."""
+    return _check_id(value, "run id")
+
+
+def check_batch_id(value: object) -> str:
+    """A metric batch id: 1 to 32 ASCII letters, digits, ``_`` or ``-`` (else ``InvalidArgumentError``)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 32 or not _BATCH_ID_CHARS.issuperset(value):
+        shown = value[:80] if isinstance(value, str) else value
+        raise InvalidArgumentError(
+            f"metric batch id {shown!r} must be 1 to 32 letters, digits, '_' or '-' (e.g. uuid4().hex)")
+    return value
 
 
 def _check_id(value: object, what: str) -> str:

@@ -13,6 +13,7 @@ Layout (format version 2)::
         artifacts.jsonl  append-only manifest, one JSON line {key, digest, size, created_at}; last wins
         metrics/<quote(key, safe="")>.seg   append-only binary records (see below)
         metrics/<name>.key                  {"key": ...} for a key too long for a file name (hashed name)
+        metric-batches.txt  the ids of the metric batches appended with ``batch_id=``, one a line
     <root>/locks/        experiments.lock (creating and deleting experiments)
     <root>/trash/        experiments being deleted (renamed here first, then removed)
     <root>/blobs/        FileBlobStore: content-addressed artifact bytes (sha256/ab/cd/<digest>)
@@ -70,6 +71,12 @@ ends up in the middle of a file. The journal line with the latest points is appe
 locks are held, so its order of latest values is the order of the appends. Run directories are named by
 run id (not number), so a run number reused after a power failure can never inherit another run's files.
 
+A batch appended with ``log_metrics(..., batch_id=)`` is looked for among the last ``BATCH_MEMORY`` ids of
+``metric-batches.txt`` once its segment locks are held (a re-sent batch takes the same locks as its
+first attempt, so it waits for it) and skipped when found; its id is appended after its segments and
+before its journal line. A writer killed between its segment appends and that line leaves the batch
+stored but unremembered, so only a re-send of exactly that interrupted batch can be stored twice.
+
 Experiment documents are immutable, so they are cached in memory; so is each experiment's folded journal,
 refreshed by reading only what was appended since. Deleting an experiment renames its directory into
 ``trash/`` under the store lock and the journal lock (atomic: a crash never leaves half an experiment
@@ -106,6 +113,7 @@ import numpy as np
 import orjson
 
 from labvault.backends.base import (
+    BATCH_MEMORY,
     Backend,
     BlobStore,
     check_options,
@@ -158,6 +166,9 @@ FORMAT_NAME = "labvault-file"
 FORMAT_VERSION = 2
 
 JOURNAL = "journal.jsonl"
+#: A run's metric batch ids, one a line, appended after the batch's segments (see ``_log_metrics``).
+BATCHES = "metric-batches.txt"
+_BATCH_LINE = 33  # the longest line: a 32-character batch id and its newline
 INDEX = "index.lvx"
 INDEX_MAGIC = b"LVIDX01\n"
 _INDEX_HEAD = struct.Struct("<8sQ")
@@ -1424,31 +1435,24 @@ class FileBackend(Backend, scheme="file"):
 
     # -- metrics ------------------------------------------------------------------------------------------
     @_translate_os_errors
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
         self._ensure_store()
         state, i = self._locate(run_id)
         with state.lock:
             known = {k: entry[3] for k, entry in state.record(i)["metrics"].items()}
-        metrics_dir = self._run_dir(state, run_id, make=True) / "metrics"
+        run_dir = self._run_dir(state, run_id, make=True)
         by_key: dict[str, list[MetricSeries]] = {}
         for s in series:
             by_key.setdefault(s.key, []).append(s)
         latest: dict[str, list[Any]] = {}
         fds: list[int] = []
         try:
-            for key in sorted(by_key):  # one lock order everywhere: no deadlock between writers
-                path = metrics_dir / seg_name(key)
-                if "~" in path.name and not path.with_suffix(".key").exists():
-                    try:
-                        self._write_doc(path.with_suffix(".key"), {"key": key})
-                    except FileNotFoundError as exc:
-                        raise NotFoundError(f"run {run_id} not found") from exc
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-                except (FileNotFoundError, NotADirectoryError) as exc:  # the experiment was deleted
-                    raise NotFoundError(f"run {run_id} not found") from exc
-                fds.append(fd)
-                _flock(fd)
+            locked = [(key, *self._lock_segment(run_id, run_dir / "metrics", key, fds))
+                      for key in sorted(by_key)]  # one lock order everywhere: no deadlock between writers
+            # A re-sent batch holds the same segment locks as its first attempt, so it waits for it here.
+            if batch_id is not None and batch_id in self._recent_batches(run_dir):
+                return False
+            for key, fd, path in locked:
                 expected = known.get(key)
 
                 def valid_end(fd: int, size: int, expected: Any = expected, name: str = str(path)) -> int:
@@ -1462,11 +1466,56 @@ class FileBackend(Backend, scheme="file"):
                 end = self._append(fd, path, b"".join(chunks) if len(chunks) > 1 else chunks[0], valid_end)
                 value, step, ts = by_key[key][-1].last()
                 latest[key] = [_enc_float(value), step, ts, end]
+            if batch_id is not None:
+                self._remember_batch(run_dir, batch_id)
             # While the segments are still locked, so the journal orders latest values like the appends.
             self._modify(run_id, lambda rec: {"op": "metrics", "id": run_id, "metrics": latest})
         finally:
             for fd in fds:
                 os.close(fd)
+        return True
+
+    def _lock_segment(self, run_id: str, metrics_dir: Path, key: str, fds: list[int]) -> tuple[int, Path]:
+        """Open and lock the segment file of ``key`` (its fd also goes to ``fds``, to be closed)."""
+        path = metrics_dir / seg_name(key)
+        if "~" in path.name and not path.with_suffix(".key").exists():
+            try:
+                self._write_doc(path.with_suffix(".key"), {"key": key})
+            except FileNotFoundError as exc:
+                raise NotFoundError(f"run {run_id} not found") from exc
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except (FileNotFoundError, NotADirectoryError) as exc:  # the experiment was deleted
+            raise NotFoundError(f"run {run_id} not found") from exc
+        fds.append(fd)
+        _flock(fd)
+        return fd, path
+
+    @staticmethod
+    def _recent_batches(run_dir: Path) -> set[str]:
+        """The ids of (at least) the run's last ``BATCH_MEMORY`` metric batches, read from the end of its
+        ``BATCHES`` file (a torn last line, of a writer killed mid-write, is no id)."""
+        try:
+            with open(run_dir / BATCHES, "rb") as fh:
+                start = max(0, fh.seek(0, os.SEEK_END) - _BATCH_LINE * BATCH_MEMORY)
+                fh.seek(start)
+                lines = fh.read().split(b"\n")[:-1]
+        except FileNotFoundError:
+            return set()
+        if start:
+            lines = lines[1:]  # begins mid-line
+        return {line.decode("ascii", "replace") for line in lines}
+
+    @staticmethod
+    def _remember_batch(run_dir: Path, batch_id: str) -> None:
+        """Append a batch id to the run's ``BATCHES`` (one write of a whole line). Never fsynced: a power
+        failure can only make the store forget that some batches were applied (a retry of one then
+        stores it again), and sparing the fsyncs of a file and a directory per run keeps runs cheap."""
+        fd = os.open(run_dir / BATCHES, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _write_all(fd, batch_id.encode("ascii") + b"\n")
+        finally:
+            os.close(fd)
 
     @_translate_os_errors
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:

@@ -8,8 +8,9 @@ against their digest and resumed with ``Range`` after a dropped connection.
 The token comes from ``token=``, else ``$LABVAULT_TOKEN``, else what ``labvault login URL`` stored for
 that server. Connection failures raise ``BackendUnavailableError``; an error the server reports comes
 back as the same ``labvault.errors`` class with the server's message. Idempotent calls (reads, get-or-
-create, params, tags, results, run updates, uploads of content) are retried with backoff; appends and
-creations are retried only when the connection could not be made at all.
+create, params, tags, results, run updates, uploads of content, and metric appends, which carry a batch
+id the server applies once) are retried with backoff after a timeout, a dropped connection or a 502/503/
+504; creations are retried only when the connection could not be made at all.
 
 ``watch()`` reads the server's event stream (server-sent events).
 """
@@ -24,6 +25,7 @@ import random
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
@@ -427,9 +429,14 @@ class HTTPBackend(Backend):
         self.request("POST", f"/runs/{run_id}/results", json_body=results, idempotent=True)
 
     # -- metrics ---------------------------------------------------------------------------------------------
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
+        # One id per batch (the caller's, else a fresh one), so the server stores the batch once however
+        # often it travels: that makes the append idempotent, retried after a timeout or a dropped
+        # connection like any read.
         self.request("POST", f"/runs/{run_id}/metrics", content=wire.encode_series(series),
-                     headers={"Content-Type": wire.METRICS_MEDIA_TYPE})
+                     params={"batch_id": batch_id or uuid.uuid4().hex},
+                     headers={"Content-Type": wire.METRICS_MEDIA_TYPE}, idempotent=True)
+        return True  # the server emits the event (or knows it skipped the batch)
 
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:
         resp = self.request("GET", f"/runs/{run_id}/metric-history", params={"key": key, "format": "binary"},

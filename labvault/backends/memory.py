@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from copy import deepcopy
 from typing import Any, BinaryIO, ClassVar
 
-from labvault.backends.base import Backend, BlobStore, check_params_conflict, run_exists_error
+from labvault.backends.base import BATCH_MEMORY, Backend, BlobStore, check_params_conflict, run_exists_error
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.domain.model import BlobInfo
 from labvault.errors import InvalidArgumentError, NotFoundError
@@ -92,6 +92,7 @@ class _Store:
         self.counters: dict[str, int] = {}
         self.metrics: dict[str, dict[str, list[MetricSeries]]] = {}
         self.artifacts: dict[str, dict[str, ArtifactInfo]] = {}
+        self.batches: dict[str, dict[str, None]] = {}  # run id -> ids of its latest metric batches
         self.blobs = MemoryBlobStore()
 
 
@@ -146,6 +147,7 @@ class MemoryBackend(Backend, scheme="memory"):
                 del s.runs[run_id]
                 s.metrics.pop(run_id, None)
                 s.artifacts.pop(run_id, None)
+                s.batches.pop(run_id, None)
 
     def _create_run(
         self, experiment_id: str, name: str | None, parent_id: str | None, start_time: float,
@@ -204,14 +206,22 @@ class MemoryBackend(Backend, scheme="memory"):
         with self._store.lock:
             self._run(run_id).results.update(deepcopy(results))
 
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
         with self._store.lock:
             run = self._run(run_id)
+            if batch_id is not None:  # the ids of the run's last BATCH_MEMORY batches, oldest first
+                seen = self._store.batches.setdefault(run_id, {})
+                if batch_id in seen:
+                    return False
+                seen[batch_id] = None
+                if len(seen) > BATCH_MEMORY:
+                    del seen[next(iter(seen))]
             per_key = self._store.metrics.setdefault(run_id, {})
             for s in series:
                 copy = MetricSeries(s.key, s.steps.copy(), s.values.copy(), s.timestamps.copy())
                 per_key.setdefault(s.key, []).append(copy)
                 run.metrics[s.key] = float(s.values[-1])
+        return True
 
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:
         with self._store.lock:

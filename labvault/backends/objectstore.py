@@ -20,6 +20,7 @@ Layout under the store's prefix (format 1)::
                                              {key: [size, sha256, created_at]}
     meta/runs/<run id>/metrics/<seq:012d>    one flushed batch of metric points (all keys of the flush)
     meta/runs/<run id>/metrics/c<seq:012d>   a compaction: every point of segments 1..seq
+    meta/runs/<run id>/batches/<batch id>    empty: the batch appended with ``batch_id=`` is stored
     sha256/ab/cd/<digest>                    artifact bytes (``BlobStore.put_content``; ``labvault gc``)
 
 Concurrency guarantee (several processes or machines writing the same bucket, no locks, no server):
@@ -41,6 +42,11 @@ Concurrency guarantee (several processes or machines writing the same bucket, no
   at a number still being written); readers then fetch it plus the later segments. Compacted objects
   are deleted only after ``COMPACTED_GRACE``, and a writer re-lists the segments unless it wrote one
   lately, so no write can land under a compaction unseen.
+* A batch appended with ``log_metrics(..., batch_id=)`` is skipped when its marker
+  ``batches/<batch id>`` exists; the marker is written right after the batch's segment. Within one
+  process, appends of one run's batches are serialized around that check, so a re-sent batch waits for
+  its first attempt. Across processes, two attempts of one batch racing at the same moment, or a writer
+  killed between the segment and the marker, can still store that batch twice.
 * This needs a store whose conditional puts are atomic: S3 itself, SeaweedFS (4.48+), MinIO, the
   ``file`` and ``memory`` blob stores. A server that ignores ``If-None-Match`` / ``If-Match`` would
   silently break the guarantee; SeaweedFS's behaviour is pinned by ``tests/test_conformance_s3.py``.
@@ -64,6 +70,7 @@ import random
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -104,6 +111,7 @@ COMPACTED_GRACE = 3600.0
 #: A writer trusts its own count of a run's segments for this long after its last write; later it lists.
 SEQ_CACHE_SECONDS = 600.0
 _CACHE_LIMIT = 4096
+_BATCH_STRIPES = 64
 #: (number, key, modified time) of a metric segment or compaction
 _Obj = tuple[int, str, float]
 
@@ -151,6 +159,10 @@ def _artifact_info(key: str, item: list[Any]) -> ArtifactInfo:
 
 def _metrics_prefix(run_id: str) -> str:
     return f"{_RUNS}{run_id}/metrics/"
+
+
+def _batches_prefix(run_id: str) -> str:
+    return f"{_RUNS}{run_id}/batches/"
 
 
 def _tail_number(key: str) -> int | None:
@@ -236,6 +248,8 @@ class BlobBackend(Backend):
         self._seq_written: dict[str, float] = {}  # run id -> monotonic time of this object's last segment
         self._known_runs: set[str] = set()
         self._known_experiments: set[str] = set()
+        #: appends that carry a batch id check, write and mark under the lock of their run's stripe
+        self._batch_locks = [threading.Lock() for _ in range(_BATCH_STRIPES)]
 
     @classmethod
     def from_uri(cls, uri: str, *, artifacts: BlobStore | None = None, **options: Any) -> BlobBackend:
@@ -630,7 +644,21 @@ class BlobBackend(Backend):
             self._next_seq[run_id] = seq + 1
         return seq
 
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
+        if batch_id is None:
+            self._append_segment(run_id, series)
+            return True
+        marker = f"{_batches_prefix(run_id)}{batch_id}"
+        with self._batch_locks[zlib.crc32(run_id.encode()) % _BATCH_STRIPES]:
+            if self.store.exists(marker):
+                return False
+            self._append_segment(run_id, series)
+            with contextlib.suppress(ConflictError):  # another process wrote the same batch at once
+                self.store.put(marker, b"", if_absent=True)
+        return True
+
+    def _append_segment(self, run_id: str, series: list[MetricSeries]) -> None:
+        """Write one metric segment (the next free number) and merge its latest values into the run."""
         self._check_run(run_id)
         body = encode_segment(series)
         while True:

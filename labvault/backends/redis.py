@@ -54,9 +54,10 @@ Run numbers come from ``INCR`` inside the creating script, which first checks wh
 run id already exists, so a retried creation never burns a number. Params are write-once inside a script
 that writes nothing when any key holds a different value; the client then decides whether the stored
 text is really a different value (``1`` and ``1.0`` are the same param) and raises ``ConflictError``
-naming the param, the stored and the new value. Metric batches carry a unique batch id; the appending
-script applies a batch only if its id is not in the run's ``batches`` set, so a batch re-sent after a
-lost reply is stored exactly once.
+naming the param, the stored and the new value. Metric batches carry a batch id (the caller's
+``log_metrics(..., batch_id=)``, else a fresh one); the appending script applies a batch only if its id
+is not in the run's ``batches`` set (ids of the last ``BATCH_MEMORY`` seconds), so a batch re-sent after
+a lost reply is stored exactly once.
 
 Connection loss: every call goes through ``_Connection.call``, which retries on connection errors and
 timeouts with exponential backoff and jitter, reconnecting through the pool; every operation is
@@ -1452,10 +1453,11 @@ class RedisBackend(Backend, scheme="redis"):
     def _metric_key(self, run_id: str, key: str) -> str:
         return f"{self.prefix}run:{run_id}:metric:{key}"
 
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
         run_key, summary = self._run_keys(run_id)
         keys = [run_key, summary, run_key + ":batches"]
-        args: list[Any] = [uuid.uuid4().hex, len(series)]  # the batch id makes a re-sent batch a no-op
+        # the batch id (the caller's, else a fresh one for our own retries) makes a re-sent batch a no-op
+        args: list[Any] = [batch_id or uuid.uuid4().hex, len(series)]
         for s in series:
             n = len(s)
             packed = np.empty(n, dtype=_POINT)
@@ -1467,9 +1469,11 @@ class RedisBackend(Backend, scheme="redis"):
             args += ["m:" + s.key, _number_json(float(s.values[-1])), len(segments), *segments]
         event = _event("metric.logged", None, run_id, keys=sorted({s.key for s in series}),
                        points=sum(len(s) for s in series))
-        if int(self._run_script("log_metrics", keys, args, "metric write", event)) == -1:
+        applied = int(self._run_script("log_metrics", keys, args, "metric write", event))
+        if applied == -1:
             raise NotFoundError(f"run {run_id} not found")
         self._mark_sent(event)
+        return applied == 1 or batch_id is None  # 0 without a caller's id: our own retry found its batch
 
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:
         run_key = self._run_keys(run_id)[0]

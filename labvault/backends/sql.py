@@ -43,9 +43,11 @@ Metrics are columnar segments: one row per flush and key (large batches split ev
 bytes, so a history of a million points is a handful of rows read straight into numpy. ``metric_latest``
 holds the last appended point of every (run, key), written in the same transaction as the segment, so
 search and run listings never scan series. SQLite stores a NaN ``REAL`` as NULL, so a NULL latest value
-reads back as NaN (PostgreSQL does the same, for one behaviour). Every flush carries a random
-``batch_id`` written on its segments: a retried flush whose first commit may have succeeded looks for it
-before inserting again, so a point is never stored twice (see ``_run``).
+reads back as NaN (PostgreSQL does the same, for one behaviour). Every flush carries a ``batch_id``
+written on its segments (the caller's, ``log_metrics(..., batch_id=)``, else a random one): a retried
+flush whose first commit may have succeeded, and any append that names a caller's id, looks for it
+among the newest ``BATCH_MEMORY`` segments of the batch's first key before inserting, under the run's
+row lock, so a point is never stored twice (see ``_run``).
 
 A run's params and tags are stored twice, in one transaction: as one JSON document per run on ``runs``
 (``params_json``, ``tags_json``), which is what listings read (one row per run instead of fifteen; 10,000
@@ -109,6 +111,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from labvault.backends.base import (
+    BATCH_MEMORY,
     CHUNK_SIZE,
     Backend,
     BlobSource,
@@ -121,6 +124,7 @@ from labvault.backends.base import (
 from labvault.backends.columns import no_gc as _no_gc
 from labvault.backends.runindex import Record, RunIndex, make_record
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
+from labvault.domain.model import BlobInfo
 from labvault.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -361,9 +365,12 @@ _S_LAST_SEQ_ONE = (
     sa.select(sa.func.max(t_segments.c.seq))
     .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.key == sa.bindparam("b_key"))
 )
+#: Whether a batch is stored: its first key's newest segments (a primary-key range scan, never the run's
+#: whole history) carry its id. ``b_from`` is ``BATCH_MEMORY`` segments below the key's last one.
 _S_BATCH_STORED = (
     sa.select(t_segments.c.seq)
-    .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.batch_id == sa.bindparam("b_batch"))
+    .where(t_segments.c.run_id == sa.bindparam("b_run"), t_segments.c.key == sa.bindparam("b_key"),
+           t_segments.c.seq >= sa.bindparam("b_from"), t_segments.c.batch_id == sa.bindparam("b_batch"))
     .limit(1)
 )
 _S_HISTORY = (
@@ -381,6 +388,7 @@ _S_BLOB_HEAD = (
 _S_BLOB_CHUNK = sa.select(t_chunks.c.data).where(t_chunks.c.blob_id == sa.bindparam("b_id"),
                                                  t_chunks.c.idx == sa.bindparam("b_idx"))
 _S_BLOB_ID = sa.select(t_blobs.c.blob_id).where(t_blobs.c.key == sa.bindparam("b_key"))
+_S_BLOB_SIZE = sa.select(t_blobs.c.size).where(t_blobs.c.key == sa.bindparam("b_key"))
 _I_CHUNK = sa.insert(t_chunks)
 _D_CHUNKS = sa.delete(t_chunks).where(t_chunks.c.blob_id == sa.bindparam("b_id"))
 _D_BLOB = sa.delete(t_blobs).where(t_blobs.c.key == sa.bindparam("b_key"))
@@ -1268,19 +1276,20 @@ class SQLBackend(Backend, scheme="sqlite"):
                              "value": None if math.isnan(value) else value}
         return pieces, latest
 
-    def _log_metrics(self, run_id: str, series: list[MetricSeries]) -> None:
-        batch_id = new_id()
+    def _log_metrics(self, run_id: str, series: list[MetricSeries], batch_id: str | None) -> bool:
+        given = batch_id is not None
+        batch_id = batch_id or new_id()  # without a caller's id, still one per flush: our own retries
         pieces, latest = self._metric_rows(run_id, series, batch_id)
         keys = list({s.key for s in series})
+        first_key = pieces[0][0]
 
         execute = self._execute
 
-        def work(conn: Connection, attempt: int) -> None:
-            # one writer of a run's series at a time: the run's row stays locked until the commit
+        def work(conn: Connection, attempt: int) -> bool:
+            # one writer of a run's series at a time: the run's row stays locked until the commit, so a
+            # re-sent batch waits for its first attempt and then finds its segments
             if execute(conn, _S_RUN_LOCK, {"b_run": run_id}).fetchone() is None:
                 raise NotFoundError(f"run {run_id} not found")
-            if attempt and conn.execute(_S_BATCH_STORED, {"b_run": run_id, "b_batch": batch_id}).first():
-                return  # an earlier attempt committed this batch (all of it: one transaction)
             next_seq: dict[str, int]
             if len(keys) == 1:
                 top = execute(conn, _S_LAST_SEQ_ONE, {"b_run": run_id, "b_key": keys[0]}).fetchone()[0]
@@ -1288,6 +1297,10 @@ class SQLBackend(Backend, scheme="sqlite"):
             else:
                 next_seq = {key: int(top) + 1
                             for key, top in conn.execute(_S_LAST_SEQ, {"b_run": run_id, "b_keys": keys})}
+            if (given or attempt) and first_key in next_seq and conn.execute(_S_BATCH_STORED, {
+                    "b_run": run_id, "b_key": first_key, "b_batch": batch_id,
+                    "b_from": next_seq[first_key] - BATCH_MEMORY}).first():
+                return False  # applied before (all of it: one transaction)
             segments = []
             for key, row in pieces:
                 seq = next_seq.get(key, 0)
@@ -1297,8 +1310,9 @@ class SQLBackend(Backend, scheme="sqlite"):
             rows = list(latest.values())
             execute(conn, self._upserts()["metric_latest"], rows[0] if len(rows) == 1 else rows)
             self._stamp(conn, run_id)
+            return True
 
-        self._run(work)
+        return bool(self._run(work))
 
     def _metric_history(self, run_id: str, key: str) -> MetricSeries:
         def work(conn: Connection, _attempt: int) -> Sequence[Any]:
@@ -1545,6 +1559,18 @@ class SQLBlobStore(BlobStore):
         blob_id, _size, chunks, first = self._head(key)
         return io.BufferedReader(_ChunkReader(self, key, blob_id, chunks, first), CHUNK_SIZE)
 
+    def _info(self, key: str) -> BlobInfo:
+        """A content-addressed blob's info from its row (its key names its digest: no chunk is read);
+        any other key is read and hashed. The time is now, as for every store that keeps none (gc keeps
+        what it cannot date)."""
+        digest = self.key_digest(key)
+        if digest is None:
+            return super()._info(key)
+        size = self._backend._run(lambda conn, _: conn.execute(_S_BLOB_SIZE, {"b_key": key}).scalar(), "read")
+        if size is None:
+            raise NotFoundError(f"no blob {key!r} in {self._backend.location}")
+        return BlobInfo(key, int(size), digest, time.time(), digest)
+
     def get_content(self, digest: str) -> bytes:
         """Read a content-addressed blob whole (one query when it is one chunk) and verify its digest."""
         key = self.digest_key(digest)
@@ -1695,6 +1721,12 @@ class TieredBlobStore(BlobStore):
             return self.small._open(key)
         except NotFoundError:
             return self.large._open(key)
+
+    def _info(self, key: str) -> BlobInfo:
+        try:
+            return self.small._info(key)
+        except NotFoundError:
+            return self.large._info(key)
 
     def open_content(self, digest: str) -> BinaryIO:
         try:

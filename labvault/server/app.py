@@ -40,8 +40,15 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import labvault
-from labvault.backends.base import CHUNK_SIZE, Backend, BlobStore
-from labvault.domain import ArtifactInfo, ChangeEvent, now
+from labvault.backends.base import (
+    CHUNK_SIZE,
+    Backend,
+    BlobStore,
+    check_batch_id,
+    check_metric_batch,
+    check_run_id,
+)
+from labvault.domain import ArtifactInfo, ChangeEvent, MetricSeries, now
 from labvault.domain import validation as v
 from labvault.errors import (
     AuthenticationError,
@@ -62,6 +69,7 @@ from labvault.server.auth import (
     check_role,
     default_auth_db,
 )
+from labvault.server.protocol import ConnectionMiddleware, JSONRoute, describe_error, parse_range
 
 if TYPE_CHECKING:
     from labvault.backends.base import ChangeFeed
@@ -73,6 +81,8 @@ _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _UPLOAD_RE = re.compile(r"[0-9a-f]{32}")
 _MARKER_RE = re.compile(r"m(\d{16})-(\d{16})")
 _TEXT_LIMIT = 64 * 1024
+_UPLOADS = "uploads/"  # where resumable uploads keep their parts in the blob store
+_MAX_INT64 = 2**63 - 1
 
 
 @dataclass
@@ -149,13 +159,13 @@ class SearchIn(_Model):
     experiment_ids: list[str] = Field(default_factory=list, description="empty: every experiment")
     filter: str | None = Field(None, description="e.g. params.lr > 0.01 and metrics.acc >= 0.9")
     order_by: list[str] = Field(default_factory=list, description='e.g. ["metrics.acc desc", "params.lr"]')
-    limit: int | None = Field(None, ge=0)
-    offset: int = Field(0, ge=0)
+    limit: int | None = Field(None, ge=0, le=_MAX_INT64)
+    offset: int = Field(0, ge=0, le=_MAX_INT64)
 
 
 class ArtifactIn(_Model):
     key: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=_MAX_INT64)
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: FiniteFloat | None = None
 
@@ -167,8 +177,13 @@ class SeriesIn(_Model):
     timestamps: list[float | str]
 
 
+_BATCH_ID_DOC = ("the batch's id (1-32 letters, digits, _ or -): an append whose id the run holds already "
+                 "is a no-op, so a batch re-sent after a timeout is stored once")
+
+
 class MetricsIn(_Model):
     metrics: list[SeriesIn]
+    batch_id: str | None = Field(None, description=_BATCH_ID_DOC)
 
 
 class BatchItem(_Model):
@@ -177,6 +192,7 @@ class BatchItem(_Model):
     tags: dict[str, Any] | None = None
     results: dict[str, Any] | None = None
     metrics: list[SeriesIn] | None = None
+    batch_id: str | None = Field(None, description=_BATCH_ID_DOC + " (for this item's metrics)")
 
 
 class BatchIn(_Model):
@@ -184,7 +200,8 @@ class BatchIn(_Model):
 
 
 class UploadIn(_Model):
-    size: int | None = Field(None, ge=0, description="total size, checked when the upload completes")
+    size: int | None = Field(None, ge=0, le=_MAX_INT64,
+                             description="total size, checked when the upload completes")
 
 
 class CompleteIn(_Model):
@@ -342,53 +359,35 @@ class _ConcatReader(io.RawIOBase):
         super().close()
 
 
-# -- ranges --------------------------------------------------------------------------------------------------
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-def _parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
-    """(start, end exclusive) of a single satisfiable byte range; None to send everything.
-
-    Raises ``HTTPException(416)`` for a range beyond the end. Malformed or multi-range headers are
-    ignored (RFC 9110 allows answering them with the whole representation).
-    """
-    if not header:
-        return None
-    match = _RANGE_RE.fullmatch(header.strip())
-    if match is None or (not match.group(1) and not match.group(2)):
-        return None
-    first, last = match.group(1), match.group(2)
-    if size is None:
-        if not first:
-            return None
-        start = int(first)
-        return (start, int(last) + 1) if last else (start, -1)
-    if not first:  # suffix range: the last N bytes
-        n = int(last)
-        if n == 0:
-            raise HTTPException(416, f"range {header!r} is empty",
-                                headers={"Content-Range": f"bytes */{size}"})
-        return max(0, size - n), size
-    start = int(first)
-    end = min(size, int(last) + 1) if last else size
-    if start >= size or (last and int(last) < start):
-        raise HTTPException(416, f"range {header!r} is outside the {size}-byte content",
-                            headers={"Content-Range": f"bytes */{size}"})
-    return start, end
-
-
+# -- blob sizes and ranges -----------------------------------------------------------------------------------
 def _blob_size(blobs: BlobStore, key: str, fh: BinaryIO) -> int | None:
-    info = getattr(blobs, "info", None)
-    if callable(info):
-        with contextlib.suppress(Exception):
-            return int(info(key).size)
+    """The size of an open blob without reading it: by seeking, else from the store's own ``info`` (the
+    default ``BlobStore.info`` reads the whole blob to hash it, so it is not asked); None when unknown."""
     with contextlib.suppress(Exception):
         if fh.seekable():
             pos = fh.tell()
             size = fh.seek(0, io.SEEK_END)
             fh.seek(pos)
             return int(size)
+    if type(blobs)._info is not BlobStore._info:
+        with contextlib.suppress(Exception):
+            return int(blobs.info(key).size)
     return None
+
+
+def _stored_size(blobs: BlobStore, key: str) -> int:
+    """The size of a stored blob (``NotFoundError`` when absent), read through only when nothing cheaper
+    tells it."""
+    fh = _open_blob(blobs, key)
+    try:
+        size = _blob_size(blobs, key, fh)
+        if size is None:
+            size = 0
+            while chunk := fh.read(CHUNK_SIZE):
+                size += len(chunk)
+        return size
+    finally:
+        fh.close()
 
 
 def _iter_range(fh: BinaryIO, start: int, end: int) -> Iterator[bytes]:
@@ -430,7 +429,7 @@ async def _send_blob(request: Request, blobs: BlobStore, key: str, *, size: int 
     try:
         if size is None:
             size = await run_in_threadpool(_blob_size, blobs, key, fh)
-        span = _parse_range(request.headers.get("range"), size)
+        span = parse_range(request.headers.get("range"), size)
     except BaseException:
         fh.close()
         raise
@@ -492,8 +491,7 @@ class _LimitsMiddleware:
                     return
                 if limit is not None and int(value) > limit:
                     response = _error_response(413, "InvalidArgumentError",
-                                               f"{what} of {int(value)} bytes is larger than {limit} bytes",
-                                               {"Connection": "close"})
+                                               f"{what} of {int(value)} bytes is larger than {limit} bytes")
                     await response(scope, receive, send)
                     return
         total = 0
@@ -687,11 +685,31 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.labvault = state
+    _add_schemas(app, [MetricsIn])
     _install_error_handlers(app)
     app.include_router(_router(state))
     app.add_middleware(_LimitsMiddleware, config=config)
-    app.add_middleware(_AuthMiddleware, state=state)  # outermost: nothing happens before authentication
+    app.add_middleware(_AuthMiddleware, state=state)  # nothing happens before authentication ...
+    app.add_middleware(ConnectionMiddleware, render_500=_internal_error)  # ... but this only watches
     return app
+
+
+def _add_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Put models that endpoints reference by hand (``openapi_extra``) into the document's components, so
+    every ``$ref`` resolves."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = FastAPI.openapi(app)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in schema.pop("$defs", {}).items():
+                    schemas.setdefault(name, sub)
+                schemas.setdefault(model.__name__, schema)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app_from_env() -> FastAPI:
@@ -724,32 +742,30 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        parts = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(p) for p in err.get("loc", ()))
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _error_response(422, "InvalidArgumentError", "invalid request: " + "; ".join(parts))
+        return _error_response(422, "InvalidArgumentError",
+                               "invalid request: " + "; ".join(describe_error(e) for e in exc.errors()[:5]))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         name = wire.ERROR_BY_STATUS.get(exc.status_code, "LabvaultError")
         headers = dict(exc.headers or {})
-        if exc.status_code in (408, 413):
+        if exc.status_code == 408:  # the client stalled mid-body: its connection cannot carry another request
             headers["Connection"] = "close"
         return _error_response(exc.status_code, name, str(exc.detail), headers)
 
     async def disconnected(request: Request, exc: Exception) -> Response:
         return _error_response(400, "InvalidArgumentError", "the client disconnected during the request")
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return _error_response(500, "LabvaultError", f"internal server error ({type(exc).__name__})")
-
     app.add_exception_handler(LabvaultError, labvault_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, disconnected)
-    app.add_exception_handler(Exception, internal_error)
+    # Any other exception is answered by ConnectionMiddleware (``_internal_error``), which, unlike
+    # Starlette's handler for ``Exception``, does not re-raise it: the connection stays usable.
+
+
+def _internal_error(exc: Exception) -> Response:
+    return _error_response(500, "LabvaultError", f"internal server error ({type(exc).__name__})")
 
 
 # -- authentication dependencies -----------------------------------------------------------------------------
@@ -795,8 +811,41 @@ def _check_text(value: str | None, what: str) -> str | None:
     return value
 
 
+def _checked_item(i: int, item: BatchItem) -> tuple[BatchItem, list[MetricSeries]]:
+    """A batch item whose values all pass the backend's checks, with its metrics parsed."""
+    try:
+        check_run_id(item.run_id)
+        for values, what in ((item.params, "param"), (item.results, "result")):
+            if values:
+                v.validate_params(values, what)
+        if item.tags:
+            v.validate_tags(item.tags)
+        if item.batch_id is not None:
+            check_batch_id(item.batch_id)
+        series = check_metric_batch(wire.series_in_json(s.model_dump()) for s in item.metrics or ())
+    except LabvaultError as exc:
+        raise type(exc)(f"batch item {i} (run {item.run_id[:80]!r}): {exc}") from exc
+    return item, series
+
+
+def _metrics_json(body: bytes) -> tuple[list[MetricSeries], str | None]:
+    """The series and batch id of a JSON metrics body ``{"metrics": [...], "batch_id": ...}`` (or a bare
+    list of series)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"metrics body is neither JSON nor a metric frame: {exc}") from exc
+    items = doc.get("metrics") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        raise InvalidArgumentError('metrics body must be {"metrics": [{key, steps, values, timestamps}]}')
+    batch_id = doc.get("batch_id") if isinstance(doc, dict) else None
+    if batch_id is not None:
+        check_batch_id(batch_id)
+    return [wire.series_in_json(item) for item in items], batch_id
+
+
 def _router(state: ServerState) -> APIRouter:
-    router = APIRouter(prefix=wire.API_PREFIX)
+    router = APIRouter(prefix=wire.API_PREFIX, route_class=JSONRoute)
     backend = state.backend
 
     def auth_store() -> AuthStore:
@@ -819,7 +868,7 @@ def _router(state: ServerState) -> APIRouter:
                 "events": True, "cross_process_events": bool(cls.supports_events),
                 "persistent": bool(cls.persistent), "multiprocess": bool(cls.multiprocess),
                 "resumable_uploads": True, "ranges": True, "metric_formats": ["json", "binary"],
-                "batch": True,
+                "batch": True, "metric_batch_ids": True,
             },
             "auth": "none" if state.auth is None else "token",
             "user": {"name": p.user, "role": p.role},
@@ -899,7 +948,7 @@ def _router(state: ServerState) -> APIRouter:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": MetricsIn.model_json_schema()},
+                "application/json": {"schema": {"$ref": "#/components/schemas/MetricsIn"}},
                 wire.METRICS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
             },
         }
@@ -907,22 +956,20 @@ def _router(state: ServerState) -> APIRouter:
 
     @router.post("/runs/{run_id}/metrics", tags=["metrics"], status_code=204, openapi_extra=metrics_body,
                  summary="Append metric points (JSON or the binary frame), every key of a flush at once")
-    async def log_metrics(run_id: str, request: Request, p: Writer) -> Response:
+    async def log_metrics(run_id: str, request: Request, p: Writer,
+                          batch_id: Annotated[str | None, Query(description=_BATCH_ID_DOC)] = None,
+                          ) -> Response:
         body = await request.body()
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == wire.METRICS_MEDIA_TYPE:
             series = wire.decode_series(body)
         else:
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidArgumentError(f"metrics body is neither JSON nor a metric frame: {exc}") from exc
-            items = doc.get("metrics") if isinstance(doc, dict) else doc
-            if not isinstance(items, list):
-                raise InvalidArgumentError(
-                    'metrics body must be {"metrics": [{key, steps, values, timestamps}]}')
-            series = [wire.series_in_json(item) for item in items]
-        await run_in_threadpool(backend.log_metrics, run_id, series)
+            series, in_body = _metrics_json(body)
+            if in_body is not None and batch_id is not None and in_body != batch_id:
+                raise InvalidArgumentError(f"batch id {in_body[:40]!r} in the body differs from the query's "
+                                           f"{batch_id[:40]!r}")
+            batch_id = batch_id or in_body
+        await run_in_threadpool(backend.log_metrics, run_id, series, batch_id=batch_id)
         return Response(status_code=204)
 
     @router.get("/runs/{run_id}/metric-history", tags=["metrics"],
@@ -938,7 +985,8 @@ def _router(state: ServerState) -> APIRouter:
 
     @router.post("/batch", tags=["metrics"], summary="Params, tags, results and metrics of many runs at once")
     def batch(body: BatchIn, p: Writer) -> Response:
-        for i, item in enumerate(body.items):
+        items = [_checked_item(i, item) for i, item in enumerate(body.items)]  # all valid before any write
+        for i, (item, series) in enumerate(items):
             try:
                 if item.params:
                     backend.log_params(item.run_id, item.params)
@@ -946,12 +994,11 @@ def _router(state: ServerState) -> APIRouter:
                     backend.set_tags(item.run_id, item.tags)
                 if item.results:
                     backend.log_results(item.run_id, item.results)
-                if item.metrics:
-                    series = [wire.series_in_json(s.model_dump()) for s in item.metrics]
-                    backend.log_metrics(item.run_id, series)
+                if series:
+                    backend.log_metrics(item.run_id, series, batch_id=item.batch_id)
             except LabvaultError as exc:
                 raise type(exc)(f"batch item {i} (run {item.run_id}): {exc}") from exc
-        return _JSON({"applied": len(body.items)})
+        return _JSON({"applied": len(items)})
 
     # -- artifacts -------------------------------------------------------------------------------------------
     @router.get("/runs/{run_id}/artifacts", tags=["artifacts"], summary="A run's artifacts under a prefix")
@@ -962,8 +1009,13 @@ def _router(state: ServerState) -> APIRouter:
                  summary="Index an uploaded blob as a run's artifact")
     def add_artifact(run_id: str, body: ArtifactIn, p: Writer) -> Response:
         v.validate_artifact_key(body.key)
-        if not state.blobs.exists(BlobStore.digest_key(body.digest)):
-            raise NotFoundError(f"blob {body.digest} is not in the server's store: upload it first")
+        try:
+            stored = _stored_size(state.blobs, BlobStore.digest_key(body.digest))
+        except NotFoundError:
+            raise NotFoundError(f"blob {body.digest} is not in the server's store: upload it first") from None
+        if stored != body.size:
+            raise InvalidArgumentError(f"artifact {body.key!r}: size {body.size} does not match the {stored} "
+                                       f"bytes of blob {body.digest}")
         created = now() if body.created_at is None else body.created_at
         backend.add_artifact(run_id, ArtifactInfo(body.key, body.size, body.digest, created))
         return Response(status_code=204)
@@ -1110,19 +1162,29 @@ def _router(state: ServerState) -> APIRouter:
         return Response(status_code=204)
 
     # -- raw blobs (the BlobStore of HTTP clients; writes are admin-only) ------------------------------------
-    @router.get("/blobs", tags=["blobs"], summary="Blob keys under a prefix")
+    def _visible(key: str, p: Principal) -> str:
+        """``key`` when ``p`` may see it: the parts of in-flight uploads (``uploads/``) are the uploader's
+        business, reached through ``/uploads/{id}``; only admins see them as blobs."""
+        if key.startswith(_UPLOADS) and not p.allows("admin"):
+            raise NotFoundError(f"no blob {key[:200]!r}")
+        return key
+
+    @router.get("/blobs", tags=["blobs"], summary="Blob keys under a prefix (uploads in flight: admins only)")
     def list_blobs(p: Reader, prefix: str = "") -> Response:
-        return _JSON(state.blobs.list(prefix))
+        keys = state.blobs.list(prefix)
+        if not p.allows("admin"):
+            keys = [k for k in keys if not k.startswith(_UPLOADS)]
+        return _JSON(keys)
 
     @router.head("/blobs/{key:path}", tags=["blobs"], summary="Whether a blob exists")
     def has_blob(key: str, p: Reader) -> Response:
-        if not state.blobs.exists(key):
+        if not state.blobs.exists(_visible(key, p)):
             raise NotFoundError(f"no blob {key!r}")
         return Response(status_code=200)
 
     @router.get("/blobs/{key:path}", tags=["blobs"], summary="Download a blob (Range supported)")
     async def get_blob(key: str, request: Request, p: Reader) -> Response:
-        v.validate_artifact_key(key)
+        v.validate_artifact_key(_visible(key, p))
         parts = key.split("/")
         digest = parts[-1] if parts[0] == "sha256" and _DIGEST_RE.fullmatch(parts[-1]) else None
         return await _send_blob(request, state.blobs, key, digest=digest)

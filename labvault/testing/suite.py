@@ -509,6 +509,46 @@ class BackendTests:
         assert not (out / "bad.bin").exists()
         assert sorted(p.name for p in out.iterdir()) == ["w.bin", "weights.bin"]
 
+    def test_metric_batch_id_makes_an_append_idempotent(self, vault: Vault) -> None:
+        from labvault.domain import MetricSeries
+
+        def series(key: str, values: list[float], start: int) -> MetricSeries:
+            n = len(values)
+            return MetricSeries(key, np.arange(start, start + n, dtype=np.int64),
+                                np.array(values, dtype=np.float64), np.full(n, 1.0))
+
+        backend = vault.backend
+        exp = vault.experiment("batches")
+        run, other = exp.start_run(), exp.start_run()
+        first = [series("loss", [0.5, 0.4], 0), series("acc", [0.1], 0)]
+        with vault.watch() as feed:
+            backend.log_metrics(run.id, first, batch_id="b1")
+            backend.log_metrics(run.id, first, batch_id="b1")  # re-sent (a retry after a lost answer)
+            backend.log_metrics(run.id, [series("loss", [0.3], 2)], batch_id="b2")
+            backend.log_metrics(run.id, first, batch_id="b1")  # re-sent after a newer batch: still once
+            backend.log_metrics(run.id, [series("loss", [0.2], 3)])  # without an id: appended every time
+            backend.log_metrics(run.id, [series("loss", [0.2], 3)])
+            backend.log_metrics(other.id, first, batch_id="b1")  # batch ids belong to their run
+            run.set_tag("done", "yes")
+            events = [e for e in self._drain(feed, until="tags.set") if e.run_id == run.id]
+        assert backend.metric_history(run.id, "loss").values.tolist() == [0.5, 0.4, 0.3, 0.2, 0.2]
+        assert backend.metric_history(run.id, "loss").steps.tolist() == [0, 1, 2, 3, 3]
+        assert backend.metric_history(run.id, "acc").values.tolist() == [0.1]
+        assert backend.metric_history(other.id, "loss").values.tolist() == [0.5, 0.4]
+        assert backend.get_run(run.id).metrics == {"loss": 0.2, "acc": 0.1}
+        kinds = [e.kind for e in events]
+        assert kinds.count("metric.logged") == 4 and kinds[-1] == "tags.set", kinds  # a skipped batch: none
+        for bad in ("has space", "x" * 33, "", "b1/../x"):
+            with pytest.raises(InvalidArgumentError, match="batch id"):
+                backend.log_metrics(run.id, [series("loss", [9.0], 9)], batch_id=bad)
+        with pytest.raises(NotFoundError):
+            backend.log_metrics("0" * 32, first, batch_id="b3")
+        assert backend.metric_history(run.id, "loss").values.tolist() == [0.5, 0.4, 0.3, 0.2, 0.2]
+        for i in range(50):  # a batch is remembered far beyond the one before
+            backend.log_metrics(other.id, [series("loss", [float(i)], 2 + i)], batch_id=f"later-{i}")
+        backend.log_metrics(other.id, first, batch_id="b1")
+        assert backend.metric_history(other.id, "loss").values.tolist() == [0.5, 0.4, *map(float, range(50))]
+
     def test_large_artifact_streams_with_flat_memory(self, uri: str, tmp_path: Path) -> None:
         if not self.heavy:
             pytest.skip("heavy case: runs once per backend family (set heavy = True)")
