@@ -341,8 +341,6 @@ def _id_cases() -> list[BadCase]:
                                           "not str"), create),
         _case("create_run run_id taken", create(None), lambda c: c.run.id, error=AlreadyExistsError),
         _case("Experiment.get_run number 0", lambda c: c.exp.get_run(0), "0", error=NotFoundError),
-        _case("Experiment.get_run number str", lambda c: c.exp.get_run(_any("1")), "'1'",
-              error=NotFoundError),
     ]
 
 
@@ -800,3 +798,31 @@ class BadInputTests:
                 check_case(ctx, case)
         for run in (ctx.run, ctx.spare):
             run._discard_buffer()
+
+    def test_bad_input_checker_sees_every_kind_of_write(self, vault: Vault, uri: str, tmp_path: Path) -> None:
+        """The table cannot pass vacuously: a "refused" call that wrote a param, buffered a metric point,
+        logged an artifact or ended a run is caught; a clean refusal right after each still passes."""
+
+        def refusing(write: Call) -> Call:
+            def call(c: BadInputContext) -> None:
+                write(c)
+                raise InvalidArgumentError("refused 'x'")
+            return call
+
+        writes: list[Call] = [
+            lambda c: c.run.log_params({"sneaky": 1}),
+            lambda c: c.run.log_metric("loss", 9.0),
+            lambda c: c.run.log_artifact("z.txt", b"z"),
+            lambda c: c.spare.end("killed"),
+            lambda c: c.vault.experiment("sneaky"),
+        ]
+        ctx = BadInputContext(vault, uri, tmp_path)
+        for i, write in enumerate(writes):
+            with pytest.raises(AssertionError, match="changed the store"):
+                check_case(ctx, BadCase(f"write {i}", refusing(write), ("'x'",)))
+            check_case(ctx, BadCase(f"clean {i}", refusing(lambda c: None), ("'x'",)))
+        with pytest.raises(AssertionError, match="does not name"):
+            check_case(ctx, BadCase("unnamed", refusing(lambda c: None), ("'y'",)))
+        with pytest.raises(AssertionError, match="not InvalidArgumentError"):
+            check_case(ctx, BadCase("wrong class", lambda c: int("x"), ("'x'",)))
+        ctx.run._discard_buffer()
