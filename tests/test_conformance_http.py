@@ -49,11 +49,16 @@ def free_port() -> int:
         return port
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, **kw: object) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, log: Path | None = None,
+                 **kw: object) -> None:
+    """Wait until the server answers its health check; show its output (pipe or ``log`` file) if it died."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
+            if log is not None:
+                out = log.read_text(errors="replace")
+            else:
+                out = proc.stdout.read().decode() if proc.stdout else ""
             raise AssertionError(f"server exited with {proc.returncode}:\n{out}")
         try:
             if httpx.get(f"{url}/api/v1/health", timeout=1.0, **kw).status_code == 200:  # type: ignore[arg-type]
@@ -74,14 +79,18 @@ def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     auth.close()
     port = free_port()
     env = {**os.environ, "LABVAULT_AUTH_DB": str(root / "auth.db"), "LABVAULT_TOKEN": ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "labvault", "server", "--backend", f"sqlite:///{root / 'store.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )
+    log = root / "server.log"
+    # The output goes to a file: a pipe nobody reads fills up (64 KiB of logged tracebacks) and the
+    # server then blocks on its next log line, hanging every request.
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labvault", "server", "--backend", f"sqlite:///{root / 'store.db'}",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc)
+        wait_healthy(url, proc, log=log)
         yield url, token
     finally:
         proc.terminate()

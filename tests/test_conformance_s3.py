@@ -16,7 +16,7 @@ from s3_server import s3_server, s3_url  # noqa: F401 - pytest fixtures
 
 import labvault
 import labvault.blobs
-from labvault.backends.base import BlobStore
+from labvault.backends.base import BlobStore, check_options
 from labvault.backends.memory import MemoryBlobStore
 from labvault.backends.objectstore import BlobBackend, S3Backend, decode_segment, encode_segment
 from labvault.domain import MetricSeries
@@ -36,6 +36,7 @@ class MemoryObjectBackend(BlobBackend, scheme="lvtest-objmem"):
 
     @classmethod
     def from_uri(cls, uri: str, *, artifacts: BlobStore | None = None, **options: Any) -> BlobBackend:
+        check_options("lvtest-objmem", options, ())
         name = uri.split("://", 1)[1]
         with _MEMORY_LOCK:
             store = _MEMORY_STORES.setdefault(name, MemoryBlobStore())

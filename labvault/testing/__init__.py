@@ -10,10 +10,13 @@ empty store (zarr-python's ``StoreTests`` pattern)::
         def uri(self, tmp_path):
             return f"mine://{tmp_path}"
 
-Every test of the suite then runs against that backend. The pytest plugin (``labvault.testing.plugin``,
-registered under the ``pytest11`` entry point) adds the ``require_service`` helper.
+Every test of the suite then runs against that backend, including the bad-input table
+(``labvault.testing.bad_input``: several hundred refused calls, one subtest each; needs pytest >= 9). The
+pytest plugin (``labvault.testing.plugin``, registered under the ``pytest11`` entry point) adds the
+``require_service`` helper.
 """
 
+from labvault.testing.bad_input import BadInputTests
 from labvault.testing.suite import BackendTests
 
-__all__ = ["BackendTests"]
+__all__ = ["BackendTests", "BadInputTests"]

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import labvault
-from labvault.api import Run, Vault
+from labvault.api import Vault
 from labvault.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -34,6 +34,7 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
+from labvault.testing.bad_input import BadInputTests
 
 
 def _run_worker(func: str, *args: Any, timeout: float = 60) -> str:
@@ -53,7 +54,7 @@ def _start_runs_worker(args: tuple[str, str, int, str]) -> list[int]:
     return start_runs(*args)
 
 
-class BackendTests:
+class BackendTests(BadInputTests):
     """Subclass and provide a ``uri`` fixture returning the URI of a fresh, empty store."""
 
     #: Run the heavy cases (300 MB artifact) for this backend. Set on one class per backend family.
@@ -843,96 +844,7 @@ class BackendTests:
             assert run.refresh().status == "killed"  # the next reader notices the stopped heartbeat
 
     # ----------------------------------------------------------------------------------------------
-    # bad input: every case raises InvalidArgumentError naming the offending value; nothing is written
-    #: (label, kind of call, arguments, text the error message must contain)
-    BAD_CALLS: list[tuple[str, str, tuple[Any, ...], str]] = [
-        ("experiment name empty", "experiment", ("",), "empty"),
-        ("experiment name too long", "experiment", ("x" * 129,), "xxxxxxxx"),
-        ("experiment name traversal", "experiment", ("../etc",), "'../etc'"),
-        ("experiment name dotdot", "experiment", ("a..b",), "'a..b'"),
-        ("experiment name absolute", "experiment", ("/abs",), "'/abs'"),
-        ("experiment name NUL", "experiment", ("a\x00b",), "'a\\x00b'"),
-        ("experiment name SQL", "experiment", ("x'; DROP TABLE runs; --",), "DROP TABLE runs"),
-        ("experiment name glob", "experiment", ("exp*",), "'exp*'"),
-        ("experiment name percent", "experiment", ("100%",), "'100%'"),
-        ("experiment name not str", "experiment", (42,), "42"),
-        ("project name bad", "project", ("../other",), "'../other'"),
-        ("param key empty", "param", ("", 1), "empty"),
-        ("param key traversal", "param", ("../x", 1), "'../x'"),
-        ("param key leading slash", "param", ("/lr", 1), "'/lr'"),
-        ("param key NUL", "param", ("l\x00r", 1), "'l\\x00r'"),
-        ("param key quote", "param", ("lr'", 1), "lr'"),
-        ("param key too long", "param", ("k" * 251, 1), "kkkkkkkk"),
-        ("param value NaN", "param", ("lr", math.nan), "nan"),
-        ("param value inf", "param", ("lr", math.inf), "inf"),
-        ("param value object", "param", ("lr", object()), "object"),
-        ("param value set", "param", ("lr", {1, 2}), "set"),
-        ("param value bytes", "param", ("lr", b"raw"), "bytes"),
-        ("tag key glob", "tag", ("a[0]", "v"), "'a[0]'"),
-        ("tag value NUL", "tag", ("k", "v\x00"), "'v\\x00'"),
-        ("tag value list", "tag", ("k", [1]), "[1]"),
-        ("metric key glob", "metric", ("loss?", 1.0), "'loss?'"),
-        ("metric key SQL", "metric", ("a;b", 1.0), "'a;b'"),
-        ("metric value str", "metric", ("loss", "0.5"), "'0.5'"),
-        ("metric value None", "metric", ("loss", None), "None"),
-        ("metric value bool", "metric", ("loss", True), "True"),
-        ("metric step negative", "metric_step", ("loss", -1), "-1"),
-        ("metric step float", "metric_step", ("loss", 1.5), "1.5"),
-        ("metric timestamp inf", "metric_ts", ("loss", math.inf), "inf"),
-        ("result NaN", "result", ("r", math.nan), "nan"),
-        ("artifact key traversal", "artifact", ("../../etc/passwd", b"x"), "'../../etc/passwd'"),
-        ("artifact key absolute", "artifact", ("/etc/passwd", b"x"), "'/etc/passwd'"),
-        ("artifact key backslash", "artifact", ("a\\b", b"x"), "'a\\\\b'"),
-        ("artifact key empty segment", "artifact", ("a//b", b"x"), "'a//b'"),
-        ("artifact key NUL", "artifact", ("a\x00b", b"x"), "'a\\x00b'"),
-        ("artifact key glob", "artifact", ("*.png", b"x"), "'*.png'"),
-        ("artifact data int", "artifact", ("ok.txt", 12345), "int"),
-        ("uri unknown scheme", "uri", ("nosuch://x",), "'nosuch://x'"),
-        ("uri empty", "uri", ("",), "''"),
-        ("uri NUL", "uri", ("file://a\x00b",), "'file://a\\x00b'"),
-        ("uri bad scheme", "uri", ("s%3://x",), "'s%3://x'"),
-    ]
-
-    @pytest.mark.parametrize(("label", "kind", "args", "named"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
-    def test_bad_input_rejected_and_nothing_written(
-        self, vault: Vault, label: str, kind: str, args: tuple[Any, ...], named: str
-    ) -> None:
-        exp = vault.experiment("valid")
-        run = exp.start_run(params={"keep": 1})
-        before = (vault.backend.list_experiments(), vault.backend.get_run(run.id))
-        with pytest.raises(InvalidArgumentError) as info:
-            self._bad_call(vault, run, kind, args)
-        assert named in str(info.value), f"{label}: {str(info.value)!r} does not name {named!r}"
-        run.flush()
-        after = (vault.backend.list_experiments(), vault.backend.get_run(run.id))
-        assert after == before
-        run.end()
-
-    @staticmethod
-    def _bad_call(vault: Vault, run: Run, kind: str, args: tuple[Any, ...]) -> None:
-        if kind == "experiment":
-            vault.experiment(args[0])
-        elif kind == "project":
-            vault.experiment("fine", project=args[0])
-        elif kind == "param":
-            run.log_params({"ok_first": 1, args[0]: args[1]})
-        elif kind == "tag":
-            run.set_tags({"ok_first": "1", args[0]: args[1]})
-        elif kind == "metric":
-            run.log_metrics({"ok_first": 1.0, args[0]: args[1]})
-        elif kind == "metric_step":
-            run.log_metric(args[0], 1.0, step=args[1])
-        elif kind == "metric_ts":
-            run.log_metric(args[0], 1.0, timestamp=args[1])
-        elif kind == "result":
-            run.log_result(args[0], args[1])
-        elif kind == "artifact":
-            run.log_artifact(args[0], args[1])
-        elif kind == "uri":
-            labvault.open(args[0])
-        else:  # pragma: no cover - a typo in the table
-            raise AssertionError(kind)
-
+    # bad input: the table of refused calls lives in labvault.testing.bad_input (BadInputTests)
     def test_errors_are_labvault_errors(self, vault: Vault) -> None:
         with pytest.raises(LabvaultError):
             vault.get_run("not-an-id!")
