@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -489,10 +490,7 @@ class Vault:
         from labvault import query
 
         self._check_open()
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-            raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise InvalidArgumentError(f"offset must be a non-negative integer, got {offset!r}")
+        v.validate_page(limit, offset)
         expr = query.parse(filter)
         order = query.parse_order_by(order_by)
         infos = self._resolve_experiments(experiments, project)
@@ -840,16 +838,10 @@ class Run:
         """
         self._check_writable()
         v.validate_key(key, "metric key")
-        try:
-            vals = np.asarray(values, dtype=np.float64).reshape(-1)
-            ts = None if timestamps is None else np.asarray(timestamps, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidArgumentError(f"metric {key!r}: values and timestamps must be numbers: {exc}") \
-                from exc
+        vals = _float_array(key, "values", values)
         n = vals.shape[0]
         st = _series_steps(key, steps, n, self._next_step.get(key, 0))
-        if ts is None:
-            ts = np.full(n, time.time())
+        ts = np.full(n, time.time()) if timestamps is None else _float_array(key, "timestamps", timestamps)
         if ts.shape != (n,):
             raise InvalidArgumentError(f"metric {key!r}: timestamps must have {n} entries")
         self.flush_key(key)
@@ -1000,16 +992,42 @@ class Run:
 
     # -- ending ---------------------------------------------------------------------------------------------
     def end(self, status: str = "finished", error: str | None = None) -> None:
-        """Flush and mark the run ended with ``status`` (``finished``, ``failed`` or ``killed``)."""
+        """Flush and mark the run ended with ``status`` (``finished``, ``failed`` or ``killed``).
+
+        ``error`` is stored as given, so it must be valid text: a lone surrogate, a NUL or more than
+        ``MAX_ERROR_LENGTH`` characters raise ``InvalidArgumentError`` before anything is written (escape
+        it first with ``labvault.domain.validation.escape_error_text``; a ``with`` block does that for the
+        exception that ends it). The run is marked ended even when writing its buffered points fails; that
+        failure is raised afterwards.
+        """
         if status not in TERMINAL_STATUSES:
-            raise InvalidArgumentError(f"a run ends as one of {sorted(TERMINAL_STATUSES)}, not {status!r}")
+            raise InvalidArgumentError(
+                f"a run ends as one of {sorted(TERMINAL_STATUSES)}, not {v.show(status)}")
+        if error is not None:
+            v.validate_error_text(error)
+        problems = self._finish(status, error)
+        if problems:
+            for later in problems[1:]:
+                problems[0].add_note(f"ending run {self.id} also failed: {_describe(later)}")
+            raise problems[0]
+
+    def _finish(self, status: str, error: str | None) -> list[Exception]:
+        """Flush, then mark the run ended whatever the flush did; return what failed, in order."""
+        problems: list[Exception] = []
         try:
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:
+                problems.append(exc)
         finally:
             self.vault._unregister_active(self)
             self._active = False
             self._stale = True
-            self.vault.backend.update_run(self.id, status=status, end_time=now(), error=error)
+            try:
+                self.vault.backend.update_run(self.id, status=status, end_time=now(), error=error)
+            except Exception as exc:
+                problems.append(exc)
+        return problems
 
     def __enter__(self) -> Run:
         return self
@@ -1017,11 +1035,44 @@ class Run:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """End the run: ``finished``, or ``failed`` (``killed`` for ``KeyboardInterrupt``) with the
+        exception's text, escaped so it can always be stored. The exception raised in the block is the one
+        that propagates: if ending the run fails too, that is a warning and a note on the exception."""
         if exc is None:
             self.end("finished")
-        else:
-            text = "".join(traceback.format_exception_only(exc)).strip()
-            self.end("killed" if isinstance(exc, KeyboardInterrupt) else "failed", error=text)
+            return
+        status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
+        text = v.escape_error_text("".join(traceback.format_exception_only(exc)).strip())
+        problems = self._finish(status, text)
+        if problems:
+            message = (f"labvault: ending run {self.id} as {status!r} failed: "
+                       + "; ".join(_describe(p) for p in problems))
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            exc.add_note(message)
+
+
+def _describe(exc: BaseException) -> str:
+    """``ClassName: message`` of an exception, escaped so that printing it cannot fail."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<str() of the exception failed>"
+    return v.escape_error_text(f"{type(exc).__name__}: {text}")[:2000]
+
+
+def _float_array(key: str, what: str, data: Any) -> np.ndarray[Any, Any]:
+    """``data`` as a flat float64 array; ``InvalidArgumentError`` naming the metric when it is not real
+    numbers (strings, even numeric ones, and bools, as ``log_metric`` refuses them; objects; ragged lists)
+    or holds a number too large for a float."""
+    try:
+        raw = np.asarray(data)
+        if raw.dtype.kind not in "fiuO":
+            raise TypeError(f"{raw.dtype.name} is not a real number type")
+        return raw.astype(np.float64, copy=False).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgumentError(
+            f"metric {key!r}: {what} must be real numbers, got {v.show(data)} "
+            f"({type(exc).__name__}: {v.escape_error_text(str(exc))[:200]})") from None
 
 
 def _to_series(key: str, points: list[tuple[float, int, float]]) -> MetricSeries:

@@ -82,6 +82,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from labvault.domain.validation import check_text, show
 from labvault.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -506,8 +507,7 @@ def parse(text: str | None) -> Expr:
         raise InvalidArgumentError(f"filter must be a string, got {type(text).__name__}")
     if len(text) > _MAX_LENGTH:
         raise InvalidArgumentError(f"filter is longer than {_MAX_LENGTH:,} characters")
-    if "\x00" in text:
-        raise InvalidArgumentError(f"filter {text!r} contains a NUL character")
+    check_text(text, "filter")
     if not text.strip():
         return TrueExpr()
     return _Parser(text).parse()
@@ -538,9 +538,11 @@ def parse_order_by(items: Sequence[str] | str | None) -> list[OrderKey]:
     out: list[OrderKey] = []
     for item in items:
         if not isinstance(item, str) or not item.strip():
-            raise InvalidArgumentError(f"order_by entry {item!r} must be a non-empty string")
-        if len(item) > _MAX_LENGTH or "\x00" in item:
-            raise InvalidArgumentError(f"order_by entry {item[:100]!r} is too long or contains NUL")
+            raise InvalidArgumentError(f"order_by entry {show(item)} must be a non-empty string")
+        if len(item) > _MAX_LENGTH:
+            raise InvalidArgumentError(
+                f"order_by entry {show(item)} is longer than {_MAX_LENGTH:,} characters")
+        check_text(item, "order_by entry")
         try:
             groups = _split_commas(_tokenize(item, "order_by"))
             for tokens in groups:

@@ -369,3 +369,25 @@ def test_import_is_cheap() -> None:
     code = "import sys, labvault.cli; print('numpy' in sys.modules, 'pandas' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+def test_cli_refuses_text_that_is_not_unicode(runner: CliRunner, tmp_path: Path) -> None:
+    """Command-line bytes that are not UTF-8 arrive as lone surrogates; every command refuses them with a
+    one-line InvalidArgumentError naming the value (exit 1), never a UnicodeEncodeError traceback."""
+    auth = {"LABVAULT_AUTH_DB": str(tmp_path / "auth.db")}
+    assert invoke(runner, "users", "add", "ana", "--role", "admin", env=auth).exit_code == 0
+    uri = f"memory://{tmp_path.name}"
+    bad = "laptop \udcff"
+    for args, env in (
+        (("tokens", "create", "ana", "--description", bad), auth),
+        (("runs", "demo", "--uri", uri, "--filter", f"tags.t = '{bad}'"), {}),
+        (("runs", "demo", "--uri", uri, "--order-by", f"params.{bad}"), {}),
+        (("runs", bad, "--uri", uri), {}),
+    ):
+        result = invoke(runner, *args, env=env)
+        assert result.exit_code == 1 and not isinstance(result.exception, UnicodeError), (
+            args, result.output, result.exception)
+        assert "InvalidArgumentError" in result.output and "\\udcff" in result.output, (args, result.output)
+    from labvault.server.auth import AuthStore
+
+    assert AuthStore(tmp_path / "auth.db").tokens() == []  # nothing was issued

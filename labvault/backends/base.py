@@ -652,6 +652,7 @@ class Backend(ABC):
             _check_id(parent_id, "parent run id")
         if run_id is not None:
             _check_id(run_id, "run id")
+        v.validate_time(start_time, "start_time")
         info = self._create_run(
             _check_id(experiment_id, "experiment id"), name, parent_id, start_time,
             v.validate_params(params), v.validate_tags(tags), run_id=run_id,
@@ -677,6 +678,7 @@ class Backend(ABC):
         offset: int,
     ) -> list[RunInfo]:
         """Runs matching a parsed filter, sorted and paged. SQL backends compile the query."""
+        v.validate_page(limit, offset)
         return self._search_runs([_check_id(i, "experiment id") for i in experiment_ids],
                                  expr, order, limit, offset)
 
@@ -707,7 +709,12 @@ class Backend(ABC):
         from labvault.domain import RUN_STATUSES
 
         if status is not None and status not in RUN_STATUSES:
-            raise InvalidArgumentError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+            raise InvalidArgumentError(f"run status {v.show(status)} is not one of {', '.join(RUN_STATUSES)}")
+        if error is not None:
+            v.validate_error_text(error)
+        for what, when in (("end_time", end_time), ("heartbeat", heartbeat)):
+            if when is not None:
+                v.validate_time(when, what)
         fields: dict[str, Any] = {}
         for key, val in (("status", status), ("end_time", end_time), ("error", error),
                          ("heartbeat", heartbeat)):
@@ -910,7 +917,7 @@ def check_batch_id(value: object) -> str:
 
 def _check_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 64 or not (value.isalnum() and value.isascii()):
-        raise InvalidArgumentError(f"{what} {value!r} is not a valid labvault id")
+        raise InvalidArgumentError(f"{what} {v.show(value)} is not a valid labvault id")
     return value
 
 

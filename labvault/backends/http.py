@@ -327,7 +327,11 @@ class HTTPBackend(Backend):
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         resp = self.request(method, path, **kw)
-        return orjson.loads(resp.content) if resp.content else None
+        if not resp.content:
+            return None
+        if resp.headers.get("content-type") == wire.BIGINT_JSON_MEDIA_TYPE:
+            return json.loads(resp.content)  # integers beyond 64 bits, which orjson reads as floats
+        return orjson.loads(resp.content)
 
     # -- server ----------------------------------------------------------------------------------------------
     def check_online(self, timeout: float = 3.0) -> bool:

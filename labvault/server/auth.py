@@ -41,6 +41,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 
+from labvault.domain import validation as v
 from labvault.errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -134,7 +135,7 @@ class TokenRecord:
 def check_role(role: object) -> str:
     """Return ``role`` when it is one of reader, writer, admin."""
     if role not in _RANK:
-        raise InvalidArgumentError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        raise InvalidArgumentError(f"role {v.show(role)} is not one of {', '.join(ROLES)}")
     assert isinstance(role, str)
     return role
 
@@ -143,7 +144,7 @@ def check_user_name(name: object) -> str:
     """User names: 1-64 letters, digits, '_', '.', '@' and '-', starting with a letter or digit."""
     if not isinstance(name, str) or not _USER_RE.fullmatch(name):
         raise InvalidArgumentError(
-            f"invalid user name {name!r}: use 1-64 letters, digits, '_', '.', '@' and '-', "
+            f"invalid user name {v.show(name)}: use 1-64 letters, digits, '_', '.', '@' and '-', "
             "starting with a letter or digit"
         )
     return name
@@ -259,6 +260,8 @@ class AuthStore:
             raise InvalidArgumentError(f"expires_in must be a positive number of seconds, got {expires_in!r}")
         if description is not None and (not isinstance(description, str) or len(description) > 200):
             raise InvalidArgumentError("token description must be a string of at most 200 characters")
+        if description is not None:
+            v.check_text(description, "token description")
         conn = self._connect()
         if conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
             raise NotFoundError(f"no user {user!r}; add it with: labvault users add {user} --role reader")

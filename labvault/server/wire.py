@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 API_PREFIX = "/api/v1"
 API_VERSION = 1
 METRICS_MEDIA_TYPE = "application/vnd.labvault.metrics"
+#: The content type of a JSON response holding integers beyond 64 bits (params and results may: see
+#: ``labvault.domain.validation``): orjson would read them as lossy floats, so clients use ``json`` then.
+BIGINT_JSON_MEDIA_TYPE = "application/json; labvault-ints=exact"
 SHA256_HEADER = "X-Labvault-Sha256"
 _MAGIC = b"LVM1"
 _MAX_KEY_BYTES = 4096
