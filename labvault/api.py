@@ -509,9 +509,13 @@ class Vault:
     ) -> list[ExperimentInfo]:
         if experiments is None:
             return self.backend.list_experiments(project)
-        items: Sequence[str | Experiment] = (
-            [experiments] if isinstance(experiments, str | Experiment) else experiments
-        )
+        if isinstance(experiments, str | Experiment):
+            items: Sequence[str | Experiment] = [experiments]
+        elif isinstance(experiments, list | tuple):
+            items = experiments
+        else:
+            raise InvalidArgumentError(
+                f"experiments must be a name, an Experiment or a list of them, got {v.show(experiments)}")
         out: list[ExperimentInfo] = []
         for item in items:
             if isinstance(item, Experiment):
@@ -970,8 +974,13 @@ class Run:
         """
         if self._active or self._artifacts:  # also waits for a background flush in progress
             self._flush_artifacts()
+        if not isinstance(path, str | os.PathLike):
+            raise InvalidArgumentError(f"download path must be a str or os.PathLike, got {v.show(path)}")
+        text = os.fspath(path)
+        if not isinstance(text, str) or not text or "\x00" in text:
+            raise InvalidArgumentError(f"download path {v.show(text)} must be a non-empty path without NUL")
         info = self.vault.backend.get_artifact_info(self.id, key)
-        target = Path(path)
+        target = Path(text)
         if target.is_dir():
             target = target / key.rsplit("/", 1)[-1]
         if target.exists() and not overwrite:
@@ -1066,6 +1075,8 @@ def _float_array(key: str, what: str, data: Any) -> np.ndarray[Any, Any]:
     or holds a number too large for a float."""
     try:
         raw = np.asarray(data)
+        if raw.ndim == 0:
+            raise TypeError("a single value is not a sequence of points")
         if raw.dtype.kind not in "fiuO":
             raise TypeError(f"{raw.dtype.name} is not a real number type")
         return raw.astype(np.float64, copy=False).reshape(-1)
@@ -1117,9 +1128,16 @@ def _series_steps(key: str, steps: Iterable[int] | np.ndarray[Any, Any] | None, 
         # Floats, bools, objects: one by one, the first bad step named. A list is checked as given, since
         # numpy turns [1, 2**63] into floats and [2**64] into objects.
         items = raw.tolist() if isinstance(steps, np.ndarray) else list(steps)
-        return np.array([v.validate_step(key, x) for x in items], dtype=np.int64)
+        out = np.empty(n, dtype=np.int64)
+        for i, x in enumerate(items):
+            try:
+                out[i] = v.validate_step(key, x)
+            except InvalidArgumentError:
+                raise v.step_error(key, x, f"steps[{i}]") from None
+        return out
     if bad.any():
-        raise v.step_error(key, raw[int(np.argmax(bad))])
+        first = int(np.argmax(bad))
+        raise v.step_error(key, raw[first], f"steps[{first}]")
     return raw.astype(np.int64)
 
 

@@ -535,6 +535,8 @@ def parse_order_by(items: Sequence[str] | str | None) -> list[OrderKey]:
         return []
     if isinstance(items, str):
         items = [items]
+    elif not isinstance(items, list | tuple):
+        raise InvalidArgumentError(f"order_by must be a string or a list of strings, got {show(items)}")
     out: list[OrderKey] = []
     for item in items:
         if not isinstance(item, str) or not item.strip():

@@ -6,7 +6,7 @@ message names the bad input, and that the store (snapshot through the API) is un
 written by hand on a raw socket, so the bytes on the wire are exactly the ones in the table (a JSON
 ``"\\udcff"`` escape, a percent-encoded lone surrogate, a malformed header).
 
-The schemathesis run at the end fuzzes every endpoint (the metric ones weighted up) and mixes strings
+The schemathesis run at the end fuzzes every endpoint (the metric ones weighted 5x) and mixes strings
 with lone surrogates and NULs into the generated bodies, query and path parameters: any 5xx is a failure.
 """
 
@@ -145,7 +145,7 @@ def _j(doc: Any) -> bytes:
 
 
 INVALID, NOT_FOUND, AUTH = "InvalidArgumentError", "NotFoundError", "AuthenticationError"
-HUGE = "1" + "0" * 30  # an integer beyond 64 bits, as JSON text
+HUGE = "1" + "0" * 4400  # an integer of more digits than labvault keeps (4,300), as JSON text
 R = "/runs/{run}"
 
 
@@ -158,32 +158,32 @@ def _body_cases() -> list[HTTPCase]:
     """Malformed JSON, wrong JSON types, surrogate / NUL escapes and oversize numbers in bodies."""
     return [
         _c("experiment JSON truncated", "POST", "/experiments", 422, INVALID, "JSON", b'{"name": '),
-        _c("experiment JSON not UTF-8", "POST", "/experiments", 400, INVALID, "body", b'{"name": "\xff"}'),
+        _c("experiment JSON not UTF-8", "POST", "/experiments", 422, INVALID, "body", b'{"name": "\xff"}'),
         _c("experiment body a list", "POST", "/experiments", 422, INVALID, "body", b"[]"),
         _c("experiment name a number", "POST", "/experiments", 422, INVALID, "name", _j({"name": 42})),
         _c("experiment unknown field", "POST", "/experiments", 422, INVALID, "extra",
            _j({"name": "ok", "extra": 1})),
         _c("experiment name traversal", "POST", "/experiments", 400, INVALID, "'../x'", _j({"name": "../x"})),
-        _c("experiment name lone surrogate", "POST", "/experiments", 400, INVALID, "\\udcff",
+        _c("experiment name lone surrogate", "POST", "/experiments", 422, INVALID, "\\udcff",
            _j({"name": "a\udcff"})),
         _c("experiment name NUL", "POST", "/experiments", 400, INVALID, "\\x00", _j({"name": "a\x00b"})),
-        _c("project lone surrogate", "POST", "/experiments", 400, INVALID, "\\ud800",
+        _c("project lone surrogate", "POST", "/experiments", 422, INVALID, "\\ud800",
            _j({"name": "ok", "project": "\ud800"})),
-        _c("run params lone surrogate", "POST", "/experiments/{exp}/runs", 400, INVALID, "'p'",
+        _c("run params lone surrogate", "POST", "/experiments/{exp}/runs", 422, INVALID, "\\udcff",
            _j({"params": {"p": "\udcff"}})),
         _c("run params nested NUL key", "POST", "/experiments/{exp}/runs", 400, INVALID, "'p'",
            _j({"params": {"p": {"k\x00": 1}}})),
         _c("run params 1e400", "POST", "/experiments/{exp}/runs", 400, INVALID, "'p'",
            b'{"params": {"p": 1e400}}'),
-        _c("run params huge int", "POST", "/experiments/{exp}/runs", 400, INVALID, "'p'",
+        _c("run params huge int", "POST", "/experiments/{exp}/runs", 422, INVALID, "4300",
            b'{"params": {"p": ' + HUGE.encode() + b"}}"),
         _c("run tags 1e999", "POST", "/experiments/{exp}/runs", 400, INVALID, "'t'",
            b'{"tags": {"t": 1e999}}'),
-        _c("run tags 5000 digits", "POST", "/experiments/{exp}/runs", 400, INVALID, "body",
+        _c("run tags 5000 digits", "POST", "/experiments/{exp}/runs", 422, INVALID, "body",
            b'{"tags": {"t": 1' + b"0" * 5000 + b"}}"),
-        _c("run tags lone surrogate", "POST", "/experiments/{exp}/runs", 400, INVALID, "'t'",
+        _c("run tags lone surrogate", "POST", "/experiments/{exp}/runs", 422, INVALID, "\\udcff",
            _j({"tags": {"t": "x\udcff"}})),
-        _c("run name lone surrogate", "POST", "/experiments/{exp}/runs", 400, INVALID, "\\udcff",
+        _c("run name lone surrogate", "POST", "/experiments/{exp}/runs", 422, INVALID, "\\udcff",
            _j({"name": "\udcff"})),
         _c("run start_time NaN", "POST", "/experiments/{exp}/runs", 422, INVALID, "start_time",
            b'{"start_time": NaN}'),
@@ -195,7 +195,7 @@ def _body_cases() -> list[HTTPCase]:
         _c("run parent missing", "POST", "/experiments/{exp}/runs", 404, NOT_FOUND, "e" * 32,
            _j({"parent_id": "e" * 32})),
         _c("patch status bogus", "PATCH", R, 400, INVALID, "'bogus'", _j({"status": "bogus"})),
-        _c("patch error lone surrogate", "PATCH", R, 400, INVALID, "error", _j({"error": "boom \udcff"})),
+        _c("patch error lone surrogate", "PATCH", R, 422, INVALID, "\\udcff", _j({"error": "boom \udcff"})),
         _c("patch error NUL", "PATCH", R, 400, INVALID, "error", _j({"error": "bo\x00om"})),
         _c("patch error a number", "PATCH", R, 422, INVALID, "error", _j({"error": 42})),
         _c("patch end_time 1e400", "PATCH", R, 422, INVALID, "end_time", b'{"end_time": 1e400}'),
@@ -203,19 +203,20 @@ def _body_cases() -> list[HTTPCase]:
         _c("params body null", "POST", R + "/params", 422, INVALID, "body", b"null"),
         # every params case logs its own key: a defect that stores one must not turn the next into a conflict
         _c("params key traversal", "POST", R + "/params", 400, INVALID, "'../k'", _j({"../k": 1})),
-        _c("params key lone surrogate", "POST", R + "/params", 400, INVALID, "\\udcff", _j({"k\udcff": 1})),
-        _c("params value lone surrogate", "POST", R + "/params", 400, INVALID, "'k1'", _j({"k1": "\udcff"})),
+        _c("params key lone surrogate", "POST", R + "/params", 422, INVALID, "\\udcff", _j({"k\udcff": 1})),
+        _c("params value lone surrogate", "POST", R + "/params", 422, INVALID, "\\udcff",
+           _j({"k1": "\udcff"})),
         _c("params value NaN", "POST", R + "/params", 400, INVALID, "nan", b'{"k2": NaN}'),
         _c("params value Infinity", "POST", R + "/params", 400, INVALID, "inf", b'{"k3": -Infinity}'),
-        _c("params value huge int", "POST", R + "/params", 400, INVALID, "'k4'",
+        _c("params value huge int", "POST", R + "/params", 422, INVALID, "4300",
            b'{"k4": ' + HUGE.encode() + b"}"),
         _c("params nested NUL key", "POST", R + "/params", 400, INVALID, "'k5'", _j({"k5": [{"a\x00": 1}]})),
         _c("tags value a list", "POST", R + "/tags", 400, INVALID, "'t'", _j({"t": [1]})),
-        _c("tags value lone surrogate", "POST", R + "/tags", 400, INVALID, "'t'", _j({"t": "\udcff"})),
+        _c("tags value lone surrogate", "POST", R + "/tags", 422, INVALID, "\\udcff", _j({"t": "\udcff"})),
         _c("tags value NUL", "POST", R + "/tags", 400, INVALID, "'t'", _j({"t": "\x00"})),
-        _c("results nested surrogate key", "POST", R + "/results", 400, INVALID, "'r'",
+        _c("results nested surrogate key", "POST", R + "/results", 422, INVALID, "\\udcff",
            _j({"r": {"\udcff": 1}})),
-        _c("results value huge int", "POST", R + "/results", 400, INVALID, "'r'",
+        _c("results value huge int", "POST", R + "/results", 422, INVALID, "4300",
            b'{"r": [' + HUGE.encode() + b"]}"),
     ]
 
@@ -260,7 +261,7 @@ def _metric_cases() -> list[HTTPCase]:
         _c("batch run id traversal", "POST", "/batch", 400, INVALID, "'../x'",
            _j({"items": [{"run_id": "../x", "params": {"a": 1}}]})),
         _c("batch items not a list", "POST", "/batch", 422, INVALID, "items", _j({"items": 1})),
-        _c("batch tags lone surrogate", "POST", "/batch", 400, INVALID, "'t'",
+        _c("batch tags lone surrogate", "POST", "/batch", 422, INVALID, "\\udcff",
            _j({"items": [{"run_id": "{run}", "tags": {"t": "\udcff"}}]})),
         _c("batch second item bad", "POST", "/batch", 400, INVALID, "batch item 1",
            _j({"items": [{"run_id": "{run}", "params": {"fresh": 1}},
@@ -283,7 +284,7 @@ def _search_and_artifact_cases() -> list[HTTPCase]:
     digest = "0" * 64
     return [
         _c("search filter syntax", "POST", search, 400, INVALID, "column", _j({"filter": "params.lr >> 1"})),
-        _c("search filter lone surrogate", "POST", search, 400, INVALID, "\\udcff",
+        _c("search filter lone surrogate", "POST", search, 422, INVALID, "\\udcff",
            _j({"filter": "tags.t = '\udcff'"})),
         _c("search filter NUL", "POST", search, 400, INVALID, "NUL", _j({"filter": "tags.t = '\x00'"})),
         _c("search filter a number", "POST", search, 422, INVALID, "filter", _j({"filter": 42})),
@@ -579,7 +580,7 @@ def test_schemathesis_finds_no_server_errors(fuzz_server: Server) -> None:
         op = result.ok()
         if op.path.endswith("/events"):
             continue  # an endless stream; covered by tests/test_server.py::test_event_stream
-        weight = 3 if "metric" in op.path else 1  # the metric endpoints get more of the examples
+        weight = 5 if "metric" in op.path else 1  # the metric endpoints get more of the examples
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
             strategies += [op.as_strategy(generation_mode=mode)] * weight
     kinds: dict[str, list[bytes]] = {}  # one entry per (route, answer): the same defect is listed once

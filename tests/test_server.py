@@ -414,15 +414,16 @@ def test_client_reraises_the_servers_error_classes(served: Served, tokens: Token
 
 
 def test_token_description_is_checked_text(admin: httpx.Client, auth_db: tuple[AuthStore, Tokens]) -> None:
-    """A lone surrogate (a valid JSON escape) or NUL in a token description is a 400, not a 500 from the
-    auth store's SQLite, and no token is issued."""
+    """A lone surrogate (a valid JSON escape, refused by the body parser: 422) or NUL (refused by the
+    text check: 400) in a token description is a 4xx, not a 500 from the auth store's SQLite, and no
+    token is issued."""
     store = auth_db[0]
     before = [t.id for t in store.tokens()]
-    for escape, shown in (("\\udcff", "'\\udcff'"), ("\\u0000", "\\x00")):
+    for escape, shown, code in (("\\udcff", "\\udcff", 422), ("\\u0000", "\\x00", 400)):
         body = f'{{"user": "rita", "description": "laptop {escape}"}}'.encode()
         resp = admin.post("/tokens", content=body, headers={"Content-Type": "application/json"})
         status, err, message = error_of(resp)
-        assert (status, err) == (400, "InvalidArgumentError") and shown in message, resp.text
+        assert (status, err) == (code, "InvalidArgumentError") and shown in message, resp.text
     assert [t.id for t in store.tokens()] == before
 
 

@@ -728,23 +728,26 @@ class Backend(ABC):
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Write-once params: an equal value again is a no-op, a different one raises ``ConflictError``."""
+        run_id = _check_id(run_id, "run id")
         checked = v.validate_params(params)
         if checked:
-            self._log_params(_check_id(run_id, "run id"), checked)
+            self._log_params(run_id, checked)
             self._emit("params.logged", None, run_id, keys=sorted(checked))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Tags: the last write wins."""
+        run_id = _check_id(run_id, "run id")
         checked = v.validate_tags(tags)
         if checked:
-            self._set_tags(_check_id(run_id, "run id"), checked)
+            self._set_tags(run_id, checked)
             self._emit("tags.set", None, run_id, keys=sorted(checked))
 
     def log_results(self, run_id: str, results: Mapping[str, Any]) -> None:
         """Named outputs; logging a name again replaces its value."""
+        run_id = _check_id(run_id, "run id")
         checked = v.validate_params(results, "result")
         if checked:
-            self._log_results(_check_id(run_id, "run id"), checked)
+            self._log_results(run_id, checked)
             self._emit("results.logged", None, run_id, keys=sorted(checked))
 
     def log_metrics(self, run_id: str, series: Sequence[MetricSeries], *,
@@ -758,10 +761,11 @@ class Backend(ABC):
         is stored exactly once however often it travels. A backend recognises a re-sent batch while it
         is among the run's last ``BATCH_MEMORY`` batches (Redis: also for an hour), far beyond any retry.
         """
+        run_id = _check_id(run_id, "run id")
         if batch_id is not None:
             check_batch_id(batch_id)
         batch = check_metric_batch(series)
-        if batch and self._log_metrics(_check_id(run_id, "run id"), batch, batch_id):
+        if batch and self._log_metrics(run_id, batch, batch_id):
             self._emit("metric.logged", None, run_id, keys=sorted({b.key for b in batch}),
                        points=sum(len(b) for b in batch))
 
@@ -893,10 +897,12 @@ def check_metric_batch(series: Iterable[MetricSeries]) -> list[MetricSeries]:
             raise InvalidArgumentError(f"metric {s.key!r}: arrays must be int64 / float64 / float64")
         negative = s.steps < 0
         if negative.any():
-            raise v.step_error(s.key, int(s.steps[int(np.argmax(negative))]))
+            first = int(np.argmax(negative))
+            raise v.step_error(s.key, int(s.steps[first]), f"steps[{first}]")
         finite = np.isfinite(s.timestamps)
         if not finite.all():
-            v.validate_timestamp(s.key, float(s.timestamps[int(np.argmin(finite))]))
+            first = int(np.argmin(finite))
+            v.validate_time(float(s.timestamps[first]), f"metric {s.key!r} timestamps[{first}]")
         batch.append(s)
     return batch
 

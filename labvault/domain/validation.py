@@ -317,8 +317,11 @@ def validate_metric_value(key: str, value: object) -> float:
     if isinstance(value, int) and not isinstance(value, bool):
         return _to_float(value, f"metric {key!r} value")
     item = getattr(value, "item", None)
-    if callable(item) and not isinstance(value, bool | str | bytes):
-        converted = item()
+    if callable(item) and not isinstance(value, bool | str | bytes) and getattr(value, "size", 1) == 1:
+        try:
+            converted = item()
+        except (TypeError, ValueError):  # e.g. an array: refused below, naming it
+            converted = None
         if isinstance(converted, int | float) and not isinstance(converted, bool):
             return _to_float(converted, f"metric {key!r} value") if isinstance(converted, int) \
                 else float(converted)
@@ -331,10 +334,10 @@ def validate_metric_value(key: str, value: object) -> float:
 MAX_STEP = 2**63 - 1
 
 
-def step_error(key: str, step: object) -> InvalidArgumentError:
-    """The error for a step that cannot be stored, naming it."""
+def step_error(key: str, step: object, where: str = "step") -> InvalidArgumentError:
+    """The error for a step that cannot be stored, naming it (``where``: e.g. ``"steps[3]"``)."""
     return InvalidArgumentError(
-        f"metric {key!r} step must be an integer from 0 to 2**63 - 1 (int64), "
+        f"metric {key!r} {where} must be an integer from 0 to 2**63 - 1 (int64), "
         f"got {type(step).__name__} {show(step)}"
     )
 

@@ -99,7 +99,8 @@ def float_in(value: object, what: str = "value") -> float:
     if value in ("NaN", "Infinity", "-Infinity"):
         assert isinstance(value, str)
         return float(value)
-    raise InvalidArgumentError(f"{what} must be a number, 'NaN', 'Infinity' or '-Infinity', got {value!r}")
+    raise InvalidArgumentError(
+        f"{what} must be a number, 'NaN', 'Infinity' or '-Infinity', got {validation.show(value)}")
 
 
 # -- records -------------------------------------------------------------------------------------------------
@@ -169,12 +170,14 @@ def series_in_json(doc: object) -> MetricSeries:
         raise InvalidArgumentError(f"metric {key!r}: steps, values and timestamps must be arrays")
     steps_in, values_in, times_in = raw
     assert isinstance(steps_in, list) and isinstance(values_in, list) and isinstance(times_in, list)
-    for s in steps_in:  # exact Python ints from the JSON parser: checked before any int64 conversion
+    for i, s in enumerate(steps_in):  # exact Python ints from the JSON parser: checked before int64
         if s.__class__ is not int or not 0 <= s <= validation.MAX_STEP:
-            raise validation.step_error(key, s)
+            raise validation.step_error(key, s, f"steps[{i}]")
     try:
-        values = np.array([float_in(x, f"metric {key!r} value") for x in values_in], dtype=np.float64)
-        times = np.array([float_in(x, f"metric {key!r} timestamp") for x in times_in], dtype=np.float64)
+        values = np.array([float_in(x, f"metric {key!r} values[{i}]") for i, x in enumerate(values_in)],
+                          dtype=np.float64)
+        times = np.array([float_in(x, f"metric {key!r} timestamps[{i}]") for i, x in enumerate(times_in)],
+                         dtype=np.float64)
     except OverflowError as exc:
         raise InvalidArgumentError(f"metric {key!r}: a number is out of range") from exc
     return MetricSeries(key, np.array(steps_in, dtype=np.int64).reshape(-1), values, times)
