@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import logging
 import math
 import os
 import threading
@@ -51,6 +52,7 @@ BUFFERED_ARTIFACT_SIZE = 64 * 1024
 BUFFERED_ARTIFACT_BYTES = 16 * 1024 * 1024
 
 _open_vaults: weakref.WeakSet[Vault] = weakref.WeakSet()
+_log = logging.getLogger("labvault")
 
 
 @atexit.register
@@ -60,6 +62,16 @@ def _flush_all_at_exit() -> None:
             vault.close()
         except Exception:
             traceback.print_exc()
+
+
+def _warn_background(run: Run, what: str, exc: Exception) -> None:
+    """Log a failure of the background flusher once per run and distinct error (it retries every
+    interval; ``flush()`` and ``close()`` raise it to the owner)."""
+    text = f"{type(exc).__name__}: {exc}"
+    if run._flush_error != text:
+        run._flush_error = text
+        _log.warning("background %s of run %s failed (retried; flush() or close() raises it): %s",
+                     what, run.id, text)
 
 
 class Vault:
@@ -215,13 +227,14 @@ class Vault:
             for run in runs:
                 try:
                     run.flush()
-                except Exception:  # keep flushing the others; the owner sees it on flush()
-                    run._flush_error = traceback.format_exc()
+                    run._flush_error = None
+                except Exception as exc:  # keep flushing the others; the owner sees it on flush()
+                    _warn_background(run, "flush", exc)
                 if beat:  # a run whose flush fails is still alive: keep its heartbeat fresh
                     try:
                         self.backend.update_run(run.id, heartbeat=now())
-                    except Exception:
-                        run._flush_error = traceback.format_exc()
+                    except Exception as exc:
+                        _warn_background(run, "heartbeat", exc)
             try:
                 self.backend.sync()  # group commit: what this interval wrote survives a power loss
             except Exception:  # retried next interval, and raised by close()

@@ -215,12 +215,15 @@ def test_group_commit_drained_by_flusher(tmp_path: Path, scheme: str) -> None:
         run.end()
 
 
-def test_heartbeat_goes_on_while_a_flush_fails(tmp_path: Path) -> None:
+def test_heartbeat_goes_on_while_a_flush_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The background flusher beats the heartbeat of a run whose flush fails (here its artifact store is
     unwritable: a regular file stands where its folder must be), so a live run is never taken for a dead
-    one; the points stay buffered and a flush writes them once the store is back."""
+    one; it logs the failure once (not at every retry); the points stay buffered and a flush writes them
+    once the store is back."""
+    import logging
     import time
 
+    caplog.set_level(logging.WARNING, logger="labvault")
     blobs = tmp_path / "blobs"
     blobs.write_bytes(b"not a folder")
     with labvault.open("memory://", artifacts=f"file://{blobs}", flush_interval=0.02) as vault:
@@ -236,6 +239,9 @@ def test_heartbeat_goes_on_while_a_flush_fails(tmp_path: Path) -> None:
         assert run._flush_error is not None, "the flush did not fail: the test proves nothing"
         assert vault.backend.get_run(run.id).heartbeat != 1.0, "no heartbeat while the flush fails"
         assert len(vault.backend.metric_history(run.id, "m")) == 0
+        time.sleep(0.1)  # several more failing intervals
+        warned = [r for r in caplog.records if "background flush of run" in r.getMessage()]
+        assert len(warned) == 1 and run.id in warned[0].getMessage(), [r.getMessage() for r in warned]
         blobs.unlink()
         vault.flush()
         assert run.get_artifact("small.txt") == b"buffered"

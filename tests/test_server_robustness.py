@@ -232,6 +232,25 @@ def test_artifact_size_must_match_the_blob(server: Server) -> None:
         assert [a["size"] for a in c.get(f"/runs/{run}/artifacts").json()] == [10]
 
 
+def test_content_with_a_wrong_digest_is_not_stored(server: Server) -> None:
+    """``POST /content`` with an ``X-...-Sha256`` the bytes do not have is refused before the blob store
+    commits: no blob appears under the real digest (before, a 400 came back but the bytes were kept)."""
+    import hashlib
+
+    with server.client(server.writer) as c:
+        for size in (10, 300_000):  # inline and streamed sizes
+            payload = secrets.token_bytes(size)
+            digest = hashlib.sha256(payload).hexdigest()
+            resp = c.post("/content", content=payload, headers={wire.SHA256_HEADER: "0" * 64})
+            assert resp.status_code == 400 and "0" * 64 in resp.json()["message"], resp.text
+            assert c.head(f"/content/{digest}").status_code == 404, f"{size} bytes were stored"
+            bad = c.post("/content", content=payload, headers={wire.SHA256_HEADER: "xyz"})
+            assert bad.status_code == 400 and "'xyz'" in bad.json()["message"], bad.text
+            ok = c.post("/content", content=payload, headers={wire.SHA256_HEADER: digest.upper()})
+            assert ok.status_code == 200 and ok.json() == {"digest": digest, "size": size}
+            assert c.head(f"/content/{digest}").status_code == 200
+
+
 def test_openapi_document_is_valid_and_every_ref_resolves(tmp_path: Path) -> None:
     from jsonschema.validators import Draft202012Validator
     from referencing import Registry, Resource

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -327,6 +328,31 @@ class _BodyReader(io.RawIOBase):
 async def _with_body(request: Request, limit: int | None, what: str, func: Callable[[BinaryIO], T]) -> T:
     reader = io.BufferedReader(_BodyReader(request, limit, what), CHUNK_SIZE)
     return await anyio.to_thread.run_sync(func, reader)
+
+
+class _DigestCheckingReader(io.RawIOBase):
+    """A body whose sha256 must be ``expected``: the read that reaches its end raises
+    ``InvalidArgumentError`` instead of returning EOF when it is not, so the blob store abandons the
+    write (nothing is stored under any digest) rather than committing content the client did not mean."""
+
+    def __init__(self, raw: BinaryIO, expected: str) -> None:
+        self._raw = raw
+        self._expected = expected
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        if data:
+            self._hash.update(data)
+            buffer[: len(data)] = data
+            return len(data)
+        digest = self._hash.hexdigest()
+        if digest != self._expected:
+            raise InvalidArgumentError(f"uploaded content has sha256 {digest}, not {self._expected!r}")
+        return 0
 
 
 class _ConcatReader(io.RawIOBase):
@@ -1044,10 +1070,16 @@ def _router(state: ServerState) -> APIRouter:
                      "schema": {"type": "string", "format": "binary"}}}}})
     async def put_content(request: Request, p: Writer) -> Response:
         expected = request.headers.get(wire.SHA256_HEADER)
-        digest, size = await _with_body(request, state.config.max_upload_size, "upload",
-                                        state.blobs.put_content)
-        if expected is not None and expected.lower() != digest:
-            raise InvalidArgumentError(f"uploaded content has sha256 {digest}, not {expected[:80]!r}")
+        if expected is not None and not _DIGEST_RE.fullmatch(expected.lower()):
+            raise InvalidArgumentError(f"{wire.SHA256_HEADER} {expected[:80]!r} is not a sha256 hex digest")
+
+        def store(body: BinaryIO) -> tuple[str, int]:
+            if expected is None:
+                return state.blobs.put_content(body)
+            return state.blobs.put_content(io.BufferedReader(_DigestCheckingReader(body, expected.lower()),
+                                                             CHUNK_SIZE))
+
+        digest, size = await _with_body(request, state.config.max_upload_size, "upload", store)
         return _JSON({"digest": digest, "size": size})
 
     @router.head("/content/{digest}", tags=["content"], summary="Whether content is stored")
