@@ -227,8 +227,8 @@ class Load:
 
     async def flush(self, client: httpx.AsyncClient, state: ClientState) -> None:
         """One metric flush: every key, ``--points`` new steps each, in one binary request."""
+        from labvault import wire
         from labvault.domain import MetricSeries
-        from labvault.server import wire
 
         n = self.args.points
         start = state.next_step
@@ -248,7 +248,7 @@ class Load:
 
     async def upload(self, client: httpx.AsyncClient, state: ClientState) -> None:
         """One small artifact, as ``HTTPBackend`` sends it: content first, then the run's index entry."""
-        from labvault.server import wire
+        from labvault import wire
 
         payload = os.urandom(self.args.artifact_size)
         digest = hashlib.sha256(payload).hexdigest()

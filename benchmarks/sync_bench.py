@@ -74,7 +74,7 @@ def _drop_pg(handle: Any) -> None:
 
 def s3_available() -> bool:
     """An ``s3://`` metadata backend is registered and a SeaweedFS binary is there to serve it."""
-    from labvault.backends import registry
+    from labvault.store import registry
 
     try:
         registry.backend_class("s3")

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from labvault import errors
+from labvault._defaults import DEFAULT_URI, EMBEDDED_DB_NAME
 from labvault.errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -30,14 +31,16 @@ from labvault.errors import (
 )
 
 if TYPE_CHECKING:
-    from labvault.api import Experiment, Run, RunList, Vault
-    from labvault.backends.base import Backend, BlobStore
+    from labvault.blobs.abc import BlobStore
+    from labvault.client import Experiment, Run, RunList, Vault
+    from labvault.store.abc import Backend
     from labvault.sync import SyncReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_URI",
+    "EMBEDDED_DB_NAME",
     "AlreadyExistsError",
     "AuthenticationError",
     "BackendUnavailableError",
@@ -59,15 +62,11 @@ __all__ = [
     "open_backend",
 ]
 
-#: Where ``labvault.open()`` keeps data when neither a URI nor ``$LABVAULT_URI`` is given.
-DEFAULT_URI = "./labvault-data"
-#: Inside a directory, this file marks the embedded default layout (SQLite metadata + local blobs).
-EMBEDDED_DB_NAME = "labvault.db"
-
-_LAZY = {"Vault": "labvault.api", "Experiment": "labvault.api", "Run": "labvault.api",
-         "RunList": "labvault.api"}
+_LAZY = {"Vault": "labvault.client", "Experiment": "labvault.client", "Run": "labvault.client",
+         "RunList": "labvault.client"}
 #: Submodules reachable as ``labvault.<name>`` after a plain ``import labvault``, imported on first use.
-_SUBMODULES = frozenset({"api", "backends", "blobs", "domain", "gc", "query", "server", "sync", "testing"})
+_SUBMODULES = frozenset({"api", "backends", "blobs", "cli", "client", "domain", "gc", "query", "server",
+                         "store", "sync", "testing", "wire"})
 
 
 def __getattr__(name: str) -> Any:
@@ -84,35 +83,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
-def _resolve_uri(uri: str | os.PathLike[str] | None) -> tuple[str, str]:
-    """Return (scheme, uri) for what the user passed, applying the defaults."""
-    from pathlib import Path
-
-    from labvault._uri import uri_scheme
-
-    if uri is None:
-        uri = os.environ.get("LABVAULT_URI") or None
-    if uri is None:
-        return "sqlite", _embedded_sqlite_uri(Path(DEFAULT_URI))
-    if isinstance(uri, os.PathLike):
-        uri = os.fspath(uri)
-    if not isinstance(uri, str):
-        raise InvalidArgumentError(f"uri must be a string or a path, got {type(uri).__name__}")
-    if not uri or uri.strip() != uri or "\x00" in uri:
-        raise InvalidArgumentError(f"invalid vault URI {uri!r}: empty, padded or containing NUL")
-    scheme = uri_scheme(uri, "vault URI")
-    if scheme is not None:
-        return scheme, uri
-    path = Path(uri).expanduser()
-    if (path / EMBEDDED_DB_NAME).is_file():
-        return "sqlite", _embedded_sqlite_uri(path)
-    return "file", uri
-
-
-def _embedded_sqlite_uri(directory: Any) -> str:
-    return f"sqlite:///{directory / EMBEDDED_DB_NAME}"
-
-
 def open_backend(
     uri: str | os.PathLike[str] | None = None,
     *,
@@ -120,46 +90,18 @@ def open_backend(
     config: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Backend:
-    """Build the ``Backend`` a URI or config names, without wrapping it in a ``Vault``."""
-    from labvault._uri import without_secrets
-    from labvault.backends import registry
-    from labvault.backends.base import BlobStore
+    """Build the ``Backend`` a URI or config names, without wrapping it in a ``Vault`` (see ``open``)."""
+    from labvault.store.registry import open_backend as _open_backend
 
-    blob_store: BlobStore | None
-    if artifacts is None or isinstance(artifacts, BlobStore):
-        blob_store = artifacts
-    else:
-        blob_store = open_blob_store(artifacts)
-    if config is not None:
-        if uri is not None:
-            raise InvalidArgumentError("pass either uri or config, not both")
-        return registry.backend_from_config(config, blob_store)
-    if type(uri).__module__.split(".")[0] == "redis":  # a redis.ConnectionPool (daskperiment's form)
-        from labvault.backends.redis import RedisBackend
-
-        return RedisBackend.from_pool(uri, artifacts=blob_store, **options)
-    scheme, resolved = _resolve_uri(uri)
-    try:
-        cls = registry.backend_class(scheme)
-    except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"cannot open vault {without_secrets(resolved)!r}: {exc}") from exc
-    return cls.from_uri(resolved, artifacts=blob_store, **options)
+    return _open_backend(uri, artifacts=artifacts, config=config, **options)
 
 
 def open_blob_store(url: str, **options: Any) -> BlobStore:
     """Open a blob store by URL (``file:///path``, a bare path, ``memory://``, ``s3://bucket/prefix``);
-    ``options`` go to the store's ``from_url``. An unknown scheme raises ``InvalidArgumentError``."""
-    from labvault._uri import uri_scheme
-    from labvault.backends import registry
+    the same as ``labvault.blobs.open``."""
+    from labvault import blobs
 
-    if not isinstance(url, str) or not url:
-        raise InvalidArgumentError(f"a blob store URL must be a non-empty string, got {url!r}")
-    cls = registry.blob_store_class(uri_scheme(url, "blob store URL") or "file")
-    from_url = getattr(cls, "from_url", None)
-    if from_url is None:
-        raise InvalidArgumentError(f"blob store {cls.__name__} cannot be opened from a URL")
-    store: BlobStore = from_url(url, **options)
-    return store
+    return blobs.open(url, **options)
 
 
 def open(
@@ -183,7 +125,7 @@ def open(
     stays in memory before it is written (seconds). ``remote`` (default ``$LABVAULT_REMOTE``) is the store
     ``vault.push()`` / ``vault.pull()`` / ``vault.sync_status()`` talk to; it is not contacted on open.
     """
-    from labvault.api import Vault
+    from labvault.client import Vault
 
     if token is not None:
         options["token"] = token

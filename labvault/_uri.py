@@ -1,4 +1,7 @@
-"""Shared URI checks: which scheme a URI names, and no secrets in URLs that must not carry them.
+"""URIs: which store a URI names, no secrets in URLs that must not carry them, and option coercion.
+
+``resolve_uri`` applies labvault's defaults (``None`` -> ``$LABVAULT_URI`` -> the embedded default
+``./labvault-data``; a directory holding ``labvault.db`` is the embedded SQLite layout).
 
 ``uri_scheme`` tells a ``scheme://...`` URI from a bare path for ``labvault.open``, ``open_backend`` and
 the blob store URLs alike, so that a misspelt or unknown scheme (``git+file:///x``, ``hat:x``) is an
@@ -15,9 +18,15 @@ where the credential was but never repeats it.
 
 from __future__ import annotations
 
+import math
+import os
 import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from labvault._defaults import DEFAULT_URI, EMBEDDED_DB_NAME
 from labvault.errors import InvalidArgumentError
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
@@ -81,3 +90,78 @@ def uri_scheme(uri: str, what: str) -> str | None:
         raise InvalidArgumentError(
             f"invalid {what} {uri!r}: write scheme://... (e.g. file:///dir) or a plain path")
     return None
+
+
+# -- option coercion: URL query text or Python values, checked against a range ------------------------
+def check_options(backend: str, options: Mapping[str, Any], known: Iterable[str]) -> None:
+    """Raise ``InvalidArgumentError`` naming every option a backend does not understand."""
+    allowed = sorted(known)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown option(s) for the {backend} backend: {', '.join(unknown)} (known: {', '.join(allowed)})"
+        )
+
+
+def int_option(owner: str, name: str, value: Any, low: int, high: int) -> int:
+    """An integer option in ``[low, high]``, also from URL text; ``InvalidArgumentError`` naming it."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise InvalidArgumentError(f"{owner} option {name}={value!r} must be an integer") from None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidArgumentError(f"{owner} option {name}={value!r} must be an integer from {low} to {high}")
+    return value
+
+
+def float_option(owner: str, name: str, value: Any, low: float, high: float, *,
+                 exclusive_low: bool = False) -> float:
+    """A finite number option in ``[low, high]`` (``(low, high]`` with ``exclusive_low``), also from text."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise InvalidArgumentError(f"{owner} option {name}={value!r} must be a number") from None
+    above_low = value > low if exclusive_low else value >= low
+    if (not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+            or not above_low or not value <= high):
+        interval = f"({low}, {high}]" if exclusive_low else f"[{low}, {high}]"
+        raise InvalidArgumentError(f"{owner} option {name}={value!r} must be a number in {interval}")
+    return float(value)
+
+
+def bool_option(owner: str, name: str, value: Any) -> bool:
+    """A boolean option: a bool, or 1/0, true/false, yes/no, on/off as URL text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise InvalidArgumentError(f"{owner} option {name}={value!r} must be true or false")
+
+
+# -- resolution: what labvault.open() makes of what the user passed -------------------------------------
+def resolve_uri(uri: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """Return (scheme, uri) for what the user passed, applying the defaults (see the module docstring)."""
+    if uri is None:
+        uri = os.environ.get("LABVAULT_URI") or None
+    if uri is None:
+        return "sqlite", embedded_sqlite_uri(Path(DEFAULT_URI))
+    if isinstance(uri, os.PathLike):
+        uri = os.fspath(uri)
+    if not isinstance(uri, str):
+        raise InvalidArgumentError(f"uri must be a string or a path, got {type(uri).__name__}")
+    if not uri or uri.strip() != uri or "\x00" in uri:
+        raise InvalidArgumentError(f"invalid vault URI {uri!r}: empty, padded or containing NUL")
+    scheme = uri_scheme(uri, "vault URI")
+    if scheme is not None:
+        return scheme, uri
+    path = Path(uri).expanduser()
+    if (path / EMBEDDED_DB_NAME).is_file():
+        return "sqlite", embedded_sqlite_uri(path)
+    return "file", uri
+
+
+def embedded_sqlite_uri(directory: Path) -> str:
+    """The SQLite URI of the embedded layout in ``directory``."""
+    return f"sqlite:///{directory / EMBEDDED_DB_NAME}"

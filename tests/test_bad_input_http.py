@@ -29,9 +29,9 @@ import pytest
 from test_conformance_http import free_port, wait_healthy
 
 import labvault
-from labvault.backends.base import Backend
-from labvault.server import wire
+from labvault import wire
 from labvault.server.auth import AuthStore
+from labvault.store.abc import Backend
 from labvault.testing.bad_input import store_snapshot
 
 API = wire.API_PREFIX

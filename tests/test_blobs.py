@@ -16,15 +16,10 @@ from s3_server import s3_server, s3_url  # noqa: F401 - pytest fixtures
 
 import labvault
 import labvault.blobs
-from labvault.backends import registry
-from labvault.backends.base import BlobStore
-from labvault.backends.localfs import (
-    PACK_BLOB_LIMIT,
-    PACK_DIR,
-    PACK_MIN_BLOBS,
-    FileBlobStore,
-)
-from labvault.backends.memory import MemoryBlobStore
+from labvault import _registry as registry
+from labvault.blobs.abc import BlobStore
+from labvault.blobs.local import PACK_BLOB_LIMIT, PACK_DIR, PACK_MIN_BLOBS, FileBlobStore
+from labvault.blobs.memory import MemoryBlobStore
 from labvault.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -32,7 +27,7 @@ from labvault.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from labvault.testing.blobs_suite import BlobStoreTests
+from labvault.testing.blob_suite import BlobStoreTests
 
 
 class TestFileBlobStore(BlobStoreTests):
@@ -67,7 +62,7 @@ class TestFileBlobStore(BlobStoreTests):
         store.put("counter", b"0")
         script = textwrap.dedent(f"""
             import sys
-            from labvault.backends.localfs import FileBlobStore
+            from labvault.blobs.local import FileBlobStore
             from labvault.errors import ConflictError
             store = FileBlobStore({str(store.root)!r})
             try:
@@ -200,7 +195,7 @@ class TestFileBlobStorePacks:
         assert store.list("sha256/")  # this store's index is now built
         script = textwrap.dedent(f"""
             import sys
-            from labvault.backends.localfs import FileBlobStore
+            from labvault.blobs.local import FileBlobStore
             store = FileBlobStore({str(store.root)!r})
             print(" ".join(d for d, _ in store.put_content_many(
                 [f"from {{sys.argv[1]}}: {{i}}".encode() for i in range(10)])))
@@ -271,7 +266,7 @@ class TestS3ManySmallObjects:
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
         import time
 
-        import labvault.backends.s3 as s3_module
+        import labvault.blobs.s3 as s3_module
 
         payloads = [os.urandom(64) for _ in range(10)]
         with labvault.blobs.open(s3_url) as store:

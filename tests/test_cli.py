@@ -18,17 +18,17 @@ import labvault
 from labvault.cli import _Dataset, _svg_plot, app
 
 try:
-    import labvault.backends.sql
+    import labvault.store.sql.backend
 
     HAVE_SQL = True
     WHY_NOT_SQL = ""
 except Exception as exc:  # the backend is written in parallel; skip cleanly until it imports
     HAVE_SQL = False
-    WHY_NOT_SQL = f"labvault.backends.sql does not import yet: {exc!r}"
+    WHY_NOT_SQL = f"labvault.store.sql.backend does not import yet: {exc!r}"
 
 needs_sql = pytest.mark.skipif(not HAVE_SQL, reason=WHY_NOT_SQL or "sqlite backend missing")
-HAVE_FILE = importlib.util.find_spec("labvault.backends.file") is not None
-needs_file = pytest.mark.skipif(not HAVE_FILE, reason="labvault.backends.file does not exist yet")
+HAVE_FILE = importlib.util.find_spec("labvault.store.file.backend") is not None
+needs_file = pytest.mark.skipif(not HAVE_FILE, reason="labvault.store.file.backend does not exist yet")
 
 ENV = {"COLUMNS": "250", "LABVAULT_URI": ""}
 

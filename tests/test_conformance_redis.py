@@ -33,7 +33,7 @@ def fresh_redis_uri() -> Iterator[str]:
     require_service("Redis", redis_available(), START_REDIS)
     uri = f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix=lvtest-{uuid.uuid4().hex[:12]}:"
     yield uri
-    from labvault.backends.redis import RedisBackend
+    from labvault.store.redis.backend import RedisBackend
 
     backend = RedisBackend.from_uri(uri)
     try:

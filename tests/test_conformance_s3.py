@@ -16,11 +16,12 @@ from s3_server import s3_server, s3_url  # noqa: F401 - pytest fixtures
 
 import labvault
 import labvault.blobs
-from labvault.backends.base import BlobStore, check_options
-from labvault.backends.memory import MemoryBlobStore
-from labvault.backends.objectstore import BlobBackend, S3Backend, decode_segment, encode_segment
+from labvault._uri import check_options
+from labvault.blobs.abc import BlobStore
+from labvault.blobs.memory import MemoryBlobStore
 from labvault.domain import MetricSeries
 from labvault.errors import ConflictError, CorruptDataError, InvalidArgumentError, NotFoundError
+from labvault.store.objectstore import BlobBackend, S3Backend, decode_segment, encode_segment
 from labvault.testing import BackendTests
 from labvault.testing.seaweed import SeaweedServer
 
@@ -236,7 +237,7 @@ def _points(backend: BlobBackend, run_id: str, start: int, count: int) -> None:
 
 
 def test_metric_segments_compacted_on_read(s3_vault_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from labvault.backends import objectstore
+    from labvault.store import objectstore
 
     monkeypatch.setattr(objectstore, "COMPACT_AFTER", 8)
     backend = S3Backend.from_uri(s3_vault_uri)
@@ -272,7 +273,7 @@ def test_writer_numbering_from_before_a_compaction_loses_nothing(
     """An idle writer (SEQ_CACHE_SECONDS) re-lists; compacted objects live COMPACTED_GRACE (longer)."""
     import time
 
-    from labvault.backends import objectstore
+    from labvault.store import objectstore
 
     monkeypatch.setattr(objectstore, "COMPACT_AFTER", 4)
     monkeypatch.setattr(objectstore, "SEQ_CACHE_SECONDS", 1.0)

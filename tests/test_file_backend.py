@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 import labvault
 from labvault import query
-from labvault.backends.file import FORMAT_VERSION, FileBackend, seg_name, upgrade
 from labvault.domain import ArtifactInfo, MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
@@ -27,6 +26,7 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
+from labvault.store.file.backend import FORMAT_VERSION, FileBackend, seg_name, upgrade
 
 
 def _series(key: str, values: list[float], start: int = 0) -> MetricSeries:
@@ -586,7 +586,7 @@ def test_upgrade_converts_a_version_1_store(root: Path) -> None:
                "status": "finished", "start_time": 1.0, "end_time": 2.0, "error": None, "heartbeat": 1.5,
                "params": {"n": number}, "tags": {"t": "v"}, "results": {"r": [number]}}
         (run_dir / "run.json").write_text(json.dumps(doc))
-        from labvault.backends.file import encode_record
+        from labvault.store.file.backend import encode_record
 
         s = _series("loss", [0.5, 0.25 * number])
         (run_dir / "metrics" / "loss.seg").write_bytes(encode_record(s.steps, s.values, s.timestamps))

@@ -1,4 +1,5 @@
-"""``labvault.gc``: unreferenced blobs are found and removed on every backend; pairing with S3 artifacts."""
+"""``labvault.client.gc``: unreferenced blobs are found and removed on every backend; pairing with S3
+artifacts."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 from s3_server import s3_server, s3_url  # noqa: F401 - pytest fixtures
 
 import labvault
-from labvault.api import Vault
+from labvault.client.gc import collect_garbage
+from labvault.client.vault import Vault
 from labvault.errors import InvalidArgumentError
-from labvault.gc import collect_garbage
 
 DAY = 86400.0
 

@@ -1,4 +1,4 @@
-"""PostgreSQL-specific behaviour of ``labvault.backends.postgresql`` (shared semantics: conformance suite).
+"""PostgreSQL-specific behaviour of ``labvault.store.sql.postgresql`` (shared semantics: conformance suite).
 
 Every test works in a database this module creates (``labvault_test_<hex>``, ICU ``en-US`` collation)
 and drops at the end, most in a fresh schema of it; nothing else on the server is touched. Connection
@@ -29,9 +29,7 @@ from test_sql_backend import check_index_agrees_with_sql, check_index_follows_wr
 
 import labvault
 from labvault import query as sql_query
-from labvault.backends import sql
-from labvault.backends.memory import MemoryBlobStore
-from labvault.backends.sql import SCHEMA_VERSION, SQLBlobStore, schema_metadata
+from labvault.blobs.memory import MemoryBlobStore
 from labvault.domain import MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
@@ -40,6 +38,8 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
+from labvault.store.sql import backend as sql
+from labvault.store.sql.backend import SCHEMA_VERSION, SQLBlobStore, schema_metadata
 from labvault.testing.plugin import require_service
 
 ADMIN_URI = os.environ.get("LABVAULT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -121,7 +121,7 @@ def _series(key: str, values: list[float], first_step: int = 0) -> MetricSeries:
 
 # -- URIs, options, construction ----------------------------------------------------------------------------
 def test_construction_does_no_io_and_uri_forms() -> None:
-    from labvault.backends.postgresql import PostgresBackend
+    from labvault.store.sql.postgresql import PostgresBackend
 
     for scheme in ("postgresql", "postgres", "postgresql+psycopg", "POSTGRESQL"):
         # Nothing listens on port 9: construction must not notice.
@@ -164,7 +164,7 @@ def test_bad_uris_and_options(uri: str, named: str) -> None:
 
 
 def test_options_as_keywords_and_config() -> None:
-    from labvault.backends.postgresql import PostgresBackend
+    from labvault.store.sql.postgresql import PostgresBackend
 
     with pytest.raises(InvalidArgumentError, match="token"):
         labvault.open("postgresql://h/db", token="x")
@@ -246,7 +246,7 @@ def test_eight_processes_create_the_schema_of_an_empty_database(fresh_database: 
 
 def _build_v3(uri: str) -> None:
     """A store as labvault with schema version 3 wrote it (no blob tables, no batch_id)."""
-    from labvault.backends.postgresql import PostgresBackend
+    from labvault.store.sql.postgresql import PostgresBackend
 
     backend = PostgresBackend.from_uri(uri)
     engine = backend._engines()[1]
@@ -313,7 +313,7 @@ def test_newer_store_refused(uri: str) -> None:
 
 # -- the run index ------------------------------------------------------------------------------------------
 def test_run_index_follows_writes_of_other_connections(uri: str) -> None:
-    from labvault.backends.postgresql import PostgresBackend
+    from labvault.store.sql.postgresql import PostgresBackend
 
     writer, reader = PostgresBackend.from_uri(uri), PostgresBackend.from_uri(uri)
     try:
@@ -324,7 +324,7 @@ def test_run_index_follows_writes_of_other_connections(uri: str) -> None:
 
 
 def test_run_index_and_sql_search_agree_across_experiments(uri: str) -> None:
-    from labvault.backends.postgresql import PostgresBackend
+    from labvault.store.sql.postgresql import PostgresBackend
 
     indexed, plain = PostgresBackend.from_uri(uri), PostgresBackend.from_uri(uri)
     try:
@@ -339,7 +339,7 @@ def test_run_index_sees_a_slow_writer_that_commits_last(uri: str) -> None:
     after a later one must still be seen (a "highest stamp seen" refresh would skip it for good)."""
     import psycopg
 
-    from labvault.backends.postgresql import PostgresBackend
+    from labvault.store.sql.postgresql import PostgresBackend
 
     writer, reader = PostgresBackend.from_uri(uri), PostgresBackend.from_uri(uri)
     slow = psycopg.connect(uri.split("?", 1)[0])

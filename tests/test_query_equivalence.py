@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import labvault
 from labvault import query
-from labvault.api import Vault
+from labvault.client.vault import Vault
 
 PARAM_VALUES = st.one_of(
     st.integers(-3, 3), st.sampled_from([0.5, -1.5, 2.0, 1e-3]),

@@ -29,7 +29,7 @@ from labvault.errors import BackendUnavailableError, ConflictError, InvalidArgum
 
 redis = pytest.importorskip("redis")
 
-from labvault.backends.redis import RedisBackend, RedisBlobStore  # noqa: E402
+from labvault.store.redis.backend import RedisBackend, RedisBlobStore  # noqa: E402
 
 
 def _prefix() -> str:

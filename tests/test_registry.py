@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import labvault
-from labvault.backends import registry
-from labvault.backends.memory import MemoryBackend
+from labvault import _registry as registry
 from labvault.errors import AlreadyExistsError, InvalidArgumentError
+from labvault.store.memory import MemoryBackend
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_entry_point_backend(tmp_path: Path, clean_registry: None, monkeypatch: 
     pkg = tmp_path / "thirdparty_lv"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(textwrap.dedent("""
-        from labvault.backends.memory import MemoryBackend
+        from labvault.store.memory import MemoryBackend
         class PluginBackend(MemoryBackend):
             pass
     """))
@@ -91,7 +91,7 @@ def test_config_builtin_by_name(tmp_path: Path) -> None:
         ({"backend": "nosuch", "uri": "x://"}, "nosuch"),
         ({"module": "no_such_module_xyz"}, "no_such_module_xyz"),
         ({"module": "json"}, "create"),
-        ({"module": "labvault.backends.memory:NoSuchClass"}, "NoSuchClass"),
+        ({"module": "labvault.store.memory:NoSuchClass"}, "NoSuchClass"),
         ({"module": "pathlib:Path"}, "not a labvault Backend"),
         ({"backend": "memory"}, "uri"),
     ],
@@ -103,7 +103,7 @@ def test_bad_configs(config: dict[str, Any], message: str) -> None:
 
 def test_config_module_create_and_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "aimm_style.py").write_text(textwrap.dedent("""
-        from labvault.backends.memory import MemoryBackend
+        from labvault.store.memory import MemoryBackend
         CONFIG_SCHEMA = {"type": "object", "required": ["name"],
                          "properties": {"name": {"type": "string", "pattern": "^[a-z]+$"}}}
         def create(config):
@@ -120,7 +120,7 @@ def test_config_module_create_and_schema(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_config_names_class_directly() -> None:
-    with labvault.open(config={"module": "labvault.backends.memory:MemoryBackend",
+    with labvault.open(config={"module": "labvault.store.memory:MemoryBackend",
                                "uri": "memory://direct"}) as vault:
         assert isinstance(vault.backend, MemoryBackend)
 

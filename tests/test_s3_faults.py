@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import pytest
 
 import labvault
-from labvault.backends.s3 import S3BlobStore
+from labvault.blobs.s3 import S3BlobStore
 from labvault.errors import BackendUnavailableError, NotFoundError
 from labvault.testing.plugin import require_service
 from labvault.testing.seaweed import SeaweedServer, find_weed

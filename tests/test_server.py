@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import labvault
-from labvault.backends.http import HTTPBackend
+from labvault import wire
 from labvault.domain import MetricSeries
 from labvault.errors import (
     AuthenticationError,
@@ -39,10 +39,10 @@ from labvault.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from labvault.server import wire
 from labvault.server.app import ServerConfig, _admin, _writer, create_app
 from labvault.server.auth import AuthStore
 from labvault.server.inprocess import ASGIBridge, serve_in_process
+from labvault.store.http.backend import HTTPBackend
 
 API = wire.API_PREFIX
 MB = 1024 * 1024
@@ -851,7 +851,7 @@ def _two_server_store(tmp_path: Path) -> Iterator[str]:
     try:
         import psycopg
 
-        from labvault.backends import postgresql  # noqa: F401
+        from labvault.store.sql import postgresql  # noqa: F401
     except Exception:
         yield f"sqlite:///{tmp_path / 'shared.db'}"
         return

@@ -23,9 +23,9 @@ import pytest
 from test_server import API, MB, ServerProc
 
 import labvault
+from labvault import wire
 from labvault.domain import MetricSeries
 from labvault.errors import LabvaultError
-from labvault.server import wire
 from labvault.server.app import create_app
 from labvault.server.auth import AuthStore
 from labvault.testing.plugin import require_service

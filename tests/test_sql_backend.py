@@ -1,4 +1,4 @@
-"""SQLite-specific behaviour of ``labvault.backends.sql`` (shared semantics: the conformance suite)."""
+"""SQLite-specific behaviour of ``labvault.store.sql`` (shared semantics: the conformance suite)."""
 
 from __future__ import annotations
 
@@ -19,18 +19,8 @@ import sqlalchemy as sa
 
 import labvault
 from labvault import query
-from labvault.backends import sql
-from labvault.backends.localfs import FileBlobStore
-from labvault.backends.memory import MemoryBlobStore
-from labvault.backends.sql import (
-    SCHEMA_VERSION,
-    SEGMENT_POINTS,
-    SMALL_BLOB_LIMIT,
-    SQLBackend,
-    SQLBlobStore,
-    TieredBlobStore,
-    schema_metadata,
-)
+from labvault.blobs.local import FileBlobStore
+from labvault.blobs.memory import MemoryBlobStore
 from labvault.domain import MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
@@ -39,6 +29,16 @@ from labvault.errors import (
     InvalidArgumentError,
     NotFoundError,
     UnsupportedOperationError,
+)
+from labvault.store.sql import backend as sql
+from labvault.store.sql.backend import (
+    SCHEMA_VERSION,
+    SEGMENT_POINTS,
+    SMALL_BLOB_LIMIT,
+    SQLBackend,
+    SQLBlobStore,
+    TieredBlobStore,
+    schema_metadata,
 )
 
 
@@ -525,7 +525,7 @@ def _race(script: str, args: list[str], count: int, barrier: Path) -> list[Any]:
 def test_concurrent_upgrades(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     _build_v1_store(db)
-    script = "from labvault.backends import sql\nprint(list(sql.upgrade(sys.argv[1])))\n"
+    script = "from labvault.store.sql import backend as sql\nprint(list(sql.upgrade(sys.argv[1])))\n"
     results = _race(script, [f"sqlite:///{db}", str(tmp_path / "go")], 4, tmp_path / "go")
     assert sorted(map(tuple, results)) == [(1, SCHEMA_VERSION)] + [(SCHEMA_VERSION, SCHEMA_VERSION)] * 3
     assert _raw(db, "SELECT count(*) FROM metric_latest") == [(3,)]

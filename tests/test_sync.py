@@ -29,8 +29,7 @@ from test_conformance_redis import fresh_redis_uri
 
 import labvault
 from labvault import sync
-from labvault.api import Vault
-from labvault.backends.base import Backend
+from labvault.client.vault import Vault
 from labvault.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -41,6 +40,7 @@ from labvault.errors import (
 from labvault.server.app import create_app
 from labvault.server.auth import AuthStore
 from labvault.server.inprocess import serve_in_process
+from labvault.store.abc import Backend
 
 BACKENDS = ("memory", "file", "sqlite", "postgresql", "redis", "http")
 
@@ -195,7 +195,7 @@ def test_matrix_push_then_pull(src_kind: str, dst_kind: str, make_store: Callabl
 
 def _s3_metadata_backend() -> bool:
     """Whether an ``s3://`` metadata backend is registered (it is written in parallel with sync)."""
-    from labvault.backends import registry
+    from labvault.store import registry
 
     try:
         registry.backend_class("s3")

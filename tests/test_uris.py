@@ -96,8 +96,8 @@ def test_a_scheme_without_slashes_is_refused(tmp_path: Path, monkeypatch: pytest
 
 
 def test_known_driver_suffix_still_resolves() -> None:
-    from labvault.backends import registry
-    from labvault.backends.postgresql import PostgresBackend
+    from labvault.store import registry
+    from labvault.store.sql.postgresql import PostgresBackend
 
     assert registry.backend_class("postgresql+psycopg") is PostgresBackend
     with pytest.raises(InvalidArgumentError, match=r"'postgresql' is known, but not postgresql\+psycopg2"):
@@ -121,7 +121,7 @@ def test_documented_submodules_are_attributes_of_a_plain_import() -> None:
     script = textwrap.dedent("""
         import sys
         import labvault
-        heavy = ("numpy", "sqlalchemy", "pandas", "labvault.blobs", "labvault.api")
+        heavy = ("numpy", "sqlalchemy", "pandas", "labvault.blobs", "labvault.client")
         heavy = [m for m in heavy if m in sys.modules]
         assert not heavy, heavy
         store = labvault.blobs.open("memory://")

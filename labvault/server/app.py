@@ -41,14 +41,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import labvault
-from labvault.backends.base import (
-    CHUNK_SIZE,
-    Backend,
-    BlobStore,
-    check_batch_id,
-    check_metric_batch,
-    check_run_id,
-)
+from labvault import wire
+from labvault.blobs.abc import CHUNK_SIZE, BlobStore
 from labvault.domain import ArtifactInfo, ChangeEvent, MetricSeries, now
 from labvault.domain import validation as v
 from labvault.errors import (
@@ -60,7 +54,6 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
-from labvault.server import wire
 from labvault.server.auth import (
     ANONYMOUS_ADMIN,
     AuthStore,
@@ -71,9 +64,10 @@ from labvault.server.auth import (
     default_auth_db,
 )
 from labvault.server.protocol import ConnectionMiddleware, JSONRoute, describe_error, parse_range
+from labvault.store.abc import Backend, check_batch_id, check_metric_batch, check_run_id
 
 if TYPE_CHECKING:
-    from labvault.backends.base import ChangeFeed
+    from labvault.store.feed import ChangeFeed
 
 log = logging.getLogger("labvault.server")
 T = TypeVar("T")

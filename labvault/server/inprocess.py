@@ -28,9 +28,10 @@ from urllib.parse import unquote
 
 import httpx
 
-from labvault.backends.base import BlobStore, check_options
-from labvault.backends.http import _OPTIONS, HTTPBackend
+from labvault._uri import check_options
+from labvault.blobs.abc import BlobStore
 from labvault.errors import InvalidArgumentError
+from labvault.store.http.backend import _OPTIONS, HTTPBackend
 
 _CREDITS = 16  # response body messages in flight before the app waits for the reader
 _END = object()

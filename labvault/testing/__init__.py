@@ -16,7 +16,7 @@ pytest plugin (``labvault.testing.plugin``, registered under the ``pytest11`` en
 ``require_service`` helper.
 """
 
+from labvault.testing.backend_suite import BackendTests
 from labvault.testing.bad_input import BadInputTests
-from labvault.testing.suite import BackendTests
 
 __all__ = ["BackendTests", "BadInputTests"]

@@ -27,8 +27,7 @@ import numpy as np
 import pytest
 
 import labvault
-from labvault.api import Experiment, Run, Vault
-from labvault.backends.base import Backend
+from labvault.client.vault import Experiment, Run, Vault
 from labvault.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -36,6 +35,7 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
+from labvault.store.abc import Backend
 
 __all__ = ["BAD_INPUT_CASES", "BadCase", "BadInputContext", "BadInputTests", "store_snapshot"]
 

@@ -11,7 +11,7 @@
     store.copy("data/train.csv", "archive/train.csv"); store.list("data/"); store.delete("state.json")
 
 Built-in schemes: ``file`` (a directory; bare paths too: parents created, writes atomic), ``memory``
-(process-private) and ``s3`` (``s3://bucket/prefix``; see ``labvault.backends.s3``). Add one with::
+(process-private) and ``s3`` (``s3://bucket/prefix``; see ``labvault.blobs.s3``). Add one with::
 
     from labvault.blobs import BlobStore
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
-from labvault.backends.base import BlobSource, BlobStore
+from labvault.blobs.abc import BlobSource, BlobStore
 from labvault.domain.model import BlobInfo
 from labvault.errors import InvalidArgumentError
 
@@ -40,23 +40,31 @@ def open(url: str, **options: Any) -> BlobStore:
     ``options`` go to the store's ``from_url`` (e.g. ``part_size=`` for S3). An unknown scheme raises
     ``InvalidArgumentError`` listing the known ones. Construction does no I/O.
     """
-    from labvault import open_blob_store
+    from labvault import _registry
+    from labvault._uri import uri_scheme
 
-    return open_blob_store(url, **options)
+    if not isinstance(url, str) or not url:
+        raise InvalidArgumentError(f"a blob store URL must be a non-empty string, got {url!r}")
+    cls = _registry.blob_store_class(uri_scheme(url, "blob store URL") or "file")
+    from_url = getattr(cls, "from_url", None)
+    if from_url is None:
+        raise InvalidArgumentError(f"blob store {cls.__name__} cannot be opened from a URL")
+    store: BlobStore = from_url(url, **options)
+    return store
 
 
 def register(scheme: str, cls: type[BlobStore] | str, *, replace: bool = False) -> None:
     """Serve ``scheme://`` URLs with ``cls`` (a class or a lazy ``"module:Class"`` string)."""
-    from labvault.backends import registry
+    from labvault import _registry
 
-    registry.register_blob_store(scheme, cls, replace=replace)
+    _registry.register_blob_store(scheme, cls, replace=replace)
 
 
 def known_schemes() -> builtins.list[str]:
     """Every blob store scheme registered (built in, by subclassing, or by entry point)."""
-    from labvault.backends import registry
+    from labvault import _registry
 
-    return registry.known_blob_schemes()
+    return _registry.known_blob_schemes()
 
 
 def split_location(location: str) -> tuple[str, str] | None:

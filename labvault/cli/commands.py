@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from labvault.api import Run, Vault
+    from labvault.client.vault import Run, Vault
     from labvault.domain import ArtifactInfo, RunInfo
 
 __all__ = ["app", "main"]
@@ -1213,7 +1213,7 @@ def gc_command(
 
     Example: labvault gc --uri sqlite:///runs.db --artifacts s3://bucket/blobs --delete
     """
-    from labvault.gc import collect_garbage
+    from labvault.client.gc import collect_garbage
 
     out = _out()
     with _errors():
@@ -1251,9 +1251,11 @@ def db_upgrade(ctx: typer.Context, uri: UriOption = None) -> None:
     Example: labvault db upgrade --uri sqlite:///runs.db
     (or --uri postgresql://lab@db.example.org:5432/labvault)
     """
+    from labvault._uri import resolve_uri
+
     out = _out()
     with _errors():
-        scheme, resolved = labvault._resolve_uri(_given_uri(ctx, uri))
+        scheme, resolved = resolve_uri(_given_uri(ctx, uri))
         shown = resolved
         if "@" in resolved and "://" in resolved:  # user:password@host: hide the password
             from sqlalchemy.engine import make_url
@@ -1265,7 +1267,7 @@ def db_upgrade(ctx: typer.Context, uri: UriOption = None) -> None:
         if scheme.split("+", 1)[0] not in _SQL_SCHEMES:
             out.print(Text(f"{shown} is a {scheme} store: it has no schema version, nothing to upgrade."))
             return
-        from labvault.backends.sql import upgrade
+        from labvault.store.sql.backend import upgrade
 
         old, new = upgrade(resolved)
     if old == 0:
@@ -1531,7 +1533,7 @@ def login(
 
     Example: labvault login https://lab.example:8443, then labvault --uri https://lab.example:8443 runs exp
     """
-    from labvault.backends.http import HTTPBackend, save_token
+    from labvault.store.http.backend import HTTPBackend, save_token
 
     with _errors():
         secret = token or os.environ.get("LABVAULT_TOKEN") or typer.prompt("token", hide_input=True)
@@ -1551,7 +1553,7 @@ def logout(
     url: Annotated[str, typer.Argument(metavar="URL", show_default=False)],
 ) -> None:
     """Forget the token stored for a server."""
-    from labvault.backends.http import forget_token
+    from labvault.store.http.backend import forget_token
 
     with _errors():
         had = forget_token(url)

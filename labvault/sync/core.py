@@ -45,12 +45,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from labvault.backends.base import Backend, BlobStore
+from labvault.blobs.abc import BlobStore
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo
 from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
+from labvault.store.abc import Backend
 
 if TYPE_CHECKING:
-    from labvault.api import Experiment, Vault
+    from labvault.client.vault import Experiment, Vault
 
 OnConflict = Literal["ours", "theirs"]
 RunState = Literal["in sync", "ahead", "behind", "diverged"]
@@ -831,7 +832,7 @@ def run_states(local: Backend, remote: Backend, state: SyncState, name: str, pro
 # -- public entry points used by Vault and labvault.copy -----------------------------------------------------
 def _experiments(backend: Backend, names: Sequence[str | Experiment | ExperimentInfo] | None,
                  project: str | None = None) -> list[ExperimentInfo]:
-    from labvault.api import Experiment
+    from labvault.client.vault import Experiment
 
     if names is None:
         return backend.list_experiments(project)
@@ -857,7 +858,7 @@ def copy(src_uri: str | Vault, dst_uri: str | Vault, experiments: Sequence[str] 
     unless ``on_conflict="ours"`` (the source wins) or ``"theirs"``. ``workers`` runs are sent at once.
     """
     import labvault
-    from labvault.api import Vault
+    from labvault.client.vault import Vault
 
     opened: list[Vault] = []
 

@@ -1,0 +1,1 @@
+"""The Redis backend (``redis://host:port/db``): hashes, sorted sets, streams and Lua scripts."""
