@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from labvault.store.abc import Backend
     from labvault.sync import SyncReport
 
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_URI",
@@ -71,6 +70,10 @@ _SUBMODULES = frozenset({"api", "backends", "blobs", "cli", "client", "domain", 
 
 def __getattr__(name: str) -> Any:
     """Load the API classes and the submodules on first access (``import labvault`` stays cheap)."""
+    if name == "__version__":  # from the installed distribution's metadata: one place (pyproject.toml)
+        from labvault._version import version
+
+        return version()
     if name in _LAZY or name in _SUBMODULES:
         import importlib
 

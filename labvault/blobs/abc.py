@@ -139,7 +139,7 @@ class BlobStore(ABC):
     def __init_subclass__(cls, scheme: str | None = None, replace: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if scheme is not None:
-            from labvault.store import registry
+            from labvault import _registry as registry
 
             cls.scheme = scheme
             registry.register_blob_store(scheme, cls, replace=replace)

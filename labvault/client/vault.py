@@ -139,10 +139,10 @@ class Vault:
         info = getattr(self.backend, "server_info", None)
         if callable(info):
             return dict(info())
-        from labvault import __version__
+        from labvault._version import version
 
         cls = type(self.backend)
-        return {"server": None, "version": __version__, "backend": cls.scheme or cls.__name__,
+        return {"server": None, "version": version(), "backend": cls.scheme or cls.__name__,
                 "uri": self.backend.uri, "auth": "none",
                 "features": {"cross_process_events": bool(cls.supports_events),
                              "persistent": bool(cls.persistent), "multiprocess": bool(cls.multiprocess)}}

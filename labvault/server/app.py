@@ -40,8 +40,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import labvault
 from labvault import wire
+from labvault._version import version
 from labvault.blobs.abc import CHUNK_SIZE, BlobStore
 from labvault.domain import ArtifactInfo, ChangeEvent, MetricSeries, now
 from labvault.domain import validation as v
@@ -65,6 +65,7 @@ from labvault.server.auth import (
 )
 from labvault.server.protocol import ConnectionMiddleware, JSONRoute, describe_error, parse_range
 from labvault.store.abc import Backend, check_batch_id, check_metric_batch, check_run_id
+from labvault.store.registry import open_backend
 
 if TYPE_CHECKING:
     from labvault.store.feed import ChangeFeed
@@ -663,7 +664,7 @@ def _resolve_backend(backend: str | Backend, artifacts: str | BlobStore | None) 
         return backend
     if isinstance(backend, str) and backend.split("://", 1)[0].lower() in ("http", "https"):
         raise InvalidArgumentError("a labvault server cannot serve another labvault server's URI")
-    return labvault.open_backend(backend, artifacts=artifacts)
+    return open_backend(backend, artifacts=artifacts)
 
 
 def create_app(
@@ -697,7 +698,7 @@ def create_app(
 
     app = FastAPI(
         title="labvault",
-        version=labvault.__version__,
+        version=version(),
         description="Experiment tracking: experiments, runs, params, tags, metrics, results and artifacts.",
         openapi_url=f"{wire.API_PREFIX}/openapi.json",
         docs_url=f"{wire.API_PREFIX}/docs",
@@ -876,7 +877,7 @@ def _router(state: ServerState) -> APIRouter:
     def info(p: Reader) -> Response:
         cls = type(backend)
         return _JSON({
-            "server": "labvault", "version": labvault.__version__, "api": wire.API_VERSION,
+            "server": "labvault", "version": version(), "api": wire.API_VERSION,
             "backend": cls.scheme or cls.__name__,
             "features": {
                 "events": True, "cross_process_events": bool(cls.supports_events),

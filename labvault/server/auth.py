@@ -41,6 +41,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 
+from labvault._config import config_dir
 from labvault.domain import validation as v
 from labvault.errors import (
     AlreadyExistsError,
@@ -78,16 +79,6 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_user ON tokens(user);
 """
-
-
-def config_dir() -> Path:
-    """Where labvault keeps per-user configuration (auth store, CLI credentials)."""
-    explicit = os.environ.get("LABVAULT_CONFIG_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
-    return base / "labvault"
 
 
 def default_auth_db() -> Path:

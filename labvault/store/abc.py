@@ -80,7 +80,7 @@ class Backend(ABC):
     def __init_subclass__(cls, scheme: str | None = None, replace: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if scheme is not None:
-            from labvault.store import registry
+            from labvault import _registry as registry
 
             cls.scheme = scheme
             registry.register_backend(scheme, cls, replace=replace)

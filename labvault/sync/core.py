@@ -832,23 +832,26 @@ def run_states(local: Backend, remote: Backend, state: SyncState, name: str, pro
 # -- public entry points used by Vault and labvault.copy -----------------------------------------------------
 def _experiments(backend: Backend, names: Sequence[str | Experiment | ExperimentInfo] | None,
                  project: str | None = None) -> list[ExperimentInfo]:
-    from labvault.client.vault import Experiment
-
+    """The experiments to sync: all (``None``), or names, ``ExperimentInfo``s or ``Experiment`` objects
+    (duck-typed: this layer does not import the client). An ``Experiment`` of another vault is matched by
+    (project, name)."""
     if names is None:
         return backend.list_experiments(project)
     out: list[ExperimentInfo] = []
     for item in names:
-        if isinstance(item, Experiment):  # matched by (project, name): it may come from another vault
-            out.append(item.info if item.vault.backend is backend
-                       else backend.find_experiment(item.name, item.project))
-        elif isinstance(item, ExperimentInfo):
+        info = getattr(item, "info", None)
+        if isinstance(item, ExperimentInfo):
             out.append(item)
+        elif isinstance(info, ExperimentInfo):  # an Experiment
+            same_store = getattr(getattr(item, "vault", None), "backend", None) is backend
+            out.append(info if same_store else backend.find_experiment(info.name, info.project))
         else:
-            out.append(backend.find_experiment(item, project))
+            out.append(backend.find_experiment(item, project))  # type: ignore[arg-type]
     return out
 
 
-def copy(src_uri: str | Vault, dst_uri: str | Vault, experiments: Sequence[str] | None = None, *,
+def copy(src_uri: str | Vault | Backend, dst_uri: str | Vault | Backend,
+         experiments: Sequence[str] | None = None, *,
          project: str | None = None, on_conflict: OnConflict | None = None,
          progress: Progress | None = None, workers: int = 4) -> SyncReport:
     """Copy whole vaults (or the named experiments) from one store to another, any backend to any backend.
@@ -857,25 +860,29 @@ def copy(src_uri: str | Vault, dst_uri: str | Vault, experiments: Sequence[str] 
     again sends nothing new. A run whose params or tags differ in both stores raises ``ConflictError``
     unless ``on_conflict="ours"`` (the source wins) or ``"theirs"``. ``workers`` runs are sent at once.
     """
-    import labvault
-    from labvault.client.vault import Vault
+    from labvault.store.registry import open_backend
 
-    opened: list[Vault] = []
+    opened: list[Backend] = []
 
-    def vault_of(x: str | Vault) -> Vault:
-        if isinstance(x, Vault):
-            x.flush()
-            return x
-        v = labvault.open(x)
-        opened.append(v)
-        return v
+    def backend_of(x: str | Vault | Backend) -> Backend:
+        if isinstance(x, str):
+            fresh = open_backend(x)
+            opened.append(fresh)
+            return fresh
+        flush = getattr(x, "flush", None)
+        if callable(flush):
+            flush()  # a Vault: its buffered points travel too
+        backend: object = getattr(x, "backend", x)
+        if not isinstance(backend, Backend):
+            raise InvalidArgumentError(f"copy needs store URIs, vaults or backends, got {type(x).__name__}")
+        return backend
 
     try:
-        src, dst = vault_of(src_uri), vault_of(dst_uri)
-        exps = _experiments(src.backend, experiments, project)
-        transfer = Transfer(src.backend, dst.backend, state=None, src_is_local=True,
+        src, dst = backend_of(src_uri), backend_of(dst_uri)
+        exps = _experiments(src, experiments, project)
+        transfer = Transfer(src, dst, state=None, src_is_local=True,
                             on_conflict=on_conflict, progress=progress, direction="copy", workers=workers)
         return transfer.run(exps)
     finally:
-        for v in opened:
-            v.close()
+        for backend in opened:
+            backend.close()

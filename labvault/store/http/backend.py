@@ -63,7 +63,7 @@ _RETRY_STATUSES = (502, 503, 504)
 
 # -- credentials stored by ``labvault login`` ----------------------------------------------------------------
 def _credentials_path() -> Path:
-    from labvault.server.auth import config_dir
+    from labvault._config import config_dir
 
     return config_dir() / "credentials.json"
 
@@ -453,9 +453,9 @@ class HTTPBackend(Backend):
 
 
 def _version() -> str:
-    from labvault import __version__
+    from labvault._version import version
 
-    return __version__
+    return version()
 
 
 def _dumps(value: Any) -> bytes:
