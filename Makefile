@@ -1,40 +1,48 @@
 # The two commands a fresh machine needs (each installs what it needs into .venv first):
 #   make demo   - run a small real experiment on the embedded default store and show the results
-#   make test   - lint, type-check and run the whole test suite
+#                 (installs labvault and its runtime dependencies only)
+#   make test   - lint (ruff, import-linter), type-check and run the whole test suite (installs labvault[dev])
 #   make bench  - the benchmark suite against MLflow (benchmarks/RESULTS.md); make bench-quick to smoke-test
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.labvault-installed
+RUNTIME := $(VENV)/.labvault-runtime
+DEV := $(VENV)/.labvault-dev
 
 .PHONY: demo test lint typecheck pytest bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUNTIME)
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(RUNTIME) $(DEV)
+
+demo: $(RUNTIME)
 	$(BIN)/labvault demo
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check labvault tests benchmarks
 	$(BIN)/lint-imports
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy labvault
 
-pytest: $(STAMP)
+pytest: $(DEV)
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
 
 # Benchmarks side by side with MLflow (installs MLflow into .bench/mlflow-venv on first use).
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python -m benchmarks
 
-bench-quick: $(STAMP)
+bench-quick: $(DEV)
 	$(BIN)/python -m benchmarks --quick
 
 clean:
