@@ -9,6 +9,7 @@ duplicated).
 from __future__ import annotations
 
 import importlib
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,10 @@ def forward(package: str, *modules: str) -> Callable[[str], Any]:
             for target in modules:
                 module = importlib.import_module(target)
                 if hasattr(module, name):
-                    return getattr(module, name)
+                    value = getattr(module, name)
+                    # Cached on the package: a hot loop's ``query._like`` is then a plain lookup.
+                    setattr(sys.modules[package], name, value)
+                    return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
