@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 import labvault
-from labvault.cli import _Dataset, _svg_plot, app
+from labvault.cli import app
+from labvault.cli.demo import _Dataset, _svg_plot
 
 try:
     import labvault.store.sql.backend
@@ -238,7 +239,7 @@ def test_artifacts_ls_and_get(runner: CliRunner, demo_store: tuple[str, str], tm
 @needs_sql
 def test_artifacts_get_binary_and_big(runner: CliRunner, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import labvault.cli as cli
+    import labvault.cli.transfer as cli
 
     uri = f"sqlite:///{tmp_path / 'b.db'}"
     payload = bytes(range(256)) * 9000 + b"\r\n\x00\xff"
