@@ -26,7 +26,9 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
-from labvault.store.file.backend import FORMAT_VERSION, FileBackend, seg_name, upgrade
+from labvault.store.file.backend import FORMAT_VERSION, FileBackend
+from labvault.store.file.segments import seg_name
+from labvault.store.file.upgrade import upgrade
 
 
 def _series(key: str, values: list[float], start: int = 0) -> MetricSeries:
@@ -586,7 +588,7 @@ def test_upgrade_converts_a_version_1_store(root: Path) -> None:
                "status": "finished", "start_time": 1.0, "end_time": 2.0, "error": None, "heartbeat": 1.5,
                "params": {"n": number}, "tags": {"t": "v"}, "results": {"r": [number]}}
         (run_dir / "run.json").write_text(json.dumps(doc))
-        from labvault.store.file.backend import encode_record
+        from labvault.store.file.segments import encode_record
 
         s = _series("loss", [0.5, 0.25 * number])
         (run_dir / "metrics" / "loss.seg").write_bytes(encode_record(s.steps, s.values, s.timestamps))
