@@ -26,7 +26,9 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
-from labvault.store.file.backend import FORMAT_VERSION, FileBackend, seg_name, upgrade
+from labvault.store.file.backend import FORMAT_VERSION, FileBackend
+from labvault.store.file.segments import seg_name
+from labvault.store.file.upgrade import upgrade
 
 
 def _series(key: str, values: list[float], start: int = 0) -> MetricSeries:
@@ -586,7 +588,7 @@ def test_upgrade_converts_a_version_1_store(root: Path) -> None:
                "status": "finished", "start_time": 1.0, "end_time": 2.0, "error": None, "heartbeat": 1.5,
                "params": {"n": number}, "tags": {"t": "v"}, "results": {"r": [number]}}
         (run_dir / "run.json").write_text(json.dumps(doc))
-        from labvault.store.file.backend import encode_record
+        from labvault.store.file.segments import encode_record
 
         s = _series("loss", [0.5, 0.25 * number])
         (run_dir / "metrics" / "loss.seg").write_bytes(encode_record(s.steps, s.values, s.timestamps))
@@ -724,3 +726,24 @@ def test_vectorised_search_matches_the_query_module(
                     got = backend.search_runs(exp_ids, expr, order, limit, offset)
                     assert [r.id for r in got] == [r.id for r in expected], (flt, order_by)
                     assert repr(got) == repr(expected)  # (repr: NaN metrics compare equal)
+
+
+def test_search_of_unknown_experiments_is_empty(backend: FileBackend) -> None:
+    """As on every other backend (it raised ValueError from numpy before the file backend used the
+    shared search driver, which handles no experiments at all)."""
+    exp_id, _run_id = _run(backend)
+    unknown = "0" * 32
+    for ids in ([unknown], [], [unknown, unknown]):
+        assert backend.search_runs(ids, query.parse("params.x = 1"), query.parse_order_by(["metrics.m"]),
+                                   None, 0) == []
+    assert len(backend.search_runs([unknown, exp_id], query.parse("status = 'running'"), [], None, 0)) == 1
+
+
+def test_os_error_message_names_the_store_and_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    b = FileBackend.from_uri(str(blocker / "store"))
+    with pytest.raises(BackendUnavailableError) as info:
+        b.ensure_experiment("e", "default")
+    assert str(info.value).startswith(f"file store {str(blocker / 'store')!r}: cannot access ")
+    assert isinstance(info.value.__cause__, OSError)

@@ -1,15 +1,18 @@
 """Columnar search over runs held in memory: a filter evaluated with numpy over whole columns.
 
-The file backend and the SQLite backend's search index keep each experiment's runs in process and build
-one ``Column`` per field a filter or ordering names (numbers as float64 with NaN for "none", texts as
-codes into a sorted list). ``evaluate_masks`` then applies the three-valued semantics of
-``labvault.query`` to every run at once and ``order_positions`` sorts the matches like
-``query.sort_runs``; a filter node it does not know raises ``Unsupported`` so the caller can fall back
-to evaluating run by run.
+The one search driver of the backends that search in process (the file backend over its folded journals,
+the SQL and Redis backends over ``labvault.store.search.runindex``). Each keeps every experiment's runs
+as a ``ColumnSource``, which builds one ``Column`` per field a filter or ordering names (numbers as
+float64 with NaN for "none", texts as codes into a sorted list) and caches it until a run changes.
+``search_positions`` then applies the three-valued semantics of ``labvault.query`` to every run of the
+experiments at once (``evaluate_masks``), sorts the matches like ``query.sort_runs``
+(``order_positions``) and pages them; the backend builds only the runs returned. A filter node the
+evaluator does not know makes it answer None, so the caller can fall back to evaluating run by run.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import gc
 import json
@@ -22,6 +25,10 @@ import numpy as np
 
 if TYPE_CHECKING:
     from labvault.query import Expr, Field, OrderKey
+
+#: The run attributes a column is built of, by representation (besides number, id and experiment_id).
+TIME_ATTRS = ("start_time", "end_time")
+TEXT_ATTRS = ("status", "name", "parent_id")
 
 
 class Unsupported(Exception):
@@ -205,6 +212,113 @@ def no_gc(pause: bool) -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+class ColumnSource(abc.ABC):
+    """One experiment's runs as a search sees them, at the positions the backend keeps them in: the
+    column of each field named so far, cached until ``version`` changes (the owner bumps it on every
+    change of a run).
+
+    A subclass says where the values come from: ``values`` for params, tags and text attributes,
+    ``floats`` for metrics and times, ``run_ids`` and ``run_numbers`` in position order, and sets
+    ``in_order`` False when positions are not in (number, id) order.
+    """
+
+    #: Whether the runs' positions are in (number, id) order (a single experiment then needs no sort).
+    in_order: bool = True
+
+    def __init__(self, experiment_id: str) -> None:
+        self.id = experiment_id
+        self.version = 0
+        self.cols: dict[Field, tuple[int, Column]] = {}
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """The number of runs."""
+
+    @abc.abstractmethod
+    def run_ids(self) -> Sequence[str]:
+        """The run ids, by position."""
+
+    @abc.abstractmethod
+    def run_numbers(self) -> np.ndarray[Any, Any]:
+        """The run numbers (int64), by position."""
+
+    @abc.abstractmethod
+    def values(self, field: Field) -> list[Any]:
+        """One value per run (None: missing) of a param, tag or text attribute (status, name, parent_id)."""
+
+    @abc.abstractmethod
+    def floats(self, field: Field) -> np.ndarray[Any, Any]:
+        """One float64 per run (NaN: missing) of a metric or time attribute (start_time, end_time)."""
+
+    def column(self, field: Field) -> Column:
+        """The query column of a field over every run (cached until a run changes)."""
+        cached = self.cols.get(field)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        n, kind, key = self.size(), field.kind, field.key
+        if kind == "params":
+            col = param_column(self.values(field))
+        elif kind == "tags":
+            col = text_column(self.values(field), n)
+        elif kind == "metrics" or key in TIME_ATTRS:
+            col = Column(self.floats(field), None, [])
+        elif key == "number":
+            col = Column(self.run_numbers().astype(np.float64), None, [])
+        elif key == "id":
+            col = text_column(self.run_ids(), n)
+        elif key == "experiment_id":
+            col = text_column([self.id] * n, n)
+        elif key in TEXT_ATTRS:
+            col = text_column(self.values(field), n)
+        else:  # not a run attribute: NULL everywhere
+            col = Column(np.full(n, math.nan), None, [])
+        self.cols[field] = (self.version, col)
+        return col
+
+
+def search_positions(sources: Sequence[ColumnSource], expr: Expr, order: Sequence[OrderKey],
+                     limit: int | None, offset: int) -> list[int] | None:
+    """The runs matching ``expr``, sorted like ``query.sort_runs`` and paged, as positions into the
+    sources' runs laid end to end; None if the filter has a node the vectorised evaluator does not know.
+
+    The caller keeps the sources from changing meanwhile (their locks)."""
+    n = sum(s.size() for s in sources)
+    cache: dict[Field, Column] = {}
+
+    def col(field: Field) -> Column:
+        found = cache.get(field)
+        if found is None:
+            found = cache[field] = concat_columns([s.column(field) for s in sources]) if sources \
+                else Column(np.zeros(0), None, [])
+        return found
+
+    try:
+        hits, _false = evaluate_masks(expr, col, n)
+    except Unsupported:
+        return None
+    selected = np.flatnonzero(hits)
+    base_rank = _base_rank(sources, n)
+    if order:
+        selected = order_positions(selected, base_rank, order, col)
+    else:
+        selected = selected[np.argsort(base_rank[selected], kind="stable")]
+    end = None if limit is None else offset + limit
+    return cast("list[int]", selected[offset:end].tolist())
+
+
+def _base_rank(sources: Sequence[ColumnSource], n: int) -> np.ndarray[Any, Any]:
+    """Each run's rank by run number, then id, across the sources (the order of an unordered search)."""
+    if len(sources) == 1 and sources[0].in_order:
+        return np.arange(n)
+    numbers = np.concatenate([s.run_numbers() for s in sources]) if n else np.zeros(0, dtype=np.int64)
+    ids = [rid for s in sources for rid in s.run_ids()]
+    id_rank = np.empty(n, dtype=np.int64)
+    id_rank[np.argsort(np.array(ids, dtype=object), kind="stable")] = np.arange(n)
+    base_rank = np.empty(n, dtype=np.int64)
+    base_rank[np.lexsort((id_rank, numbers))] = np.arange(n)
+    return base_rank
 
 
 def has_nested(doc: dict[str, Any]) -> bool:

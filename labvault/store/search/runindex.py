@@ -31,23 +31,12 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from labvault.domain import RunInfo
-from labvault.store.search.columns import (
-    Column,
-    Unsupported,
-    concat_columns,
-    deep_copy,
-    evaluate_masks,
-    has_nested,
-    no_gc,
-    order_positions,
-    param_column,
-    text_column,
-)
+from labvault.store.search.columns import ColumnSource, deep_copy, has_nested, no_gc, search_positions
 
 if TYPE_CHECKING:
     from labvault.query import Expr, Field, OrderKey
@@ -80,15 +69,13 @@ def make_record(run_id: str, experiment_id: str, number: int, name: str | None, 
             params, tags, metrics, results, nested)
 
 
-class _Experiment:
+class _Experiment(ColumnSource):
     """One experiment's runs in number order, with the columns built from them so far."""
 
     def __init__(self, experiment_id: str, records: Iterable[Record]) -> None:
-        self.id = experiment_id
+        super().__init__(experiment_id)
         self.recs: list[Record] = sorted(records, key=lambda r: (r[_NUMBER], r[_ID]))
         self.pos = {r[_ID]: i for i, r in enumerate(self.recs)}
-        self.version = 0
-        self.cols: dict[Field, tuple[int, Column]] = {}
 
     def put(self, rec: Record) -> None:
         """Add or replace a run."""
@@ -103,36 +90,35 @@ class _Experiment:
             self.pos = {r[_ID]: i for i, r in enumerate(self.recs)}
         self.version += 1
 
-    def column(self, field: Field) -> Column:
-        """The query column of a field over every run (cached until a run changes)."""
-        cached = self.cols.get(field)
-        if cached is not None and cached[0] == self.version:
-            return cached[1]
-        recs, n, key = self.recs, len(self.recs), field.key
-        nan = math.nan
+    def size(self) -> int:
+        """The number of runs."""
+        return len(self.recs)
+
+    def run_ids(self) -> list[str]:
+        """The run ids in number order."""
+        return [r[_ID] for r in self.recs]
+
+    def run_numbers(self) -> np.ndarray[Any, Any]:
+        """The run numbers in order."""
+        return np.fromiter((r[_NUMBER] for r in self.recs), np.int64, len(self.recs))
+
+    def values(self, field: Field) -> list[Any]:
+        """A param, tag or text attribute of every run."""
+        recs, key = self.recs, field.key
         if field.kind == "params":
-            col = param_column([r[_PARAMS].get(key) for r in recs])
-        elif field.kind == "tags":
-            col = text_column([r[_TAGS].get(key) for r in recs], n)
-        elif field.kind == "metrics":
-            col = Column(np.fromiter((r[_METRICS].get(key, nan) for r in recs), np.float64, n), None, [])
-        elif key == "number":
-            col = Column(np.fromiter((r[_NUMBER] for r in recs), np.float64, n), None, [])
-        elif key in _TIME_ATTRS:
-            at = _TIME_ATTRS[key]
-            times = (nan if r[at] is None else r[at] for r in recs)
-            col = Column(np.fromiter(times, np.float64, n), None, [])
-        elif key == "id":
-            col = text_column([r[_ID] for r in recs], n)
-        elif key == "experiment_id":
-            col = text_column([self.id] * n, n)
-        elif key in _TEXT_ATTRS:
-            at = _TEXT_ATTRS[key]
-            col = text_column([cast("str | None", r[at]) for r in recs], n)
-        else:  # not a run attribute: NULL everywhere
-            col = Column(np.full(n, nan), None, [])
-        self.cols[field] = (self.version, col)
-        return col
+            return [r[_PARAMS].get(key) for r in recs]
+        if field.kind == "tags":
+            return [r[_TAGS].get(key) for r in recs]
+        at = _TEXT_ATTRS[key]
+        return [r[at] for r in recs]
+
+    def floats(self, field: Field) -> np.ndarray[Any, Any]:
+        """A metric or time attribute of every run (NaN: none)."""
+        recs, n, key, nan = self.recs, len(self.recs), field.key, math.nan
+        if field.kind == "metrics":
+            return np.fromiter((r[_METRICS].get(key, nan) for r in recs), np.float64, n)
+        at = _TIME_ATTRS[key]
+        return np.fromiter((nan if r[at] is None else r[at] for r in recs), np.float64, n)
 
 
 class RunIndex:
@@ -179,37 +165,10 @@ class RunIndex:
         """The matching runs, sorted like ``query.sort_runs`` and paged; None if the filter has a node
         the vectorised evaluator does not know (the caller then asks the database)."""
         states = [self._experiments[e] for e in dict.fromkeys(experiment_ids) if e in self._experiments]
-        sizes = [len(s.recs) for s in states]
-        n = sum(sizes)
-        cache: dict[Field, Column] = {}
-
-        def col(field: Field) -> Column:
-            found = cache.get(field)
-            if found is None:
-                found = cache[field] = concat_columns([s.column(field) for s in states]) if states \
-                    else Column(np.zeros(0), None, [])
-            return found
-
-        try:
-            hits, _false = evaluate_masks(expr, col, n)
-        except Unsupported:
+        picked = search_positions(states, expr, order, limit, offset)
+        if picked is None:
             return None
         recs = [r for s in states for r in s.recs] if len(states) != 1 else states[0].recs
-        selected = np.flatnonzero(hits)
-        if len(states) == 1:
-            base_rank = np.arange(n)
-        else:  # run number, then id, across experiments
-            numbers = np.fromiter((r[_NUMBER] for r in recs), np.int64, n)
-            id_rank = np.empty(n, dtype=np.int64)
-            id_rank[np.argsort(np.array([r[_ID] for r in recs], dtype=object), kind="stable")] = np.arange(n)
-            base_rank = np.empty(n, dtype=np.int64)
-            base_rank[np.lexsort((id_rank, numbers))] = np.arange(n)
-        if order:
-            selected = order_positions(selected, base_rank, order, col)
-        else:
-            selected = selected[np.argsort(base_rank[selected], kind="stable")]
-        end = None if limit is None else offset + limit
-        picked = selected[offset:end].tolist()
         # Fresh RunInfos (the caller may change them without touching the index), built inline: this
         # loop is most of a search's time.
         info, copy, deep = RunInfo, dict.copy, deep_copy
