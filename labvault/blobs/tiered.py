@@ -12,7 +12,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 from labvault.blobs.abc import BlobSource, BlobStore
 from labvault.domain.model import BlobInfo
@@ -22,6 +22,8 @@ __all__ = ["SMALL_BLOB_LIMIT", "TieredBlobStore"]
 
 #: Blobs up to this size go to the small tier (an SQLite store's database); larger ones to the large tier.
 SMALL_BLOB_LIMIT = 64 * 1024
+
+T = TypeVar("T")
 
 
 class _PrefixedReader:
@@ -78,6 +80,7 @@ class TieredBlobStore(BlobStore):
         return b"".join(parts)
 
     def put_content(self, data: BlobSource) -> tuple[str, int]:
+        """Store by digest in the tier its size picks (a stream's first ``limit + 1`` bytes decide)."""
         if isinstance(data, bytes | bytearray | memoryview):
             return (self.small if len(data) <= self.limit else self.large).put_content(data)
         if isinstance(data, str | os.PathLike):
@@ -126,31 +129,29 @@ class TieredBlobStore(BlobStore):
         self.small._delete(key)
         return size
 
-    def _open(self, key: str) -> BinaryIO:
+    def _either(self, call: Callable[[BlobStore], T]) -> T:
+        """``call`` on the small tier, or on the large one when the small one has not got the blob."""
         try:
-            return self.small._open(key)
+            return call(self.small)
         except NotFoundError:
-            return self.large._open(key)
+            return call(self.large)
+
+    def _open(self, key: str) -> BinaryIO:
+        return self._either(lambda tier: tier._open(key))
 
     def _info(self, key: str) -> BlobInfo:
-        try:
-            return self.small._info(key)
-        except NotFoundError:
-            return self.large._info(key)
+        return self._either(lambda tier: tier._info(key))
 
     def open_content(self, digest: str) -> BinaryIO:
-        try:
-            return self.small.open_content(digest)
-        except NotFoundError:
-            return self.large.open_content(digest)
+        """Open a content-addressed blob from the tier holding it (verified when read to the end)."""
+        return self._either(lambda tier: tier.open_content(digest))
 
     def get_content(self, digest: str) -> bytes:
-        try:
-            return self.small.get_content(digest)
-        except NotFoundError:
-            return self.large.get_content(digest)
+        """Read a content-addressed blob whole from the tier holding it, verified."""
+        return self._either(lambda tier: tier.get_content(digest))
 
     def copy_content_to(self, digest: str, dest: Path) -> int:
+        """Copy a content-addressed blob from the tier holding it to ``dest`` (verified, atomic)."""
         if self.small._exists(self.digest_key(digest)):
             return self.small.copy_content_to(digest, dest)
         return self.large.copy_content_to(digest, dest)
@@ -166,9 +167,11 @@ class TieredBlobStore(BlobStore):
         return iter(sorted(set(self.small._list(prefix)) | set(self.large._list(prefix))))
 
     def sync(self) -> None:
+        """Make both tiers' writes durable."""
         self.small.sync()
         self.large.sync()
 
     def close(self) -> None:
+        """Close both tiers."""
         self.small.close()
         self.large.close()

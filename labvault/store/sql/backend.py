@@ -119,7 +119,12 @@ _S_RUNS_REV = f"SELECT {_TOP_REV}"
 
 
 class SQLBackend(SchemaVersions, Backend, scheme="sqlite"):
-    """Metadata in SQLite (WAL) through SQLAlchemy Core; small artifacts inside, large ones beside it."""
+    """Metadata in SQLite (WAL) through SQLAlchemy Core; small artifacts inside, large ones beside it.
+
+    The ``Backend`` operations are portable SQL (``PostgresBackend`` inherits them); transactions come
+    from ``SQLEngine`` and schema versions from ``SchemaVersions``; what is SQLite's own are the dialect
+    hooks under "connections" and the run index's change numbers (``_stamp``, ``_latest_rev``).
+    """
 
     config_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",

@@ -481,11 +481,13 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
 
     @property
     def location(self) -> str:
+        """``host:port/database`` and the schema, for messages."""
         where = f"{self.host_port}/{self.url.database}"
         return f"{where} (schema {self.schema})" if self.schema else where
 
     @property
     def display_uri(self) -> str:
+        """The URI with its password replaced by ``***``."""
         return _redact(self.uri)
 
     def _where(self) -> str:
@@ -609,9 +611,11 @@ class _Notifier:
         self._thread.start()
 
     def send(self, payload: str) -> None:
+        """Queue one notification (sent by the thread, in order)."""
         self._queue.put(payload)
 
     def close(self, timeout: float = 30.0) -> None:
+        """Send what is queued, then stop the thread (waiting ``timeout`` seconds at most)."""
         self._queue.put(None)
         self._thread.join(timeout)
 
