@@ -1,4 +1,4 @@
-"""The BlobStore contract on the file, memory and S3 stores; registration and ``labvault.blobs.open``."""
+"""The BlobStore contract on the file, memory, S3, SQL and tiered stores; registration and blobs.open()."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from labvault import _registry as registry
 from labvault.blobs.abc import BlobStore
 from labvault.blobs.local import PACK_BLOB_LIMIT, PACK_DIR, PACK_MIN_BLOBS, FileBlobStore
 from labvault.blobs.memory import MemoryBlobStore
+from labvault.blobs.sql import SQLBlobStore
+from labvault.blobs.tiered import TieredBlobStore
 from labvault.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -27,6 +29,7 @@ from labvault.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from labvault.store.sql.backend import SQLBackend
 from labvault.testing.blob_suite import BlobStoreTests
 
 
@@ -213,6 +216,35 @@ class TestMemoryBlobStore(BlobStoreTests):
     @pytest.fixture
     def store(self) -> MemoryBlobStore:
         return MemoryBlobStore()
+
+
+class TestSQLBlobStore(BlobStoreTests):
+    """Blobs inside an SQLite database (on PostgreSQL: tests/test_postgres_backend.py)."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SQLBlobStore]:
+        backend = SQLBackend.from_uri(f"sqlite:///{tmp_path / 'blobs.db'}")
+        yield SQLBlobStore(backend)
+        backend.close()
+
+
+class TestTieredBlobStore(BlobStoreTests):
+    """SQLite's default artifact store: blobs up to 64 KiB in the database, larger ones in a folder."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[BlobStore]:
+        backend = SQLBackend.from_uri(f"sqlite:///{tmp_path / 'lv.db'}")
+        assert isinstance(backend.blobs, TieredBlobStore)
+        yield backend.blobs
+        backend.close()
+
+
+class TestTieredBlobStoreOverMemory(BlobStoreTests):
+    """Two memory stores and a 16-byte limit: the suite's small payloads cross the limit both ways."""
+
+    @pytest.fixture
+    def store(self) -> TieredBlobStore:
+        return TieredBlobStore(MemoryBlobStore(), MemoryBlobStore(), limit=16)
 
 
 class TestS3BlobStore(BlobStoreTests):

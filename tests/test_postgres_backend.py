@@ -30,6 +30,7 @@ from test_sql_backend import check_index_agrees_with_sql, check_index_follows_wr
 import labvault
 from labvault import query as sql_query
 from labvault.blobs.memory import MemoryBlobStore
+from labvault.blobs.sql import SQLBlobStore
 from labvault.domain import MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
@@ -38,8 +39,9 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
-from labvault.store.sql import backend as sql
-from labvault.store.sql.backend import SCHEMA_VERSION, SQLBlobStore, schema_metadata
+from labvault.store import sql
+from labvault.store.sql.schema import SCHEMA_VERSION, schema_metadata
+from labvault.testing.blob_suite import BlobStoreTests
 from labvault.testing.plugin import require_service
 
 ADMIN_URI = os.environ.get("LABVAULT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -637,6 +639,18 @@ def test_a_blob_being_uploaded_is_invisible_until_complete(uri: str) -> None:
             store.put_content(Broken())  # type: ignore[arg-type]
         assert len(reader.backend.blobs.list()) == 1
         assert _db_query(uri, f"SELECT count(*) FROM {_schema(uri)}.blob_chunks") == [(3,)]
+
+
+class TestPostgresBlobStore(BlobStoreTests):
+    """The shared blob contract on ``SQLBlobStore`` in PostgreSQL (chunked ``bytea`` rows)."""
+
+    @pytest.fixture
+    def store(self, uri: str) -> Iterator[SQLBlobStore]:
+        from labvault.store.sql.postgresql import PostgresBackend
+
+        backend = PostgresBackend.from_uri(uri)
+        yield SQLBlobStore(backend)
+        backend.close()
 
 
 def test_artifacts_elsewhere_when_given(uri: str) -> None:

@@ -21,6 +21,8 @@ import labvault
 from labvault import query
 from labvault.blobs.local import FileBlobStore
 from labvault.blobs.memory import MemoryBlobStore
+from labvault.blobs.sql import SQLBlobStore
+from labvault.blobs.tiered import SMALL_BLOB_LIMIT, TieredBlobStore
 from labvault.domain import MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
@@ -30,16 +32,9 @@ from labvault.errors import (
     NotFoundError,
     UnsupportedOperationError,
 )
-from labvault.store.sql import backend as sql
-from labvault.store.sql.backend import (
-    SCHEMA_VERSION,
-    SEGMENT_POINTS,
-    SMALL_BLOB_LIMIT,
-    SQLBackend,
-    SQLBlobStore,
-    TieredBlobStore,
-    schema_metadata,
-)
+from labvault.store.sql import migrations as sql
+from labvault.store.sql.backend import SQLBackend
+from labvault.store.sql.schema import SCHEMA_VERSION, SEGMENT_POINTS, schema_metadata
 
 
 @pytest.fixture
@@ -525,7 +520,7 @@ def _race(script: str, args: list[str], count: int, barrier: Path) -> list[Any]:
 def test_concurrent_upgrades(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     _build_v1_store(db)
-    script = "from labvault.store.sql import backend as sql\nprint(list(sql.upgrade(sys.argv[1])))\n"
+    script = "from labvault.store.sql import migrations as sql\nprint(list(sql.upgrade(sys.argv[1])))\n"
     results = _race(script, [f"sqlite:///{db}", str(tmp_path / "go")], 4, tmp_path / "go")
     assert sorted(map(tuple, results)) == [(1, SCHEMA_VERSION)] + [(SCHEMA_VERSION, SCHEMA_VERSION)] * 3
     assert _raw(db, "SELECT count(*) FROM metric_latest") == [(3,)]

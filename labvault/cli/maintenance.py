@@ -51,7 +51,7 @@ def db_upgrade(ctx: typer.Context, uri: UriOption = None) -> None:
         if scheme.split("+", 1)[0] not in _SQL_SCHEMES:
             console.print(Text(f"{shown} is a {scheme} store: it has no schema version, nothing to upgrade."))
             return
-        from labvault.store.sql.backend import upgrade  # SQL stores only: loads sqlalchemy
+        from labvault.store.sql.migrations import upgrade  # SQL stores only: loads sqlalchemy
 
         old, new = upgrade(resolved)
     if old == 0:

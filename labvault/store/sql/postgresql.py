@@ -28,12 +28,14 @@ executemany) plus an upsert of the latest values, in one transaction; run number
 runs of one experiment until the commit (dense, unique, no deadlock: each transaction locks one row).
 
 Connection loss: every transaction is a function the base class runs again after a lost connection
-(backoff 50 ms doubling to 2 s, for ``retry_timeout`` seconds); writes whose commit may have happened
-check for their own effect first (a metric batch looks for its ``batch_id``, a run for its id), so a
-point is stored exactly once. The pool pings connections before handing them out.
+(``labvault._retry``'s backoff, 50 ms doubling to 2 s, for ``retry_timeout`` seconds); writes whose
+commit may have happened check for their own effect first (a metric batch looks for its ``batch_id``, a
+run for its id), so a point is stored exactly once. The pool pings connections before handing them out.
+Failures read by SQLSTATE (``_STATE_ERRORS``): a missing database, a refused login, a missing privilege.
 
-Artifacts live in the database by default (``SQLBlobStore``: 1 MiB ``bytea`` chunks, streamed both
-ways, visible only once complete); ``artifacts="s3://..."`` or any other store is used instead.
+Artifacts live in the database by default (``labvault.blobs.sql.SQLBlobStore``: 1 MiB ``bytea``
+chunks, streamed both ways, visible only once complete); ``artifacts="s3://..."`` or any other store is
+used instead.
 
 Change feed (``supports_events``): every mutation sends ``pg_notify(channel, payload)`` right after its
 transaction commits, the payload the JSON of the event (``data`` dropped when it would exceed NOTIFY's
@@ -53,8 +55,7 @@ import queue
 import re
 import secrets
 import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -63,8 +64,10 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from labvault._uri import check_options
+from labvault._retry import Retry
+from labvault._uri import check_options, float_option, int_option
 from labvault.blobs.abc import BlobStore
+from labvault.blobs.sql import SQLBlobStore
 from labvault.domain import ChangeEvent, RunInfo
 from labvault.errors import (
     AuthenticationError,
@@ -78,14 +81,12 @@ from labvault.errors import (
 )
 from labvault.store.feed import ChangeFeed, LocalChangeFeed
 from labvault.store.search.runindex import RunIndex
-from labvault.store.sql.backend import (
-    _S_RUN_NUMBER,
-    _U_RUN,
-    Mode,
-    SQLBackend,
-    SQLBlobStore,
-    _dumps,
-    new_id,
+from labvault.store.sql.backend import SQLBackend
+from labvault.store.sql.engine import Mode
+from labvault.store.sql.runs import new_id, param_rows, to_json
+from labvault.store.sql.schema import (
+    S_RUN_NUMBER,
+    U_RUN,
     t_experiments,
     t_latest,
     t_params,
@@ -160,19 +161,6 @@ def _redact(uri: str) -> str:
         return sa.engine.make_url(uri).render_as_string(hide_password=True)
     except Exception:  # not parseable: nothing recognisable to hide
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", uri)
-
-
-def _number(name: str, value: Any, low: float, high: float, *, integer: bool = False) -> float:
-    if isinstance(value, str):
-        try:
-            value = int(value) if integer else float(value)
-        except ValueError:
-            raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
-    if (not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
-            or not low <= value <= high or (integer and int(value) != value)):
-        kind = "an integer" if integer else "a number"
-        raise InvalidArgumentError(f"{name} must be {kind} in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
 
 
 def _sqlstate(exc: BaseException | None) -> str | None:
@@ -253,7 +241,7 @@ def _create_run_statement() -> sa.Select[Any]:
 
 _CREATE_RUN = _create_run_statement()
 #: Finishing / heartbeating a run, stamped for the run index.
-_U_RUN_STAMPED = _U_RUN.values(rev=_THIS_TRANSACTION)
+_U_RUN_STAMPED = U_RUN.values(rev=_THIS_TRANSACTION)
 #: Stamp a run changed by the current transaction (see ``PostgresBackend._stamp``).
 _STAMP_RUN = sa.update(t_runs).where(t_runs.c.id == sa.bindparam("b_run")).values(rev=_THIS_TRANSACTION)
 #: The oldest transaction still running (every one before it has committed or rolled back), and the ids of
@@ -325,9 +313,10 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
             raise InvalidArgumentError(f"sslmode must be one of {', '.join(_SSLMODES)}, got {sslmode!r}")
         return cls(
             uri, url, blobs=artifacts, schema=schema, sslmode=sslmode,
-            connect_timeout=_number("connect_timeout", opts["connect_timeout"], 0.001, 3600),
-            retry_timeout=_number("retry_timeout", opts["retry_timeout"], 0, 86400),
-            pool_size=int(_number("pool_size", opts["pool_size"], 1, 100, integer=True)),
+            connect_timeout=float_option("postgresql", "connect_timeout", opts["connect_timeout"], 0, 3600,
+                                         exclusive_low=True),
+            retry_timeout=float_option("postgresql", "retry_timeout", opts["retry_timeout"], 0, 86400),
+            pool_size=int_option("postgresql", "pool_size", opts["pool_size"], 1, 100),
         )
 
     def _create_run(
@@ -340,10 +329,10 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
             return super()._create_run(experiment_id, name, parent_id, start_time, params, tags,
                                        run_id=run_id)
         new = new_id()
-        rows = self._param_rows(new, params)
+        rows = param_rows(new, params)
         values = {
             "b_exp": experiment_id, "b_id": new, "b_name": name, "b_start": start_time,
-            "b_params_json": _dumps(params), "b_tags_json": _dumps(tags),
+            "b_params_json": to_json(params), "b_tags_json": to_json(tags),
             "b_pkeys": [r["key"] for r in rows], "b_pjson": [r["value_json"] for r in rows],
             "b_pnum": [r["value_num"] for r in rows], "b_ptext": [r["value_text"] for r in rows],
             "b_tkeys": list(tags), "b_tvals": list(tags.values()),
@@ -352,7 +341,7 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
 
         def work(conn: Connection, attempt: int) -> int:
             if attempt:  # an earlier attempt may have committed: then the run exists
-                done = conn.execute(_S_RUN_NUMBER, {"b_run": new}).scalar()
+                done = conn.execute(S_RUN_NUMBER, {"b_run": new}).scalar()
                 if done is not None:
                     return int(done)
             number = conn.execute(statement, values).scalar()
@@ -492,31 +481,28 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
 
     @property
     def location(self) -> str:
+        """``host:port/database`` and the schema, for messages."""
         where = f"{self.host_port}/{self.url.database}"
         return f"{where} (schema {self.schema})" if self.schema else where
 
     @property
     def display_uri(self) -> str:
+        """The URI with its password replaced by ``***``."""
         return _redact(self.uri)
 
     def _where(self) -> str:
         return f"PostgreSQL store at {self.location}"
 
     def _translate_error(self, exc: sa_exc.DBAPIError) -> LabvaultError:
+        """A constraint -> ``ConflictError``; else by SQLSTATE (``_STATE_ERRORS``); else unavailable."""
         orig = getattr(exc, "orig", None)
         detail = str(orig or exc).strip()
-        state = _sqlstate(orig)
         if isinstance(exc, sa_exc.IntegrityError):
             return ConflictError(f"{self._where()} rejected a write: {detail}")
-        if state == "3D000":
-            return BackendUnavailableError(
-                f"PostgreSQL at {self.host_port} has no database {self.url.database!r}: create it "
-                f"(createdb -h {self.url.host or 'localhost'} -p {self.url.port or 5432} "
-                f"{self.url.database}); labvault creates its tables itself")
-        if state in ("28000", "28P01"):
-            return AuthenticationError(f"PostgreSQL at {self.host_port} refused the login: {detail}")
-        if state == "42501":
-            return PermissionDeniedError(f"{self._where()}: {detail}")
+        make = _STATE_ERRORS.get(_sqlstate(orig) or "")
+        return make(self, detail) if make is not None else self._unavailable(detail)
+
+    def _unavailable(self, detail: str) -> BackendUnavailableError:
         return BackendUnavailableError(f"PostgreSQL at {self.host_port} is unavailable "
                                        f"(database {self.url.database}): {detail}")
 
@@ -565,8 +551,7 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
         """A new autocommit psycopg connection LISTENing on the channel (retried like a transaction)."""
         import psycopg
 
-        deadline = time.monotonic() + self.retry_timeout
-        delay = 0.05
+        retry = Retry(timeout=self.retry_timeout)
         url = self.url
         while True:
             try:
@@ -581,12 +566,33 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
                     raise
                 return conn
             except psycopg.OperationalError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise BackendUnavailableError(
-                        f"PostgreSQL at {self.host_port} is unavailable (database {url.database}): {exc}"
-                    ) from exc
-            time.sleep(delay)
-            delay = min(2 * delay, 2.0)
+                if not retry.wait():
+                    raise self._unavailable(str(exc)) from exc
+
+
+def _no_database(backend: PostgresBackend, detail: str) -> LabvaultError:
+    url = backend.url
+    return BackendUnavailableError(
+        f"PostgreSQL at {backend.host_port} has no database {url.database!r}: create it "
+        f"(createdb -h {url.host or 'localhost'} -p {url.port or 5432} {url.database}); "
+        "labvault creates its tables itself")
+
+
+def _login_refused(backend: PostgresBackend, detail: str) -> LabvaultError:
+    return AuthenticationError(f"PostgreSQL at {backend.host_port} refused the login: {detail}")
+
+
+def _permission_denied(backend: PostgresBackend, detail: str) -> LabvaultError:
+    return PermissionDeniedError(f"{backend._where()}: {detail}")
+
+
+#: The SQLSTATEs whose failures read as something else than "unavailable" (see ``_translate_error``).
+_STATE_ERRORS: dict[str, Callable[[PostgresBackend, str], LabvaultError]] = {
+    "3D000": _no_database,  # invalid catalog name: the database does not exist
+    "28000": _login_refused,  # invalid authorization specification
+    "28P01": _login_refused,  # invalid password
+    "42501": _permission_denied,  # insufficient privilege
+}
 
 
 class _Notifier:
@@ -605,9 +611,11 @@ class _Notifier:
         self._thread.start()
 
     def send(self, payload: str) -> None:
+        """Queue one notification (sent by the thread, in order)."""
         self._queue.put(payload)
 
     def close(self, timeout: float = 30.0) -> None:
+        """Send what is queued, then stop the thread (waiting ``timeout`` seconds at most)."""
         self._queue.put(None)
         self._thread.join(timeout)
 
