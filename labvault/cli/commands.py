@@ -1533,7 +1533,8 @@ def login(
 
     Example: labvault login https://lab.example:8443, then labvault --uri https://lab.example:8443 runs exp
     """
-    from labvault.store.http.backend import HTTPBackend, save_token
+    from labvault.store.http.backend import HTTPBackend
+    from labvault.store.http.credentials import save_token
 
     with _errors():
         secret = token or os.environ.get("LABVAULT_TOKEN") or typer.prompt("token", hide_input=True)
@@ -1553,7 +1554,7 @@ def logout(
     url: Annotated[str, typer.Argument(metavar="URL", show_default=False)],
 ) -> None:
     """Forget the token stored for a server."""
-    from labvault.store.http.backend import forget_token
+    from labvault.store.http.credentials import forget_token
 
     with _errors():
         had = forget_token(url)
