@@ -108,16 +108,9 @@ class _ResponseReader(io.RawIOBase):
         super().close()
 
 
-def _file_chunks(path: Path, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
-        fh.seek(start)
-        left = length
-        while left is None or left > 0:
-            chunk = fh.read(CHUNK_SIZE if left is None else min(CHUNK_SIZE, left))
-            if not chunk:
-                return
-            if left is not None:
-                left -= len(chunk)
+        while chunk := fh.read(CHUNK_SIZE):
             yield chunk
 
 

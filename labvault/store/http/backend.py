@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
@@ -136,24 +136,10 @@ class HTTPBackend(Backend):
         """The shared HTTP client (created on first use: construction does no I/O)."""
         return self.api.client
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        content: bytes | Callable[[], Iterable[bytes]] | None = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        idempotent: bool = False,
-        stream: bool = False,
-        timeout: float | None = None,
-        retries: int | None = None,
-    ) -> httpx.Response:
-        """One API call with error translation and retries (``APIClient.request``)."""
-        return self.api.request(method, path, json_body=json_body, content=content, params=params,
-                                       headers=headers, idempotent=idempotent, stream=stream,
-                                       timeout=timeout, retries=retries)
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One API call with error translation and retries: ``APIClient.request`` (its keyword arguments:
+        json_body, content, params, headers, idempotent, stream, timeout, retries)."""
+        return self.api.request(method, path, **kw)
 
     # -- server ----------------------------------------------------------------------------------------------
     def check_online(self, timeout: float = 3.0) -> bool:
