@@ -59,7 +59,7 @@ __all__ = ["EventHub", "ServerConfig", "ServerState", "config_to_env", "create_a
 log = logging.getLogger("labvault.server")
 
 
-# -- limits middleware ---------------------------------------------------------------------------------------
+# -- limits middleware (before routing: bodies over a route's limit never reach a handler) -------------------
 _UPLOAD_ROUTES = (
     ("POST", re.compile(r"/api/v1/content/?")),
     ("PUT", re.compile(r"/api/v1/blobs/.+")),
@@ -199,6 +199,7 @@ def _bearer_token(scope: Scope) -> str | None:
             scheme, _, rest = value.decode("latin-1").partition(" ")
             return rest.strip() if scheme.lower() == "bearer" and rest.strip() else None
     return None
+
 
 # -- the application -----------------------------------------------------------------------------------------
 def _resolve_backend(backend: str | Backend, artifacts: str | BlobStore | None) -> Backend:
