@@ -40,6 +40,9 @@ OLD_PATHS = [
     ("labvault.backends.objectstore", "S3Backend", "labvault.store.objectstore"),
     ("labvault.backends.http", "HTTPBackend", "labvault.store.http.backend"),
     ("labvault.server.wire", "encode_series", "labvault.wire.codecs"),
+    ("labvault.server.wire", "status_for", "labvault.wire.errors"),
+    ("labvault.backends.http", "save_token", "labvault.store.http.credentials"),
+    ("labvault.backends.http", "HTTPBlobStore", "labvault.blobs.http"),
     ("labvault.testing.suite", "BackendTests", "labvault.testing.backend_suite"),
     ("labvault.testing.blobs_suite", "BlobStoreTests", "labvault.testing.blob_suite"),
 ]

@@ -39,8 +39,9 @@ from labvault.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from labvault.server.app import ServerConfig, _admin, _writer, create_app
+from labvault.server.app import ServerConfig, create_app
 from labvault.server.auth import AuthStore
+from labvault.server.deps import _admin, _writer
 from labvault.server.inprocess import ASGIBridge, serve_in_process
 from labvault.store.http.backend import HTTPBackend
 

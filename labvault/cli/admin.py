@@ -150,7 +150,8 @@ def login(
 
     Example: labvault login https://lab.example:8443, then labvault --uri https://lab.example:8443 runs exp
     """
-    from labvault.store.http.backend import HTTPBackend, save_token  # loads httpx: only here
+    from labvault.store.http.backend import HTTPBackend  # loads httpx: only here
+    from labvault.store.http.credentials import save_token
 
     with exit_on_error():
         secret = token or os.environ.get("LABVAULT_TOKEN") or typer.prompt("token", hide_input=True)
@@ -169,7 +170,7 @@ def logout(
     url: Annotated[str, typer.Argument(metavar="URL", show_default=False)],
 ) -> None:
     """Forget the token stored for a server."""
-    from labvault.store.http.backend import forget_token  # loads httpx: only here
+    from labvault.store.http.credentials import forget_token
 
     with exit_on_error():
         had = forget_token(url)

@@ -1,5 +1,9 @@
-"""HTTP plumbing of the labvault server: strict JSON request bodies, byte ranges, validation messages, and
-connections that survive errors.
+"""HTTP plumbing of the labvault server: JSON answers, strict JSON request bodies, byte ranges, validation
+messages, and connections that survive errors.
+
+``JSON`` is the response every endpoint answers with (orjson; integers beyond 64 bits under
+``BIGINT_JSON_MEDIA_TYPE``), ``error_response`` the ``{"error": class name, "message": text}`` answer of
+every failure, however it is raised.
 
 ``parse_range`` reads a ``Range`` header with bounded numbers (a bound of 5,000 digits is "beyond the
 end", not a 500 from ``int()``), and ``describe_error`` turns one request validation error into text.
@@ -30,11 +34,14 @@ import re
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from fastapi.routing import APIRoute
+import orjson
+from fastapi.routing import APIRoute, APIRouter
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from labvault.wire import API_PREFIX, BIGINT_JSON_MEDIA_TYPE
 
 log = logging.getLogger("labvault.server")
 
@@ -42,6 +49,31 @@ log = logging.getLogger("labvault.server")
 DRAIN_LIMIT = 1024 * 1024
 # A \uXXXX escape of a UTF-16 surrogate: only then can a parsed string hold a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class JSON(Response):
+    """A JSON answer, rendered by orjson (by ``json`` when it holds integers beyond 64 bits, under the media
+    type that tells clients so)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except TypeError:  # ints beyond 64 bits and the like: say so, for clients that parse with orjson
+            self.media_type = BIGINT_JSON_MEDIA_TYPE
+            return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
+
+
+def error_response(status: int, name: str, message: str, headers: Mapping[str, str] | None = None) -> JSON:
+    """The answer to a failure: ``{"error": name, "message": message}`` with ``status``."""
+    return JSON({"error": name, "message": message}, status_code=status, headers=dict(headers or {}))
+
+
+def binary_body() -> dict[str, Any]:
+    """``openapi_extra`` of an endpoint that reads its body as raw bytes (an upload, streamed)."""
+    return {"requestBody": {"content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}}
 
 
 def _lone_surrogate(doc: Any) -> str | None:
@@ -103,6 +135,11 @@ class JSONRoute(APIRoute):
             return await handler(_StrictJSONRequest(request.scope, request.receive))
 
         return route
+
+
+def api_router() -> APIRouter:
+    """A router of endpoints under ``/api/v1`` whose JSON bodies go through ``parse_json_body``."""
+    return APIRouter(prefix=API_PREFIX, route_class=JSONRoute)
 
 
 def describe_error(err: Mapping[str, Any]) -> str:

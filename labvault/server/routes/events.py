@@ -1,0 +1,75 @@
+"""``GET /events``: the store's changes from now on as server-sent events (``ready`` once subscribed,
+then one ``change`` per event, ``: ping`` comments while idle, and ``error`` before the server drops a
+client that fell more than ``ServerConfig.sse_queue`` events behind)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import orjson
+from fastapi import Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response, StreamingResponse
+
+from labvault.domain import ChangeEvent
+from labvault.server.deps import Reader, state_of
+from labvault.server.protocol import api_router
+from labvault.server.state import EventHub, Subscriber
+
+router = api_router()
+
+
+def _wanted(event: ChangeEvent, kinds: set[str] | None, experiment_id: str | None,
+            run_id: str | None) -> bool:
+    return not ((kinds is not None and event.kind not in kinds)
+                or (experiment_id is not None and event.experiment_id != experiment_id)
+                or (run_id is not None and event.run_id != run_id))
+
+
+async def _stream(hub: EventHub, sub: Subscriber, interval: float, kinds: set[str] | None,
+                  experiment_id: str | None, run_id: str | None) -> AsyncIterator[bytes]:
+    """The event stream of one subscriber, until it overflows or the client goes away."""
+    try:
+        yield b"event: ready\ndata: {}\n\n"
+        seq = 0
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), interval)
+            except TimeoutError:
+                if sub.overflowed:
+                    break
+                yield b": ping\n\n"
+                continue
+            if not _wanted(event, kinds, experiment_id, run_id):
+                continue
+            seq += 1
+            data = orjson.dumps(event.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
+            yield b"id: %d\nevent: change\ndata: %s\n\n" % (seq, data)
+            if sub.overflowed and sub.queue.empty():
+                break
+        yield b'event: error\ndata: {"error": "overflow", "message": "client fell behind"}\n\n'
+    finally:
+        hub.unsubscribe(sub)
+
+
+@router.get("/events", tags=["events"], summary="Server-sent events: the store's changes from now on",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+async def events(
+    p: Reader,
+    request: Request,
+    kinds: Annotated[str | None, Query(description="comma-separated event kinds")] = None,
+    experiment_id: str | None = None,
+    run_id: str | None = None,
+    ping: Annotated[float | None, Query(ge=0.05, le=300, allow_inf_nan=False)] = None,
+) -> Response:
+    state = state_of(request)
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
+    interval = state.config.sse_ping if ping is None else ping
+    loop = asyncio.get_running_loop()
+    sub = await run_in_threadpool(state.hub.subscribe, loop)
+    return StreamingResponse(_stream(state.hub, sub, interval, wanted, experiment_id, run_id),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
