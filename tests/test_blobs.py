@@ -1,4 +1,5 @@
-"""The BlobStore contract on the file, memory, S3 and Redis stores; registration and ``labvault.blobs.open``."""
+"""The BlobStore contract on the file, memory, S3 and Redis stores; registration and
+``labvault.blobs.open``."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ __all__ = ["BLOB_SCRIPTS", "UPLOAD_TTL", "RedisBlobStore"]
 UPLOAD_TTL = 24 * 3600
 _READ_AHEAD = 4  # chunks fetched per round trip when reading a blob
 _WRITE_AHEAD = 4  # chunks sent per round trip when writing one
+_REOPEN_TRIES = 8  # manifests read by one open while writers keep replacing the blob
 
 #: The blob store's Lua scripts (register them on the connection the store is given).
 BLOB_SCRIPTS: dict[str, str] = {
@@ -126,18 +127,29 @@ class _ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def prefetch(self) -> bool:
+        """Fetch the first chunks now; False when they are gone already (the blob was replaced or deleted
+        since its manifest was read: nothing was read, so the caller may start over from the manifest)."""
+        return self._chunks == 0 or self._fetch()
+
+    def _fetch(self) -> bool:
+        """Fetch the next few chunks into ``_pending``; False when one of them is missing."""
+        upto = min(self._chunks, self._next + _READ_AHEAD)
+        names = [self._store._chunk_key(self._upload, i) for i in range(self._next, upto)]
+        got = self._store._conn.call(lambda c: c.mget(names), "blob read")
+        if any(part is None for part in got):
+            return False
+        self._pending = list(reversed(got))
+        self._next = upto
+        return True
+
     def _fill(self) -> bool:
         if not self._pending:
             if self._next >= self._chunks:
                 return False
-            upto = min(self._chunks, self._next + _READ_AHEAD)
-            names = [self._store._chunk_key(self._upload, i) for i in range(self._next, upto)]
-            got = self._store._conn.call(lambda c: c.mget(names), "blob read")
-            if any(part is None for part in got):
+            if not self._fetch():
                 raise CorruptDataError(
                     f"blob {self._key!r} lost chunks while being read (replaced or deleted meanwhile)")
-            self._pending = list(reversed(got))
-            self._next = upto
         self._buffer = memoryview(self._pending.pop())
         return True
 
@@ -330,11 +342,17 @@ class RedisBlobStore(BlobStore):
         return as_text(upload), int(size), int(chunks)
 
     def _open(self, key: str) -> BinaryIO:
-        manifest = self._manifest(key)
-        if manifest is None:
-            raise NotFoundError(f"no blob {key!r}")
-        upload, size, chunks = manifest
-        return io.BufferedReader(_ChunkReader(self, key, upload, size, chunks), self.chunk_size)
+        """A reader of the blob as published now: when a writer replaces it between the manifest and the
+        first chunks (a compare-and-swap loop does), the new manifest is read and the reader starts over."""
+        for _ in range(_REOPEN_TRIES):
+            manifest = self._manifest(key)
+            if manifest is None:
+                raise NotFoundError(f"no blob {key!r}")
+            upload, size, chunks = manifest
+            reader = _ChunkReader(self, key, upload, size, chunks)
+            if reader.prefetch():
+                return io.BufferedReader(reader, self.chunk_size)
+        raise CorruptDataError(f"blob {key!r} lost chunks while being read (replaced or deleted meanwhile)")
 
     def _exists(self, key: str) -> bool:
         name = self._manifest_key(key)
