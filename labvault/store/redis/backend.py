@@ -375,7 +375,7 @@ class RedisBackend(Backend, scheme="redis"):
         stamp = _dumps(start_time)
         # The event's JSON around the run number, which only the script knows: head .. number .. tail.
         sample = payload(make_event("run.created", experiment_id, run_id, number=0, name=name,
-                                 parent_id=parent_id))
+                                    parent_id=parent_id))
         marker = b'"data":{"number":0'
         cut = sample.index(marker) + len(marker) - 1
         head, tail = sample[:cut], sample[cut + 1:]
@@ -399,7 +399,7 @@ class RedisBackend(Backend, scheme="redis"):
         if number == -2:
             raise NotFoundError(f"parent run {parent_id} not found")
         self._mark_sent(make_event("run.created", experiment_id, run_id, number=number, name=name,
-                               parent_id=parent_id))
+                                   parent_id=parent_id))
         return RunInfo(
             id=run_id, experiment_id=experiment_id, number=number, name=name, parent_id=parent_id,
             status="running", start_time=start_time, heartbeat=start_time, params=dict(params),
@@ -618,7 +618,7 @@ class RedisBackend(Backend, scheme="redis"):
             keys.append(self._metric_key(run_id, s.key))
             args += ["m:" + s.key, _number_json(float(s.values[-1])), len(segments), *segments]
         event = make_event("metric.logged", None, run_id, keys=sorted({s.key for s in series}),
-                       points=sum(len(s) for s in series))
+                           points=sum(len(s) for s in series))
         applied = int(self._run_script("log_metrics", keys, args, "metric write", event))
         if applied == -1:
             raise NotFoundError(f"run {run_id} not found")
