@@ -1,4 +1,5 @@
-"""The BlobStore contract on the file, memory, S3, SQL and tiered stores; registration and blobs.open()."""
+"""The BlobStore contract on the file, memory, S3, SQL, tiered and Redis stores; registration and
+``labvault.blobs.open``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, BinaryIO
 
 import pytest
 from s3_server import s3_server, s3_url  # noqa: F401 - pytest fixtures
+from test_conformance_redis import fresh_redis_uri
 
 import labvault
 import labvault.blobs
@@ -257,6 +259,28 @@ class TestS3BlobStore(BlobStoreTests):
     @pytest.fixture
     def large_size(self) -> int:
         return 11 * 1024 * 1024  # three 5 MiB parts
+
+
+class TestRedisBlobStore(BlobStoreTests):
+    """The Redis backend's chunked blob store on its own connection (the server on 127.0.0.1:6379)."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[BlobStore]:
+        pytest.importorskip("redis")
+        from labvault.blobs.redis import BLOB_SCRIPTS, RedisBlobStore
+        from labvault.blobs.redis_connection import RedisConnection, parse_uri
+
+        uris = fresh_redis_uri()  # a prefix of its own, every key under it deleted afterwards
+        conn = RedisConnection(parse_uri(next(uris), {"chunk_size": 64 * 1024}), BLOB_SCRIPTS)
+        try:
+            yield RedisBlobStore(conn)
+        finally:
+            conn.close()
+            next(uris, None)
+
+    @pytest.fixture
+    def large_size(self) -> int:
+        return 3 * 1024 * 1024  # 48 chunks of 64 KiB, read 4 per round trip
 
 
 class TestS3ManySmallObjects:

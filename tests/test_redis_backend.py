@@ -29,7 +29,8 @@ from labvault.errors import BackendUnavailableError, ConflictError, InvalidArgum
 
 redis = pytest.importorskip("redis")
 
-from labvault.store.redis.backend import RedisBackend, RedisBlobStore  # noqa: E402
+from labvault.blobs.redis import RedisBlobStore  # noqa: E402
+from labvault.store.redis.backend import RedisBackend  # noqa: E402
 
 
 def _prefix() -> str:

@@ -29,6 +29,8 @@ come from boto3's usual chain: ``$AWS_ACCESS_KEY_ID`` / ``$AWS_SECRET_ACCESS_KEY
   new blob costs one request; one found stored is checked (size) and touched as ``put_content`` does.
 
 boto3 is imported on first use, so ``import labvault`` never needs it (``pip install 'labvault[s3]'``).
+The two clients and the translation of their errors are in ``labvault.blobs.s3client``; the part
+sources of uploads, the verifying reader and the parallel ranged download in ``labvault.blobs.s3io``.
 """
 
 from __future__ import annotations
@@ -49,26 +51,26 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from labvault._retry import Backoff, Retry
 from labvault._uri import bool_option, float_option, int_option, refuse_credentials
-from labvault.blobs.abc import (
-    CHUNK_SIZE,
-    BlobSource,
-    BlobStore,
-    VerifyingReader,
-    iter_source,
-    precondition_failed,
+from labvault.blobs.abc import CHUNK_SIZE, BlobSource, BlobStore, VerifyingReader, iter_source
+from labvault.blobs.s3client import (
+    BUCKET_EXISTS,
+    is_transient,
+    make_boto3_client,
+    make_obstore,
+    translate_botocore,
+    translate_obstore,
 )
+from labvault.blobs.s3io import Chunked, FileParts, PartSource, RangedDownload, S3Reader, b64
 from labvault.domain import validation as v
 from labvault.domain.model import BlobInfo
 from labvault.errors import (
-    AuthenticationError,
     BackendUnavailableError,
     ConflictError,
     CorruptDataError,
     InvalidArgumentError,
-    LabvaultError,
     NotFoundError,
-    PermissionDeniedError,
 )
 
 MiB = 1024 * 1024
@@ -84,19 +86,13 @@ _PART_SIZE_META = "labvault-part-size"
 _MAX_COPY_OBJECT = 5 * 1024 * MiB
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _T = TypeVar("_T")
-
-_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
-_AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-         "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId"}
-_CORRUPT = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest", "InvalidChecksum"}
-_BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
-_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-              "InternalError", "ServiceUnavailable", "OperationAborted", "503", "500", "502", "504"}
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
+# The retry schedules these loops had before ``labvault._retry`` (its default is 0.05 s to 2 s, jittered):
+#: ``_call``: 0.1 s doubling to 2 s, no jitter (botocore's own retry mode jitters the requests it retries).
+_CALL_BACKOFF = Backoff(first=0.1, cap=2.0, jitter=False)
+#: ``_writing``, waiting for a new bucket to be visible: 0.05 s doubling to 1 s, 6 tries.
+_BUCKET_BACKOFF = Backoff(first=0.05, cap=1.0, jitter=False)
+#: ``_abort``: 0.2 s, then 0.4 s, 3 tries.
+_ABORT_BACKOFF = Backoff(first=0.2, cap=0.4, jitter=False)
 
 def _digest_from_key(key: str) -> str | None:
     parts = key.split("/")
@@ -231,48 +227,8 @@ class S3BlobStore(BlobStore, scheme="s3"):
         if self._client_obj is None:
             with self._client_lock:
                 if self._client_obj is None:
-                    self._client_obj = self._make_client()
+                    self._client_obj = make_boto3_client(self)
         return self._client_obj
-
-    def _make_client(self) -> Any:
-        try:
-            import boto3  # type: ignore[import-untyped,import-not-found,unused-ignore]
-            from botocore.config import Config  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        except ImportError as exc:  # pragma: no cover - depends on the installation
-            raise BackendUnavailableError(
-                "the S3 blob store needs boto3: pip install 'labvault[s3]'"
-            ) from exc
-        from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-        endpoint, style = self._endpoint_and_style()
-        region = (self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                  or ("us-east-1" if endpoint else None))
-        retries: Any = {"max_attempts": self.max_attempts, "mode": self.retry_mode}
-        s3_options: Any = {"addressing_style": style}
-        config = Config(
-            region_name=region,
-            retries=retries,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_pool_connections=max(10, self.max_concurrency * 2 + 2),
-            s3=s3_options,
-            # We send and check SHA-256 ourselves; botocore's default CRC trailers would hash twice.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            tcp_keepalive=True,
-        )
-        try:
-            session = boto3.session.Session(profile_name=self.profile)
-            return session.client("s3", endpoint_url=endpoint, config=config)
-        except BotoCoreError as exc:
-            raise InvalidArgumentError(f"cannot configure the S3 client for {self.url}: {exc}") from exc
-
-    def _endpoint_and_style(self) -> tuple[str | None, str]:
-        """The endpoint (``endpoint_url=``, else ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``, else None
-        for AWS) and the addressing style (path-style for a custom endpoint unless set) of both clients."""
-        endpoint = (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                    or os.environ.get("AWS_ENDPOINT_URL") or None)
-        return endpoint, self.addressing_style or ("path" if endpoint else "auto")
 
     def _small_client(self) -> Any:
         """obstore's ``S3Store`` for many small objects (made on first use), or None without obstore."""
@@ -280,61 +236,8 @@ class S3BlobStore(BlobStore, scheme="s3"):
             client = self.client  # resolves endpoint, region and credentials (outside the lock below)
             with self._client_lock:
                 if self._small_obj is None:
-                    self._small_obj = self._make_small_client(client) or False
+                    self._small_obj = make_obstore(self, client) or False
         return self._small_obj or None
-
-    def _make_small_client(self, client: Any) -> Any:
-        try:
-            import boto3  # type: ignore[import-untyped,import-not-found,unused-ignore]
-            from obstore.auth.boto3 import Boto3CredentialProvider
-            from obstore.store import S3Store
-        except ImportError:
-            return None
-        import datetime as dt
-
-        endpoint, style = self._endpoint_and_style()
-        options: dict[str, Any] = {
-            "region": client.meta.region_name or "us-east-1",
-            "virtual_hosted_style_request": style == "virtual" or (style == "auto" and not endpoint),
-            "checksum_algorithm": "SHA256",
-        }
-        if endpoint:
-            options["endpoint"] = endpoint
-        try:
-            provider = Boto3CredentialProvider(boto3.session.Session(profile_name=self.profile))
-            return S3Store(
-                self.bucket, credential_provider=provider,
-                client_options={"allow_http": bool(endpoint and endpoint.startswith("http://")),
-                                "connect_timeout": dt.timedelta(seconds=self.connect_timeout),
-                                "timeout": dt.timedelta(seconds=self.read_timeout)},
-                retry_config={"max_retries": self.max_attempts,
-                              "retry_timeout": dt.timedelta(seconds=max(self.retry_deadline, 1.0))},
-                **options,
-            )
-        except Exception:  # no credentials, an option obstore does not take, ...: boto3 does it all
-            return None
-
-    def _translate_small(self, exc: BaseException, op: str, key: str) -> LabvaultError:
-        """Map an obstore exception to the labvault error ``_translate`` gives for botocore's."""
-        from obstore import exceptions as oe
-
-        where = self._where(key)
-        text = str(exc)
-        if "NoSuchBucket" in text:
-            return NotFoundError(f"S3 bucket {self.bucket!r} does not exist ({op} {where})")
-        if isinstance(exc, FileNotFoundError | oe.NotFoundError):
-            return NotFoundError(f"no blob {key!r} in {self.url}")
-        if isinstance(exc, oe.AlreadyExistsError | oe.PreconditionError):
-            return precondition_failed(key, f"the S3 server answered 412 PreconditionFailed to {op}")
-        if isinstance(exc, oe.UnauthenticatedError) or any(code in text for code in _AUTH):
-            code = next((c for c in _AUTH if c in text), "unauthenticated")
-            return AuthenticationError(f"S3 {op} {where}: the server refused the credentials ({code})")
-        if isinstance(exc, oe.PermissionDeniedError | PermissionError):
-            return PermissionDeniedError(f"S3 {op} {where}: access denied")
-        if any(code in text for code in _CORRUPT):
-            return CorruptDataError(f"S3 {op} {where}: the server rejected the data's checksum")
-        return BackendUnavailableError(f"S3 {op} {where} failed: {type(exc).__name__}: "
-                                       f"{text.splitlines()[0] if text else ''}")
 
     def _small_put(self, store: Any, key: str, body: bytes, mode: str = "overwrite") -> int:
         """One PutObject through obstore (creating the bucket when it is missing, as ``_writing`` does)."""
@@ -344,7 +247,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
             try:
                 obstore.put(store, self._full(key), body, mode=mode)  # type: ignore[arg-type]
             except Exception as exc:
-                raise self._translate_small(exc, "put", key) from exc
+                raise translate_obstore(self, exc, "put", key) from exc
             return len(body)
 
         return self._writing("put", key, put)
@@ -361,7 +264,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
             try:
                 meta = obstore.head(store, self._full(key))
             except Exception as exc:
-                raise self._translate_small(exc, "head", key) from exc
+                raise translate_obstore(self, exc, "head", key) from exc
             if int(meta["size"]) != len(body):  # a damaged object at this address: replace it
                 self._small_put(store, key, body)
             elif time.time() - meta["last_modified"].timestamp() > TOUCH_AFTER_SECONDS:
@@ -382,76 +285,22 @@ class S3BlobStore(BlobStore, scheme="s3"):
     def _where(self, key: str) -> str:
         return f"{self.url}/{key}" if key else self.url
 
-    def _translate(self, exc: BaseException, op: str, key: str) -> LabvaultError:
-        """Map a botocore exception to the labvault error a caller can handle."""
-        from botocore.exceptions import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
-            ClientError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
-
-        where = self._where(key)
-        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            return AuthenticationError(
-                f"S3 {op} {where}: no AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
-            )
-        if not isinstance(exc, ClientError):
-            return BackendUnavailableError(f"S3 {op} {where} failed: {type(exc).__name__}: {exc}")
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = str(error.get("Message", "")) or str(exc)
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code == "NoSuchBucket":
-            return NotFoundError(f"S3 bucket {self.bucket!r} does not exist ({op} {where})")
-        if code in _NOT_FOUND or status == 404:
-            return NotFoundError(f"no blob {key!r} in {self.url}" if key else f"S3 {op} {where}: not found")
-        if code == "PreconditionFailed" or status == 412:
-            return precondition_failed(key, f"the S3 server answered 412 PreconditionFailed to {op}")
-        if code == "ConditionalRequestConflict" or (status == 409 and code != "BucketAlreadyOwnedByYou"):
-            return ConflictError(f"S3 {op} {where}: {code}: {message} (a concurrent write won; retry)")
-        if code in _AUTH:
-            return AuthenticationError(f"S3 {op} {where}: {code}: {message}")
-        if code in ("AccessDenied", "AllAccessDisabled", "AccountProblem") or status == 403:
-            return PermissionDeniedError(f"S3 {op} {where}: access denied ({code}: {message})")
-        if code in _CORRUPT:
-            return CorruptDataError(f"S3 {op} {where}: the server rejected the data's checksum ({code})")
-        if code in _TRANSIENT or status >= 500:
-            return BackendUnavailableError(f"S3 {op} {where}: server error ({code or status}: {message})")
-        if 400 <= status < 500:
-            return InvalidArgumentError(f"S3 {op} {where}: {code}: {message}")
-        return BackendUnavailableError(f"S3 {op} {where}: {code or status}: {message}")
-
-    def _is_transient(self, exc: BaseException) -> bool:
-        from botocore.exceptions import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
-            ClientError,
-            ConnectionError,
-            HTTPClientError,
-        )
-
-        if isinstance(exc, ConnectionError | HTTPClientError):
-            return True
-        if isinstance(exc, ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            return code in _TRANSIENT or status >= 500
-        return False
-
     def _call(self, op: str, key: str, fn: Callable[..., _T], /, **kwargs: Any) -> _T:
         """Call a client method; retry connection errors and 5xx until ``retry_deadline``; translate."""
         from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
-        deadline = time.monotonic() + self.retry_deadline
-        delay = 0.1
+        deadline = time.monotonic() + self.retry_deadline  # from the call's start, the first try included
+        retry: Retry | None = None
         while True:
             try:
                 return fn(**kwargs)
             except (BotoCoreError, ClientError) as exc:
-                if self._is_transient(exc) and time.monotonic() + delay < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                raise self._translate(exc, op, key) from exc
+                if is_transient(exc):
+                    if retry is None:  # made at the first failure: a call that succeeds pays nothing
+                        retry = Retry(timeout=max(0.0, deadline - time.monotonic()), policy=_CALL_BACKOFF)
+                    if retry.wait():
+                        continue
+                raise translate_botocore(self, exc, op, key) from exc
 
     def _ensure_bucket(self) -> None:
         """Create the bucket (idempotent; several processes may race)."""
@@ -470,7 +319,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         except InvalidArgumentError as exc:
             cause = exc.__cause__
             if not (isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in
-                    _BUCKET_EXISTS):
+                    BUCKET_EXISTS):
                 raise
         self._bucket_checked = True
 
@@ -480,7 +329,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         try:
             self.client.create_bucket(**kwargs)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in _BUCKET_EXISTS:
+            if exc.response.get("Error", {}).get("Code") not in BUCKET_EXISTS:
                 raise
 
     def _writing(self, op: str, key: str, fn: Callable[[], _T]) -> _T:
@@ -496,35 +345,34 @@ class S3BlobStore(BlobStore, scheme="s3"):
         with self._bucket_lock:
             if not self._bucket_checked:
                 self._ensure_bucket()
-        for delay in (0.05, 0.1, 0.2, 0.5, 1.0):
+        retry = Retry(tries=6, policy=_BUCKET_BACKOFF)
+        while True:
             try:
                 return fn()
             except NotFoundError as exc:
-                if not _bucket_missing(exc):
+                if not _bucket_missing(exc) or not retry.wait():
                     raise
-                time.sleep(delay)
-        return fn()
 
     # -- writes -------------------------------------------------------------------------------------------
     def _put(self, key: str, chunks: Iterator[bytes]) -> int:
-        return self._put_stream(key, _Chunked(chunks), None, if_absent=False, if_match=None)
+        return self._put_stream(key, Chunked(chunks), None, if_absent=False, if_match=None)
 
     def _put_if(self, key: str, chunks: Iterator[bytes], *, if_absent: bool, if_match: str | None) -> int:
-        return self._put_stream(key, _Chunked(chunks), None, if_absent=if_absent, if_match=if_match)
+        return self._put_stream(key, Chunked(chunks), None, if_absent=if_absent, if_match=if_match)
 
     def _write(self, key: str, data: BlobSource, *, if_absent: bool, if_match: str | None) -> int:
         if isinstance(data, bytes | bytearray | memoryview):
             view = memoryview(data).cast("B")
-            return self._put_stream(key, _Chunked(iter([view.tobytes()]) if len(view) else iter(())),
+            return self._put_stream(key, Chunked(iter([view.tobytes()]) if len(view) else iter(())),
                                     len(view), if_absent=if_absent, if_match=if_match)
         if isinstance(data, str | os.PathLike):
             path = Path(data)
             with path.open("rb") as fh:
-                return self._put_stream(key, _FileParts(fh), os.fstat(fh.fileno()).st_size,
+                return self._put_stream(key, FileParts(fh), os.fstat(fh.fileno()).st_size,
                                         if_absent=if_absent, if_match=if_match)
-        return self._put_stream(key, _FileParts(data), None, if_absent=if_absent, if_match=if_match)  # type: ignore[arg-type]
+        return self._put_stream(key, FileParts(data), None, if_absent=if_absent, if_match=if_match)  # type: ignore[arg-type]
 
-    def _put_stream(self, key: str, source: _PartSource, size: int | None, *, if_absent: bool,
+    def _put_stream(self, key: str, source: PartSource, size: int | None, *, if_absent: bool,
                     if_match: str | None, checksum: bytes | None = None) -> int:
         """PutObject when the content fits in one part, else a parallel multipart upload."""
         cond: dict[str, str] = {}
@@ -549,11 +397,11 @@ class S3BlobStore(BlobStore, scheme="s3"):
         digest = checksum or hashlib.sha256(body).digest()
         self._writing("put", key, lambda: self._call(
             "put", key, self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=body,
-            ChecksumSHA256=_b64(digest), **cond,
+            ChecksumSHA256=b64(digest), **cond,
         ))
         return len(body)
 
-    def _multipart(self, key: str, held: list[bytes], source: _PartSource, cond: dict[str, str]) -> int:
+    def _multipart(self, key: str, held: list[bytes], source: PartSource, cond: dict[str, str]) -> int:
         full = self._full(key)
         created = self._call(
             "start upload", key, self.client.create_multipart_upload, Bucket=self.bucket, Key=full,
@@ -607,7 +455,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         return total
 
     def _upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
-        checksum = _b64(hashlib.sha256(body).digest())
+        checksum = b64(hashlib.sha256(body).digest())
         answer = self._call(
             f"upload part {number} of", key, self.client.upload_part, Bucket=self.bucket, Key=self._full(key),
             UploadId=upload_id, PartNumber=number, Body=body, ChecksumSHA256=checksum,
@@ -616,13 +464,15 @@ class S3BlobStore(BlobStore, scheme="s3"):
 
     def _abort(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload (best effort, briefly retried): its parts never become an object."""
-        for attempt in range(3):
+        retry = Retry(tries=3, policy=_ABORT_BACKOFF)
+        while True:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._full(key),
                                                    UploadId=upload_id)
                 return
             except Exception:
-                time.sleep(0.2 * (attempt + 1))
+                if not retry.wait():
+                    break
         # The server is unreachable: the upload stays incomplete (invisible to readers) until a bucket
         # lifecycle rule or `list_multipart_uploads` clean-up removes its parts.
 
@@ -672,7 +522,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         if isinstance(data, bytes | bytearray | memoryview):
             body = memoryview(data).cast("B").tobytes()
             raw = hashlib.sha256(body).digest()
-            self._store_content(raw, len(body), lambda: _Chunked(iter([body]) if body else iter(())))
+            self._store_content(raw, len(body), lambda: Chunked(iter([body]) if body else iter(())))
             return raw.hex(), len(body)
         if isinstance(data, str | os.PathLike):
             path = Path(data)
@@ -682,7 +532,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
                 raw = hashlib.file_digest(fh, "sha256").digest()
                 size = fh.tell()
                 fh.seek(0)
-                self._store_content(raw, size, lambda: _FileParts(fh))
+                self._store_content(raw, size, lambda: FileParts(fh))
             return raw.hex(), size
         with tempfile.TemporaryFile() as spool:
             sha = hashlib.sha256()
@@ -692,10 +542,10 @@ class S3BlobStore(BlobStore, scheme="s3"):
             size = spool.tell()
             spool.seek(0)
             raw = sha.digest()
-            self._store_content(raw, size, lambda: _FileParts(spool))
+            self._store_content(raw, size, lambda: FileParts(spool))
         return raw.hex(), size
 
-    def _store_content(self, raw: bytes, size: int, source: Callable[[], _PartSource]) -> None:
+    def _store_content(self, raw: bytes, size: int, source: Callable[[], PartSource]) -> None:
         key = self.digest_key(raw.hex())
         try:
             head = self._call("head", key, self.client.head_object, Bucket=self.bucket, Key=self._full(key))
@@ -767,7 +617,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         answer = self._get_object(key)
         checksum = answer.get("ChecksumSHA256") if verify else None
         part_size = answer.get("Metadata", {}).get(_PART_SIZE_META)
-        raw = _S3Reader(self, key, answer["Body"], int(answer.get("ContentLength", -1)), checksum,
+        raw = S3Reader(self._where(key), answer["Body"], int(answer.get("ContentLength", -1)), checksum,
                         int(part_size) if part_size and part_size.isdigit() else None)
         return io.BufferedReader(raw, CHUNK_SIZE)
 
@@ -800,63 +650,18 @@ class S3BlobStore(BlobStore, scheme="s3"):
             raise NotFoundError(f"blob {digest} is missing from {self.url}") from exc
         if size <= self.part_size:
             return super().copy_content_to(digest, dest)
-        ranges = [(start, min(size, start + self.part_size)) for start in range(0, size, self.part_size)]
-        done = [False] * len(ranges)
-        failed = threading.Event()
-        ready = threading.Condition()
+        full = self._full(key)
+
+        def get_range(start: int, end: int) -> Any:
+            return self._call("get", key, self.client.get_object, Bucket=self.bucket, Key=full,
+                              Range=f"bytes={start}-{end - 1}")
+
         with atomic_writer(dest, durable=False) as out:
             fd = out.fileno()
             os.ftruncate(fd, size)
-
-            def fetch(i: int) -> None:
-                start, end = ranges[i]
-                try:
-                    if failed.is_set():
-                        return  # another part failed: the download is abandoned
-                    answer = self._call("get", key, self.client.get_object, Bucket=self.bucket,
-                                        Key=self._full(key), Range=f"bytes={start}-{end - 1}")
-                    body, pos = answer["Body"], start
-                    try:
-                        while pos < end and not failed.is_set():
-                            chunk = body.read(min(CHUNK_SIZE, end - pos))
-                            if not chunk:
-                                break
-                            os.pwrite(fd, chunk, pos)
-                            pos += len(chunk)
-                    finally:
-                        body.close()
-                    if pos != end and not failed.is_set():
-                        raise BackendUnavailableError(
-                            f"S3 read of {self._where(key)} bytes {start}-{end - 1} ended at {pos}")
-                except BaseException:
-                    failed.set()
-                    raise
-                finally:
-                    with ready:
-                        done[i] = True
-                        ready.notify_all()
-
-            def check() -> str | None:
-                sha = hashlib.sha256()
-                for i, (start, end) in enumerate(ranges):
-                    with ready:
-                        ready.wait_for(lambda i=i: done[i] or failed.is_set())  # type: ignore[misc]
-                    if failed.is_set():
-                        return None
-                    pos = start
-                    while pos < end:
-                        data = os.pread(fd, min(CHUNK_SIZE, end - pos), pos)
-                        sha.update(data)
-                        pos += len(data)
-                return sha.hexdigest()
-
             self.client  # noqa: B018 - create the client once, before the threads race for it
-            with ThreadPoolExecutor(self.max_concurrency + 1, thread_name_prefix="labvault-s3-get") as pool:
-                verified = pool.submit(check)
-                parts = [pool.submit(fetch, i) for i in range(len(ranges))]
-                for part in parts:
-                    part.result()  # the first failure raises (the others stop at their next chunk)
-                actual = verified.result()
+            download = RangedDownload(fd, size, self.part_size, get_range, self._where(key))
+            actual = download.run(self.max_concurrency)
             if actual != digest:
                 raise CorruptDataError(f"blob {digest} in {self.url} is corrupt: its sha256 is {actual}")
         return size
@@ -931,142 +736,3 @@ class S3BlobStore(BlobStore, scheme="s3"):
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-
-
-class _PartSource:
-    """Something parts are read from: ``read(n)`` returns up to n bytes, fewer only at the end."""
-
-    def read(self, n: int) -> bytes:
-        raise NotImplementedError
-
-
-class _FileParts(_PartSource):
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-
-    def read(self, n: int) -> bytes:
-        first = self._fh.read(n)
-        if isinstance(first, bytes) and (len(first) == n or not first):
-            return first  # the usual case (a file): no copies, so a part costs its size in memory once
-        out = bytearray()
-        if first:
-            if not isinstance(first, bytes | bytearray):
-                raise InvalidArgumentError("blob file object must be opened in binary mode ('rb')")
-            out += first
-        while len(out) < n:
-            chunk = self._fh.read(n - len(out))
-            if not chunk:
-                break
-            if not isinstance(chunk, bytes | bytearray):
-                raise InvalidArgumentError("blob file object must be opened in binary mode ('rb')")
-            out += chunk
-        return bytes(out)
-
-
-class _Chunked(_PartSource):
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._rest = b""
-
-    def read(self, n: int) -> bytes:
-        parts = [self._rest]
-        have = len(self._rest)
-        while have < n:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts)
-        self._rest = data[n:]
-        return data[:n]
-
-
-class _S3Reader(io.RawIOBase):
-    """A GetObject body as a raw file: errors translated, length and SHA-256 (full or composite) checked."""
-
-    def __init__(self, store: S3BlobStore, key: str, body: Any, length: int, checksum: str | None,
-                 part_size: int | None) -> None:
-        self._store = store
-        self._key = key
-        self._body = body
-        self._length = length
-        self._read = 0
-        self._checksum = checksum
-        self._composite = checksum is not None and "-" in checksum
-        if self._composite and not part_size:
-            self._checksum = None  # composite of unknown part boundaries (not written by labvault)
-        self._part_size = part_size or 0
-        self._whole = hashlib.sha256()
-        self._part = hashlib.sha256()
-        self._in_part = 0
-        self._part_digests: builtins.list[bytes] = []
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-        view = memoryview(buffer).cast("B")
-        try:
-            data = self._body.read(len(view))
-        except (BotoCoreError, OSError, ValueError) as exc:
-            raise BackendUnavailableError(
-                f"S3 read of {self._store._where(self._key)} broke off after {self._read} bytes: {exc}"
-            ) from exc
-        except Exception as exc:  # urllib3's ProtocolError / IncompleteRead are not OSErrors
-            raise BackendUnavailableError(
-                f"S3 read of {self._store._where(self._key)} broke off after {self._read} bytes: {exc}"
-            ) from exc
-        n = len(data)
-        if n:
-            view[:n] = data
-            self._read += n
-            if self._checksum:
-                self._hash(data)
-        elif not self._done:
-            self._done = True
-            self._finish()
-        return n
-
-    def _hash(self, data: bytes) -> None:
-        if not self._composite:
-            self._whole.update(data)
-            return
-        pos = 0
-        while pos < len(data):
-            take = min(len(data) - pos, self._part_size - self._in_part)
-            self._part.update(data[pos:pos + take])
-            self._in_part += take
-            pos += take
-            if self._in_part == self._part_size:
-                self._part_digests.append(self._part.digest())
-                self._part = hashlib.sha256()
-                self._in_part = 0
-
-    def _finish(self) -> None:
-        where = self._store._where(self._key)
-        if self._length >= 0 and self._read != self._length:
-            raise BackendUnavailableError(
-                f"S3 read of {where} ended after {self._read} of {self._length} bytes"
-            )
-        if not self._checksum:
-            return
-        if self._composite:
-            if self._in_part:
-                self._part_digests.append(self._part.digest())
-            combined = hashlib.sha256(b"".join(self._part_digests)).digest()
-            actual = f"{_b64(combined)}-{len(self._part_digests)}"
-        else:
-            actual = _b64(self._whole.digest())
-        if actual != self._checksum:
-            raise CorruptDataError(
-                f"blob {where} is corrupt: its SHA-256 checksum {actual} is not {self._checksum}"
-            )
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._body.close()
-        super().close()
