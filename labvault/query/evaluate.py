@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from labvault.query.like import _like
 from labvault.query.nodes import (
@@ -26,9 +26,6 @@ from labvault.query.nodes import (
     TrueExpr,
     Value,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _number(run: Any, field: Field) -> float | None:
@@ -107,52 +104,76 @@ def _compare_value(run: Any, field: Field, op: str, value: Value) -> bool | None
     return None if text is None else _compare(op, text, value)
 
 
+def _eval_and(expr: And, run: Any) -> bool | None:
+    result: bool | None = True
+    for item in expr.items:
+        value = _eval(item, run)
+        if value is False:
+            return False
+        if value is None:
+            result = None
+    return result
+
+
+def _eval_or(expr: Or, run: Any) -> bool | None:
+    result: bool | None = False
+    for item in expr.items:
+        value = _eval(item, run)
+        if value is True:
+            return True
+        if value is None:
+            result = None
+    return result
+
+
+def _eval_not(expr: Not, run: Any) -> bool | None:
+    value = _eval(expr.item, run)
+    return None if value is None else not value
+
+
+def _eval_in(expr: InList, run: Any) -> bool | None:
+    found: bool | None = False
+    for v in expr.values:
+        value = _compare_value(run, expr.field, "=", v)
+        if value is True:
+            found = True
+            break
+        if value is None:
+            found = None
+    return (None if found is None else not found) if expr.negated else found
+
+
+def _eval_is_null(expr: IsNull, run: Any) -> bool | None:
+    missing = _number(run, expr.field) is None and _text(run, expr.field) is None
+    return not missing if expr.negated else missing
+
+
+def _eval_like(expr: Like, run: Any) -> bool | None:
+    text = _text(run, expr.field)
+    if text is None:
+        return None
+    matched = _like(text, expr.pattern, expr.case_insensitive)
+    return not matched if expr.negated else matched
+
+
+_EVALUATORS: dict[type[Expr], Callable[[Any, Any], bool | None]] = {
+    Compare: lambda e, run: _compare_value(run, e.field, e.op, e.value),
+    And: _eval_and,
+    Or: _eval_or,
+    Not: _eval_not,
+    InList: _eval_in,
+    IsNull: _eval_is_null,
+    Like: _eval_like,
+    TrueExpr: lambda e, run: True,
+}
+
+
 def _eval(expr: Expr, run: Any) -> bool | None:
-    if isinstance(expr, Compare):
-        return _compare_value(run, expr.field, expr.op, expr.value)
-    if isinstance(expr, And):
-        result: bool | None = True
-        for item in expr.items:
-            value = _eval(item, run)
-            if value is False:
-                return False
-            if value is None:
-                result = None
-        return result
-    if isinstance(expr, Or):
-        result = False
-        for item in expr.items:
-            value = _eval(item, run)
-            if value is True:
-                return True
-            if value is None:
-                result = None
-        return result
-    if isinstance(expr, Not):
-        value = _eval(expr.item, run)
-        return None if value is None else not value
-    if isinstance(expr, InList):
-        found: bool | None = False
-        for v in expr.values:
-            value = _compare_value(run, expr.field, "=", v)
-            if value is True:
-                found = True
-                break
-            if value is None:
-                found = None
-        return (None if found is None else not found) if expr.negated else found
-    if isinstance(expr, IsNull):
-        missing = _number(run, expr.field) is None and _text(run, expr.field) is None
-        return not missing if expr.negated else missing
-    if isinstance(expr, Like):
-        text = _text(run, expr.field)
-        if text is None:
-            return None
-        matched = _like(text, expr.pattern, expr.case_insensitive)
-        return not matched if expr.negated else matched
-    if isinstance(expr, TrueExpr):
-        return True
-    raise TypeError(f"not a query expression: {expr!r}")
+    """The filter's three-valued result for one run (``None`` is UNKNOWN)."""
+    evaluator = _EVALUATORS.get(type(expr))
+    if evaluator is None:
+        raise TypeError(f"not a query expression: {expr!r}")
+    return evaluator(expr, run)
 
 
 def evaluate(expr: Expr, run: Any) -> bool:

@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from labvault.domain.validation import check_text, show
 from labvault.errors import InvalidArgumentError
@@ -30,16 +30,6 @@ from labvault.query.nodes import (
     Value,
 )
 
-if TYPE_CHECKING:
-    pass
-
-
-"""Where a field's value lives: a run's params, latest metrics, tags, or one of its attributes."""
-"""The two representations a value can be compared in."""
-"""A literal: number literals are parsed to ``float``, strings (and ``true``/``false``) to ``str``."""
-
-"""The run attributes a filter may name, with the representation each compares in."""
-
 _PREFIXES: dict[str, FieldKind] = {
     "params": "params", "param": "params", "metrics": "metrics", "metric": "metrics",
     "tags": "tags", "tag": "tags", "attributes": "attributes", "attribute": "attributes",
@@ -51,32 +41,6 @@ _MAX_DEPTH = 64
 _MAX_CONDITIONS = 256
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ------------------------------------------------------------------------------------------------------
-# tokenizer and parser
 
 _TOKEN_RE = re.compile(
     r"""
@@ -373,59 +337,3 @@ def parse_order_by(items: Sequence[str] | str | None) -> list[OrderKey]:
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"invalid order_by entry {item!r}: {exc}") from exc
     return out
-
-
-# ------------------------------------------------------------------------------------------------------
-# in-memory evaluation (None stands for UNKNOWN / NULL)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ------------------------------------------------------------------------------------------------------
-# SQL compilation (SQLAlchemy Core, bound parameters only; sqlalchemy is imported lazily)
-
-"""``resolve(field, kind)``: the SQL expression of a field's number or text value for the current run row.
-
-``resolve(field, "number")`` must be the numeric value, or NULL when the field is missing, NaN or not a
-number; ``resolve(field, "text")`` the text value (encoded as described in the module documentation), or
-NULL when missing or not text. Typically a column of the runs table or a correlated scalar subquery, e.g.
-``select(run_params.c.value_num).where(run_params.c.run_id == runs.c.id, run_params.c.key == key)``.
-"""
-
-
-
-
-
-
-
-

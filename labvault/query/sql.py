@@ -4,7 +4,7 @@ string-built; each field is resolved to columns by the backend (a ``Resolver``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from labvault.query.nodes import (
@@ -52,49 +52,69 @@ def _bind(value: Value) -> ColumnElement[Any]:
     return sa.literal(value, sa.String())
 
 
-def _compile(expr: Expr, resolve: Resolver) -> ColumnElement[bool]:
+def _compile_compare(expr: Compare, resolve: Resolver) -> ColumnElement[bool]:
+    import operator
+
+    col = resolve(expr.field, "number" if isinstance(expr.value, float) else "text")
+    ops: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+        "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+        ">=": operator.ge,
+    }
+    return ops[expr.op](col, _bind(expr.value))
+
+
+def _compile_in(expr: InList, resolve: Resolver) -> ColumnElement[bool]:
     import sqlalchemy as sa
 
-    if isinstance(expr, Compare):
-        col = resolve(expr.field, "number" if isinstance(expr.value, float) else "text")
-        param = _bind(expr.value)
-        op = expr.op
-        if op == "=":
-            return col == param
-        if op == "!=":
-            return col != param
-        if op == "<":
-            return col < param
-        if op == "<=":
-            return col <= param
-        if op == ">":
-            return col > param
-        return col >= param
+    nums = [v for v in expr.values if isinstance(v, float)]
+    texts = [v for v in expr.values if isinstance(v, str)]
+    parts: list[ColumnElement[bool]] = []
+    if nums:
+        parts.append(resolve(expr.field, "number").in_([_bind(v) for v in nums]))
+    if texts:
+        parts.append(resolve(expr.field, "text").in_([_bind(v) for v in texts]))
+    found = parts[0] if len(parts) == 1 else sa.or_(*parts)
+    return sa.not_(found) if expr.negated else found
+
+
+def _compile_is_null(expr: IsNull, resolve: Resolver) -> ColumnElement[bool]:
+    import sqlalchemy as sa
+
+    missing = sa.and_(*(resolve(expr.field, kind).is_(None) for kind in expr.field.value_kinds))
+    return sa.not_(missing) if expr.negated else missing
+
+
+def _compile_like(expr: Like, resolve: Resolver) -> ColumnElement[bool]:
+    import sqlalchemy as sa
+
+    col = resolve(expr.field, "text")
+    pattern = sa.literal(expr.pattern, sa.String())
+    matched = col.ilike(pattern, escape="\\") if expr.case_insensitive else col.like(pattern, escape="\\")
+    return sa.not_(matched) if expr.negated else matched
+
+
+def _compile_bool(expr: Expr, resolve: Resolver) -> ColumnElement[bool]:
+    import sqlalchemy as sa
+
     if isinstance(expr, And):
         return sa.and_(*(_compile(i, resolve) for i in expr.items))
     if isinstance(expr, Or):
         return sa.or_(*(_compile(i, resolve) for i in expr.items))
-    if isinstance(expr, Not):
-        return sa.not_(_compile(expr.item, resolve))
-    if isinstance(expr, InList):
-        nums = [v for v in expr.values if isinstance(v, float)]
-        texts = [v for v in expr.values if isinstance(v, str)]
-        parts: list[ColumnElement[bool]] = []
-        if nums:
-            parts.append(resolve(expr.field, "number").in_([_bind(v) for v in nums]))
-        if texts:
-            parts.append(resolve(expr.field, "text").in_([_bind(v) for v in texts]))
-        found = parts[0] if len(parts) == 1 else sa.or_(*parts)
-        return sa.not_(found) if expr.negated else found
-    if isinstance(expr, IsNull):
-        missing = sa.and_(*(resolve(expr.field, kind).is_(None) for kind in expr.field.value_kinds))
-        return sa.not_(missing) if expr.negated else missing
-    if isinstance(expr, Like):
-        col = resolve(expr.field, "text")
-        pattern = sa.literal(expr.pattern, sa.String())
-        matched = col.ilike(pattern, escape="\\") if expr.case_insensitive else col.like(pattern, escape="\\")
-        return sa.not_(matched) if expr.negated else matched
-    raise TypeError(f"not a query expression: {expr!r}")
+    assert isinstance(expr, Not)
+    return sa.not_(_compile(expr.item, resolve))
+
+
+_COMPILERS: dict[type[Expr], Callable[[Any, Resolver], ColumnElement[bool]]] = {
+    Compare: _compile_compare, InList: _compile_in, IsNull: _compile_is_null, Like: _compile_like,
+    And: _compile_bool, Or: _compile_bool, Not: _compile_bool,
+}
+
+
+def _compile(expr: Expr, resolve: Resolver) -> ColumnElement[bool]:
+    compiler = _COMPILERS.get(type(expr))
+    if compiler is None:
+        raise TypeError(f"not a query expression: {expr!r}")
+    return compiler(expr, resolve)
 
 
 def compile_order_sql(order: Sequence[OrderKey], resolve: Resolver) -> list[ColumnElement[Any]]:
