@@ -555,7 +555,7 @@ def test_cli_push_status_pull_copy(tmp_path: Path) -> None:
 def test_over_the_memory_budget_histories_are_read_again(pair: tuple[Vault, Vault],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     local, remote = pair
-    monkeypatch.setattr(sync, "HISTORY_BUDGET", 10)
+    monkeypatch.setattr(sync.transfer, "HISTORY_BUDGET", 10)  # read there
     fill(local, 3000)
     local.push("exp")
     run = run_by_name(local, "parent")

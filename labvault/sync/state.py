@@ -1,0 +1,194 @@
+"""The sync state a local store keeps per remote, and the lock that keeps two transfers apart.
+
+The local store remembers, per remote, the summary of each run on both sides as of the last sync (the
+*base*). It keeps that in its own blob store under ``labvault-sync/<hash of the remote URI>.json`` (gc only
+collects ``sha256/``), so it works for every local backend. A small lock document next to the state
+(``.lock`` instead of ``.json``) keeps two transfers between the same local store and remote from running
+at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from labvault.blobs.abc import BlobStore
+from labvault.errors import ConflictError, NotFoundError
+from labvault.sync.summary import revision_of
+
+STATE_PREFIX = "labvault-sync/"
+_STATE_VERSION = 1
+#: A transfer's lock is refreshed this often (seconds) and taken over when older than ``LOCK_STALE``.
+LOCK_REFRESH = 5.0
+LOCK_STALE = 60.0
+
+
+def _redact(uri: str) -> str:
+    """A URI without its password, for display and for the state document."""
+    if "://" not in uri or "@" not in uri.split("://", 1)[1].split("/", 1)[0]:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    creds, host = rest.split("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+def state_key(remote_uri: str) -> str:
+    """The blob key under which a local store keeps its sync state for ``remote_uri``."""
+    return f"{STATE_PREFIX}{hashlib.sha256(remote_uri.encode()).hexdigest()[:32]}.json"
+
+
+class SyncState:
+    """What a local store remembers about one remote: per run, the base summaries of both sides."""
+
+    def __init__(self, blobs: BlobStore | None, remote_uri: str) -> None:
+        self.blobs = blobs
+        self.remote = remote_uri
+        self.key = state_key(remote_uri)
+        self.runs: dict[str, dict[str, Any]] = {}
+        if blobs is not None and blobs.exists(self.key):
+            try:
+                doc = json.loads(blobs.get(self.key))
+                self.runs = dict(doc.get("runs") or {})
+            except (ValueError, AttributeError) as exc:
+                from labvault.errors import CorruptDataError
+
+                raise CorruptDataError(f"sync state {self.key!r} for remote {_redact(remote_uri)!r} is "
+                                       f"unreadable: {exc}") from exc
+
+    def base(self, run_id: str) -> tuple[dict[str, str], dict[str, str]] | None:
+        """(local summary, remote summary) at the last sync of the run, or None if never synced."""
+        entry = self.runs.get(run_id)
+        if entry is None:
+            return None
+        return dict(entry["local"]), dict(entry["remote"])
+
+    def record(self, run_id: str, local: Mapping[str, str], remote: Mapping[str, str]) -> None:
+        """Remember both sides of a run as just synced (saved by ``save``)."""
+        self.runs[run_id] = {"local": dict(local), "remote": dict(remote),
+                             "local_revision": revision_of(local), "remote_revision": revision_of(remote),
+                             "time": time.time()}
+
+    def forget(self, run_ids: Iterable[str]) -> None:
+        """Drop the runs (after their experiment was deleted on one side)."""
+        for run_id in run_ids:
+            self.runs.pop(run_id, None)
+
+    def save(self) -> None:
+        """Write the state to the local store (atomically: a blob put)."""
+        if self.blobs is None:
+            return
+        doc = {"version": _STATE_VERSION, "remote": _redact(self.remote), "runs": self.runs}
+        self.blobs.put(self.key, json.dumps(doc, separators=(",", ":")).encode())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+class SyncLock:
+    """One push or pull at a time between a local store and a remote.
+
+    Two transfers of the same runs at once could both find a point missing and both send it; the lock
+    (a small document next to the sync state, written with ``put(if_absent=True)``) prevents that. The
+    holder refreshes it every ``LOCK_REFRESH`` seconds from a thread; a lock not refreshed for
+    ``LOCK_STALE`` seconds, or held by a dead process on this host (a killed push), is taken over with a
+    compare-and-swap on its etag.
+    """
+
+    def __init__(self, blobs: BlobStore, remote_uri: str) -> None:
+        self._blobs = blobs
+        self.remote = remote_uri
+        self.key = state_key(remote_uri)[: -len(".json")] + ".lock"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _doc(self) -> bytes:
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode()
+
+    def _stale(self, holder: Mapping[str, Any]) -> bool:
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+                and not _pid_alive(holder["pid"]):
+            return True
+        return time.time() - float(holder.get("time") or 0) > LOCK_STALE
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``ConflictError`` naming the process that holds it."""
+        for _attempt in range(3):
+            try:
+                self._blobs.put(self.key, self._doc(), if_absent=True)
+                break
+            except ConflictError:
+                pass
+            try:
+                etag = self._blobs.info(self.key).etag
+                holder = json.loads(self._blobs.get(self.key))
+            except NotFoundError:
+                continue  # released meanwhile
+            except ValueError:
+                holder = {}
+            if not self._stale(holder):
+                raise ConflictError(
+                    f"another push or pull with {_redact(self.remote)!r} is running (process "
+                    f"{holder.get('pid')} on {holder.get('host')!r}); try again when it has finished"
+                ) from None
+            try:
+                self._blobs.put(self.key, self._doc(), if_match=etag)
+                break
+            except ConflictError:
+                continue  # someone else took it over first: look again
+        else:
+            raise ConflictError(f"could not take the sync lock {self.key!r} for {_redact(self.remote)!r}")
+        self._thread = threading.Thread(target=self._refresh, name="labvault-sync-lock", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(LOCK_REFRESH):
+            with contextlib.suppress(Exception):  # the next refresh tries again
+                self._blobs.put(self.key, self._doc())
+
+    def release(self) -> None:
+        """Give the lock up (safe to call twice)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+            with contextlib.suppress(Exception):
+                self._blobs.delete(self.key)
+
+    def __enter__(self) -> SyncLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def known_remotes(blobs: BlobStore) -> list[dict[str, Any]]:
+    """The remotes a local store has synced with: ``{"remote", "runs", "last_sync"}`` each (the URI without
+    its password), most recent first."""
+    out: list[dict[str, Any]] = []
+    for key in blobs.list(STATE_PREFIX):
+        if not key.endswith(".json"):
+            continue
+        try:
+            doc = json.loads(blobs.get(key))
+            runs = doc.get("runs") or {}
+            last = max((float(r.get("time") or 0) for r in runs.values()), default=None)
+            out.append({"remote": str(doc.get("remote")), "runs": len(runs), "last_sync": last})
+        except (ValueError, AttributeError, TypeError, NotFoundError):
+            continue  # unreadable or deleted meanwhile: not a remote we can describe
+    return sorted(out, key=lambda r: -(r["last_sync"] or 0))
