@@ -51,7 +51,8 @@ from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentEr
 from labvault.store.abc import Backend
 
 if TYPE_CHECKING:
-    from labvault.client.vault import Experiment, Vault
+    from labvault.client.run import Experiment
+    from labvault.client.vault import Vault
 
 OnConflict = Literal["ours", "theirs"]
 RunState = Literal["in sync", "ahead", "behind", "diverged"]
