@@ -1,5 +1,5 @@
-"""Moved to ``labvault.client.vault``; this path keeps working for one release."""
+"""Moved to ``labvault.client`` (``vault``, ``run``, ``buffer``); this path keeps working for one release."""
 
 from labvault._compat import moved
 
-__getattr__ = moved("labvault.api", "labvault.client.vault")
+__getattr__ = moved("labvault.api", "labvault.client.buffer", "labvault.client.run", "labvault.client.vault")

@@ -11,7 +11,7 @@ import pytest
 
 OLD_PATHS = [
     ("labvault.api", "Vault", "labvault.client.vault"),
-    ("labvault.api", "Run", "labvault.client.vault"),
+    ("labvault.api", "Run", "labvault.client.run"),
     ("labvault.gc", "collect_garbage", "labvault.client.gc"),
     ("labvault.backends.base", "Backend", "labvault.store.abc"),
     ("labvault.backends.base", "BlobStore", "labvault.blobs.abc"),

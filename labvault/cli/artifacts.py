@@ -26,7 +26,7 @@ from labvault.cli.transfer import (
 from labvault.errors import InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
-    from labvault.client.vault import Run
+    from labvault.client.run import Run
 
 __all__ = ["artifacts_app"]
 

@@ -28,7 +28,7 @@ from labvault.cli.format import (
 )
 
 if TYPE_CHECKING:
-    from labvault.client.vault import Run
+    from labvault.client.run import Run
     from labvault.domain import ArtifactInfo, RunInfo
 
 __all__ = ["experiments", "runs", "show"]

@@ -22,7 +22,8 @@ import labvault
 from labvault.errors import InvalidArgumentError, LabvaultError, NotFoundError
 
 if TYPE_CHECKING:
-    from labvault.client.vault import Run, Vault
+    from labvault.client.run import Run
+    from labvault.client.vault import Vault
 
 _URI_HELP = (
     "Where the vault lives, e.g. ./labvault-data, sqlite:///runs.db or file://some/dir. "

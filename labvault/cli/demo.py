@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from labvault.client.vault import Experiment, Run, Vault
+    from labvault.client.run import Experiment, Run
+    from labvault.client.vault import Vault
 
 __all__ = ["demo"]
 

@@ -19,7 +19,8 @@ from labvault.sync.summary import RunStatus, compare, snapshot
 from labvault.sync.transfer import OnConflict, Progress, SyncReport, Transfer, _ordered, _Side
 
 if TYPE_CHECKING:
-    from labvault.client.vault import Experiment, Vault
+    from labvault.client.run import Experiment
+    from labvault.client.vault import Vault
 
 
 def run_states(local: Backend, remote: Backend, state: SyncState, name: str, project: str) -> list[RunStatus]:

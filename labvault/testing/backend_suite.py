@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 import labvault
-from labvault.client.vault import Run, Vault
+from labvault.client.run import Run
+from labvault.client.vault import Vault
 from labvault.domain import validation as v
 from labvault.errors import (
     AlreadyExistsError,

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 import labvault
-from labvault.client.vault import Experiment, Run, Vault
+from labvault.client.run import Experiment, Run
+from labvault.client.vault import Vault
 from labvault.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
