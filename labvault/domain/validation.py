@@ -221,16 +221,8 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
         if not math.isfinite(value):
             raise InvalidArgumentError(f"{where} is {value!r}: not finite, so not valid JSON")
         return
-    if isinstance(value, list | tuple):
-        for item in value:
-            _check_json(item, where, depth + 1)
-        return
-    if isinstance(value, dict):
-        for k, item in value.items():
-            if not isinstance(k, str):
-                raise InvalidArgumentError(f"{where} has a non-string key {show(k)}")
-            check_text(k, f"{where} key")
-            _check_json(item, where, depth + 1)
+    if isinstance(value, list | tuple | dict):
+        _check_json_container(value, where, depth)
         return
     # numpy scalars and similar: accept what converts losslessly to a JSON number.
     item = getattr(value, "item", None)
@@ -242,6 +234,20 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
     raise InvalidArgumentError(
         f"{where} has a value of type {type(value).__name__} ({show(value)}) that is not JSON-serializable"
     )
+
+
+def _check_json_container(value: list[Any] | tuple[Any, ...] | dict[Any, Any], where: str,
+                          depth: int) -> None:
+    """:func:`_check_json` for the items of a list or tuple, and the keys and values of a dict."""
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise InvalidArgumentError(f"{where} has a non-string key {show(k)}")
+            check_text(k, f"{where} key")
+            _check_json(item, where, depth + 1)
+        return
+    for item in value:
+        _check_json(item, where, depth + 1)
 
 
 def to_json_value(value: Any, where: str) -> Any:

@@ -162,34 +162,45 @@ class APIClient:
         while True:
             if content is not None:
                 body = content() if callable(content) else content
-            try:
-                req = self.client.build_request(
-                    method, url, content=body, params=params, headers=hdrs,
-                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-                )
-                resp = self.client.send(req, stream=stream)
-            except NOT_SENT as exc:
-                last = exc  # the request never reached the server: always safe to try again
-            except CUT_OFF as exc:
-                last = exc
-                if not idempotent:
-                    break
-            except httpx.HTTPError as exc:
-                raise BackendUnavailableError(f"{method} {self.api_url}{path} failed: "
-                                              f"{type(exc).__name__}: {exc}") from exc
-            else:
-                if resp.status_code < 400:
-                    return resp
-                last = self.error(resp)
-                if not (idempotent and resp.status_code in RETRY_STATUSES):
-                    raise last
+            req = self.client.build_request(
+                method, url, content=body, params=params, headers=hdrs,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
+            resp, last = self._attempt(req, path, stream=stream, idempotent=idempotent)
+            if resp is not None:
+                return resp
             if not retry.wait():
                 break
         if isinstance(last, LabvaultError):
             raise last
-        raise BackendUnavailableError(
-            f"labvault server {self.base_url} is unreachable ({method} {path}): {type(last).__name__}: {last}"
-        ) from last
+        raise self._unreachable(method, path, last) from last
+
+    def _attempt(self, req: httpx.Request, path: str, *, stream: bool, idempotent: bool
+                 ) -> tuple[httpx.Response | None, Exception | None]:
+        """Send once: ``(response, None)`` on success, ``(None, error)`` when another attempt may follow;
+        an error no further attempt may fix is raised here."""
+        try:
+            resp = self.client.send(req, stream=stream)
+        except NOT_SENT as exc:
+            return None, exc  # the request never reached the server: always safe to try again
+        except CUT_OFF as exc:
+            if not idempotent:
+                raise self._unreachable(req.method, path, exc) from exc
+            return None, exc
+        except httpx.HTTPError as exc:
+            raise BackendUnavailableError(f"{req.method} {self.api_url}{path} failed: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+        if resp.status_code < 400:
+            return resp, None
+        error = self.error(resp)
+        if not (idempotent and resp.status_code in RETRY_STATUSES):
+            raise error
+        return None, error
+
+    def _unreachable(self, method: str, path: str, exc: Exception | None) -> BackendUnavailableError:
+        """The error for a request that got no usable answer and is not tried again."""
+        return BackendUnavailableError(
+            f"labvault server {self.base_url} is unreachable ({method} {path}): {type(exc).__name__}: {exc}")
 
     def error(self, resp: httpx.Response) -> LabvaultError:
         """The labvault error an error response stands for (it is read and closed)."""
