@@ -44,9 +44,15 @@ Semantics (SQL's, identical in memory and in every SQL backend):
   (``json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``), an int too large for a
   float as its decimal digits. A JSON ``null`` param is NULL. Tags are text; metrics are numbers;
   ``number``, ``start_time`` and ``end_time`` are numbers, the other attributes text.
-* Number literals compare with numbers and string literals with text. Comparing a number with a string
-  literal (``metrics.acc = 'high'``) or text with a number literal (``tags.epoch = 3``) is UNKNOWN: not an
-  error, and not a match. Write ``tags.epoch = '3'`` to compare a tag.
+* Number literals compare with numbers and string literals with text, with MLflow's habits honoured
+  (:func:`labvault.query.parse.literal_forms`): a quoted number is also a number (``params.lr = '0.3'``
+  is ``params.lr = 0.3 OR params.lr = '0.3'``; ``metrics.acc > '0.9'`` is ``metrics.acc > 0.9``), a bare
+  number against a tag or text attribute is its text (``tags.epoch = 3`` is ``tags.epoch = '3'``),
+  ``status`` values ignore case (``'FINISHED'``), and ``start_time``/``end_time`` take ISO dates and
+  date-times (``start_time > '2026-01-01'``; UTC unless the literal has a zone; any other string there
+  is an error). Otherwise comparing a number with text (``metrics.acc = 'high'``, ``params.opt = 3``
+  for a text param) is UNKNOWN: not an error, and not a match. A double-quoted value (``= "sgd"``) is
+  an error that says strings take single quotes.
 * A missing key is NULL, and so is a NaN metric: every comparison with NULL is UNKNOWN; only ``IS NULL``
   is true for it. ``IS NULL`` is true when the field has neither a number nor a text value.
 * Three-valued logic: ``NOT`` UNKNOWN is UNKNOWN; ``FALSE AND UNKNOWN`` is FALSE, ``TRUE OR UNKNOWN`` is

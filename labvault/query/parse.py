@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from labvault.domain.validation import check_text, show
@@ -52,6 +53,7 @@ _TOKEN_RE = re.compile(
   | (?P<openkey>[A-Za-z_][A-Za-z0-9_]*\.(?:"(?:[^"]|"")*+(?!")|`[^`]*+(?!`)))
   | (?P<nokey>[A-Za-z_][A-Za-z0-9_]*\.(?![A-Za-z0-9_\-./:"`]))
   | (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\.(?:"(?:[^"]|"")*"|`[^`]*`|[A-Za-z0-9_\-./:]+))?)
+  | (?P<dqstring>"(?:[^"]|"")*"?)
   | (?P<op>==|!=|<>|<=|>=|=|<|>)
   | (?P<lparen>\()
   | (?P<rparen>\))
@@ -92,6 +94,11 @@ def _tokenize(text: str, what: str = "filter") -> list[_Token]:
             raise _error(text, pos, "unterminated string (write '' for a quote inside a string)", what)
         if kind == "badnumber":
             raise _error(text, pos, f"malformed number {m.group()!r}", what)
+        if kind == "dqstring":
+            inner = m.group()[1:-1] if len(m.group()) > 1 and m.group().endswith('"') else m.group()[1:]
+            suggestion = "'" + inner.replace('""', '"').replace("'", "''") + "'"
+            raise _error(text, pos, f"strings take single quotes: write {suggestion} instead of {m.group()} "
+                                    "(double quotes are for keys, as in metrics.\"val loss\")", what)
         if kind == "openkey":
             raise _error(text, pos, "unterminated quoted key", what)
         if kind == "nokey":
@@ -135,6 +142,67 @@ def _field_from(token: _Token, text: str, what: str = "filter") -> Field:
 _OPS: dict[str, Literal["=", "!=", "<", "<=", ">", ">="]] = {
     "=": "=", "==": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=",
 }
+
+
+_NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_TIME_ATTRIBUTES = ("start_time", "end_time")
+
+
+def _as_number(text: str) -> float | None:
+    """A string literal that is written as a finite number (``'0.3'``, ``'1e-3'``), as a float."""
+    if len(text) > 64 or not _NUMBER_TEXT.fullmatch(text):
+        return None
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def time_literal(text: str) -> float:
+    """An ISO 8601 date or date-time (``'2026-01-01'``, ``'2026-01-01T12:30'``, ``'...Z'``, ``'...+02:00'``)
+    as epoch seconds; a value without a zone is UTC, so a filter means the same on every machine."""
+    if len(text) > 64:
+        raise InvalidArgumentError("a time literal has at most 64 characters")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"{text!r} is not a time: write epoch seconds or an ISO date or date-time such as "
+            "'2026-01-01' or '2026-01-01T12:30:00+02:00' (no zone means UTC)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def literal_forms(field: Field, value: Value, number_text: str | None = None) -> tuple[Value, ...]:
+    """The values a literal stands for when compared with ``field``: MLflow's habits, made to mean the
+    same on every backend.
+
+    * A param may hold a number or text, and MLflow users quote numbers (MLflow stores params as text):
+      a quoted number compares with both, so ``params.lr = '0.3'`` matches the number ``0.3`` and the
+      text ``'0.3'``. A bare number compares with numbers only, as before.
+    * Tags and text attributes are text: ``tags.epoch = 3`` compares with ``'3'`` (the literal as written).
+    * Metrics and numeric attributes are numbers: a quoted number compares as the number;
+      ``start_time``/``end_time`` also take ISO dates and date-times (UTC unless a zone is given).
+    * ``status`` ignores case (``'FINISHED'`` is ``'finished'``, as MLflow writes its statuses).
+
+    ``number_text`` is the literal as written when it was a number token (``None`` for a string).
+    """
+    kinds = field.value_kinds
+    if isinstance(value, float):
+        if kinds == ("text",):
+            return (number_text if number_text is not None else repr(value),)
+        return (value,)
+    number = _as_number(value)
+    if kinds == ("number",):
+        if number is not None:
+            return (number,)
+        if field.kind == "attributes" and field.key in _TIME_ATTRIBUTES:
+            return (time_literal(value),)
+        return (value,)
+    if field == Field("attributes", "status"):
+        return (value.lower(),)
+    if "number" in kinds and number is not None:
+        return (value, number)
+    return (value,)
 
 
 class _Parser:
@@ -213,6 +281,10 @@ class _Parser:
         return self.parse_predicate(_field_from(token, self.text))
 
     def parse_value(self, after: str) -> Value:
+        return self.parse_literal(after)[0]
+
+    def parse_literal(self, after: str) -> tuple[Value, _Token]:
+        """The next literal's value and its token (whose text :func:`literal_forms` may need)."""
         token = self.take("number", "string", "true", "false")
         if token is None:
             found = self.peek()
@@ -222,10 +294,18 @@ class _Parser:
             value = float(token.text)
             if not math.isfinite(value):
                 raise self.fail(f"number {token.text!r} is out of range", token)
-            return value
+            return value, token
         if token.kind == "string":
-            return token.text[1:-1].replace("''", "'")
-        return token.kind  # "true" / "false"
+            return token.text[1:-1].replace("''", "'"), token
+        return token.kind, token  # "true" / "false"
+
+    def forms(self, field: Field, after: str) -> tuple[Value, ...]:
+        """The next literal as the values it compares with for ``field`` (see :func:`literal_forms`)."""
+        value, token = self.parse_literal(after)
+        try:
+            return literal_forms(field, value, token.text if token.kind == "number" else None)
+        except InvalidArgumentError as exc:
+            raise self.fail(str(exc), token) from None
 
     def parse_pattern(self, after: str) -> str:
         token = self.take("string")
@@ -243,7 +323,8 @@ class _Parser:
     def parse_predicate(self, field: Field) -> Expr:
         op = self.take("op")
         if op is not None:
-            return Compare(field, _OPS[op.text], self.parse_value(op.text))
+            compares = tuple(Compare(field, _OPS[op.text], v) for v in self.forms(field, op.text))
+            return compares[0] if len(compares) == 1 else Or(compares)
         negated = self.take("not") is not None
         like = self.take("like", "ilike")
         if like is not None:
@@ -251,9 +332,9 @@ class _Parser:
             return Like(field, self.parse_pattern(word), negated, like.kind == "ilike")
         if self.take("in"):
             self.expect("lparen", "'(' after IN")
-            values = [self.parse_value("(")]
+            values = list(self.forms(field, "("))
             while self.take("comma"):
-                values.append(self.parse_value(","))
+                values.extend(self.forms(field, ","))
             self.expect("rparen", "',' or ')' closing the IN list")
             unique = tuple(dict.fromkeys((type(v), v) for v in values))  # 1 and 1.0 are both floats
             return InList(field, tuple(v for _, v in unique), negated)
