@@ -9,10 +9,11 @@ A labvault error prints ``error: <ClassName>: <message>`` in red on stderr and e
 from __future__ import annotations
 
 import shlex
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -100,7 +101,8 @@ def given_uri(ctx: typer.Context, uri: str | None) -> str | None:
 def open_vault(ctx: typer.Context, uri: str | None, *, artifacts: str | None = None,
                remote: str | None = None) -> Iterator[Vault]:
     """The vault the command names (see :func:`given_uri`), closed afterwards; labvault errors exit 1."""
-    with exit_on_error():
+    with exit_on_error(), warnings.catch_warnings():
+        warnings.showwarning = _show_warning
         vault = labvault.open(given_uri(ctx, uri), artifacts=artifacts, remote=remote)
         try:
             yield vault
@@ -108,11 +110,22 @@ def open_vault(ctx: typer.Context, uri: str | None, *, artifacts: str | None = N
             vault.close()
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """A warning raised inside a command as one line on stderr (``warning: ...``), without Python's
+    file and line decoration."""
+    err().print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)
+
+
 def find_run(vault: Vault, run_id: str) -> Run:
     """The run with this id, or the only run whose id starts with it (ids are shown shortened)."""
     try:
         return vault.get_run(run_id)
     except NotFoundError:
+        if run_id.isascii() and run_id.isalnum() and len(run_id) < 4:
+            raise InvalidArgumentError(
+                f"run id prefix {run_id!r} is too short: give at least 4 characters of the run id "
+                "(labvault runs EXPERIMENT lists them)") from None
         if not (4 <= len(run_id) < 32 and run_id.isascii() and run_id.isalnum()):
             raise
         found = vault.search_runs(None, filter=f"id LIKE '{run_id}%'")

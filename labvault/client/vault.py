@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from labvault.client.buffer import _check_heartbeat, _flush_failure, _flush_loop, _open_vaults
+from labvault.client.hints import warn_unknown_keys
 from labvault.client.run import Experiment, Run, RunList
 from labvault.domain import ExperimentInfo
 from labvault.domain import validation as v
@@ -406,6 +407,8 @@ class Vault:
         ``filter`` uses the labvault query language, e.g.
         ``"params.lr > 0.01 and metrics.acc >= 0.9 and tags.team = 'vision'"``; ``order_by`` takes keys
         like ``["metrics.acc desc", "params.lr"]`` (missing values last); the default order is run number.
+        A filter naming a param, metric or tag that no run of these experiments has warns
+        (:class:`labvault.client.hints.UnknownKeyWarning`) with the closest existing keys.
         """
         from labvault import query
 
@@ -415,7 +418,10 @@ class Vault:
         order = query.parse_order_by(order_by)
         infos = self._resolve_experiments(experiments, project)
         self.flush()
-        found = self.backend.search_runs([e.id for e in infos], expr, order, limit, offset)
+        ids = [e.id for e in infos]
+        found = self.backend.search_runs(ids, expr, order, limit, offset)
+        if not isinstance(expr, query.TrueExpr):
+            warn_unknown_keys(self.backend, ids, expr)
         by_id = {e.id: Experiment(self, e) for e in infos}
         from labvault.store.search.columns import no_gc
 

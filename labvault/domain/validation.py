@@ -269,6 +269,11 @@ def to_json_value(value: Any, where: str) -> Any:
 
 
 def _numpy_default(value: Any) -> Any:
+    """A numpy scalar as the plain value it shows as: ``numpy.float32(0.1)`` is ``0.1`` (its shortest
+    round-tripping text), not the ``0.10000000149011612`` that widening it to a double gives."""
+    dtype = getattr(value, "dtype", None)
+    if getattr(dtype, "kind", None) == "f" and getattr(dtype, "itemsize", 8) < 8:
+        return float(str(value))
     item = getattr(value, "item", None)
     if callable(item):
         return item()

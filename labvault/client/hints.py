@@ -1,0 +1,69 @@
+"""Hints for a search that names a key no run has: the typo behind an empty answer (``metrics.val_acc``
+for ``metrics.val_accuracy``) said as a warning with the closest existing keys, instead of silence.
+
+One ``limit=1`` search per param, metric or tag the filter names (``KEY IS NOT NULL``), through the
+backend's own search, so it costs what a tiny query costs on that store; only when a key is missing are
+recent runs read to suggest the closest names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Sequence
+
+from labvault import query
+from labvault.store.abc import Backend
+
+#: How many of the searched experiments' runs are read to collect the names a missing key may be.
+SAMPLE_RUNS = 1000
+
+
+class UnknownKeyWarning(UserWarning):
+    """A filter names a param, metric or tag that no run in the searched experiments has."""
+
+
+def missing_keys(backend: Backend, experiment_ids: Sequence[str], expr: query.Expr) -> list[query.Field]:
+    """The param, metric and tag fields of ``expr`` that no run of these experiments has."""
+    fields = sorted((f for f in query.fields_of(expr) if f.kind != "attributes"), key=str)
+    if not experiment_ids:
+        return []
+    return [f for f in fields
+            if not backend.search_runs(experiment_ids, query.IsNull(f, negated=True), [], 1, 0)]
+
+
+def closest_keys(backend: Backend, experiment_ids: Sequence[str], field: query.Field, n: int = 3
+                 ) -> list[str]:
+    """Up to ``n`` existing keys of the same kind that look like ``field``'s (by difflib's ratio), from
+    the most recent runs; any kind's keys when none of its own kind is close."""
+    runs = backend.search_runs(experiment_ids, query.TrueExpr(),
+                               [query.OrderKey(query.Field("attributes", "start_time"), True)],
+                               SAMPLE_RUNS, 0)
+    by_kind: dict[str, set[str]] = {"params": set(), "metrics": set(), "tags": set()}
+    for run in runs:
+        by_kind["params"].update(run.params)
+        by_kind["metrics"].update(run.metrics)
+        by_kind["tags"].update(run.tags)
+    own = difflib.get_close_matches(field.key, sorted(by_kind[field.kind]), n=n, cutoff=0.5)
+    if own:
+        return [f"{field.kind}.{k}" for k in own]
+    others = [f"{kind}.{k}" for kind, keys in by_kind.items() if kind != field.kind for k in sorted(keys)]
+    return difflib.get_close_matches(str(field), others, n=n, cutoff=0.6)
+
+
+def unknown_key_messages(backend: Backend, experiment_ids: Sequence[str], expr: query.Expr) -> list[str]:
+    """One sentence per key the filter names that no searched run has, with the closest existing keys."""
+    out = []
+    for field in missing_keys(backend, experiment_ids, expr):
+        near = closest_keys(backend, experiment_ids, field)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        where = "the searched experiment" if len(experiment_ids) == 1 else "the searched experiments"
+        out.append(f"no run in {where} has {field}{hint}")
+    return out
+
+
+def warn_unknown_keys(backend: Backend, experiment_ids: Sequence[str], expr: query.Expr,
+                      stacklevel: int = 3) -> None:
+    """Warn (:class:`UnknownKeyWarning`) for each key of ``expr`` that no searched run has."""
+    for message in unknown_key_messages(backend, experiment_ids, expr):
+        warnings.warn(message, UnknownKeyWarning, stacklevel=stacklevel)
