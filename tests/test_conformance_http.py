@@ -1,6 +1,8 @@
 """The HTTP backend runs the whole conformance suite twice: against the server app in this process (no
 socket; ``asgi://`` URIs over a streaming ASGI bridge) and against a real ``labvault server`` subprocess
-on a loopback port (one server for the module, over SQLite, with token authentication).
+on a loopback port (one server for the module, over SQLite, with token authentication). The hook checks
+run on both too, their raw medium the served store: the in-process server's backend, the subprocess's
+SQLite tables.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from raw_media import ServedStore, SQLTables
 
 import labvault
 from labvault.server.app import create_app
 from labvault.server.auth import AuthStore
 from labvault.server.inprocess import serve_in_process
-from labvault.testing import BackendTests
+from labvault.store.abc import Backend
+from labvault.testing import BackendHookTests, BackendTests
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +75,15 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0,
 
 
 @pytest.fixture(scope="module")
-def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def socket_server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the socket server's auth database, store (``store.db``) and log."""
+    return tmp_path_factory.mktemp("http-server")
+
+
+@pytest.fixture(scope="module")
+def socket_server(socket_server_root: Path) -> Iterator[tuple[str, str]]:
     """``labvault server`` on a free loopback port over SQLite; yields (url, admin token)."""
-    root = tmp_path_factory.mktemp("http-server")
+    root = socket_server_root
     auth = AuthStore(root / "auth.db")
     auth.add_user("suite", "admin")
     _, token = auth.create_token("suite")
@@ -112,6 +123,46 @@ class TestSocketHTTPBackend(BackendTests):
             for exp in vault.experiments():
                 vault.backend.delete_experiment(exp.id)
         return url
+
+
+class TestInProcessHTTPBackendHooks(ServedStore, BackendHookTests):
+    """The client's hooks against the in-process server; the raw medium is the memory store it serves."""
+
+    @pytest.fixture
+    def served(self, auth_store: tuple[AuthStore, str], monkeypatch: pytest.MonkeyPatch
+               ) -> Iterator[tuple[str, Backend]]:
+        store, token = auth_store
+        monkeypatch.setenv("LABVAULT_TOKEN", token)
+        backend = labvault.open_backend("memory://")
+        with serve_in_process(create_app(backend, auth=store)) as uri:
+            yield uri, backend
+        backend.close()
+
+    @pytest.fixture
+    def uri(self, served: tuple[str, Backend]) -> str:
+        return served[0]
+
+    @pytest.fixture
+    def raw(self, served: tuple[str, Backend]) -> Backend:
+        return served[1]
+
+
+class TestSocketHTTPBackendHooks(SQLTables, BackendHookTests):
+    """The client's hooks against the server process; the raw medium is its SQLite database."""
+
+    @pytest.fixture
+    def uri(self, socket_server: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+        url, token = socket_server
+        monkeypatch.setenv("LABVAULT_TOKEN", token)
+        return url
+
+    @pytest.fixture
+    def raw(self, socket_server_root: Path) -> Iterator[Any]:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(f"sqlite:///{socket_server_root / 'store.db'}")
+        yield engine
+        engine.dispose()
 
 
 def test_socket_server_is_really_a_socket(socket_server: tuple[str, str], tmp_path: Path) -> None:

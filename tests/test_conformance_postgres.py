@@ -1,4 +1,5 @@
-"""The conformance suite on PostgreSQL: one throwaway database per module, a fresh schema per test.
+"""The conformance suite (and the hook checks against the tables) on PostgreSQL: one throwaway database per
+module, a fresh schema per test.
 
 The database is created with an ICU ``en-US`` default collation (where ``'b' < 'B'``), so the suite also
 proves that labvault compares text by code point whatever the database's collation. It is dropped at the
@@ -14,8 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from raw_media import SQLTables
 
-from labvault.testing import BackendTests
+from labvault.testing import BackendHookTests, BackendTests
 from labvault.testing.plugin import require_service
 
 ADMIN_URI = os.environ.get("LABVAULT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -57,3 +59,23 @@ class TestPostgresBackend(BackendTests):
     @pytest.fixture
     def uri(self, pg_database: str) -> str:
         return f"{pg_database}?schema=t_{secrets.token_hex(6)}"
+
+
+class TestPostgresBackendHooks(SQLTables, BackendHookTests):
+    @pytest.fixture
+    def schema(self) -> str:
+        return f"t_{secrets.token_hex(6)}"
+
+    @pytest.fixture
+    def uri(self, pg_database: str, schema: str) -> str:
+        return f"{pg_database}?schema={schema}"
+
+    @pytest.fixture
+    def raw(self, pg_database: str, schema: str) -> Iterator[Any]:
+        """An engine on the test database with the test's schema on the search path."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(pg_database.replace("postgresql://", "postgresql+psycopg://", 1),
+                                  connect_args={"options": f"-csearch_path={schema}"})
+        yield engine
+        engine.dispose()

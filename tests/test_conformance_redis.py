@@ -1,14 +1,17 @@
-"""The Redis backend runs the whole conformance suite against the real server on 127.0.0.1:6379."""
+"""The Redis backend runs the whole conformance suite, and the hook checks against its keys, on the real
+server on 127.0.0.1:6379."""
 
 from __future__ import annotations
 
 import socket
 import uuid
 from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from raw_media import RedisKeys, RedisMedium
 
-from labvault.testing import BackendTests
+from labvault.testing import BackendHookTests, BackendTests
 from labvault.testing.plugin import require_service
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -48,3 +51,18 @@ class TestRedisBackend(BackendTests):
     @pytest.fixture
     def uri(self) -> Iterator[str]:
         yield from fresh_redis_uri()
+
+
+class TestRedisBackendHooks(RedisKeys, BackendHookTests):
+    @pytest.fixture
+    def uri(self) -> Iterator[str]:
+        yield from fresh_redis_uri()
+
+    @pytest.fixture
+    def raw(self, uri: str) -> Iterator[RedisMedium]:
+        """A client on the test database and the URI's prefix."""
+        import redis
+
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+        yield RedisMedium(client, parse_qs(urlsplit(uri).query)["prefix"][0])
+        client.close()

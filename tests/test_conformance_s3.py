@@ -1,6 +1,7 @@
 """``s3://`` as a full metadata backend: the whole conformance suite on the real SeaweedFS server, the
-same suite over an in-memory blob store (fast feedback on ``BlobBackend`` itself), and the guarantees
-the S3 layout adds: numbers claimed with If-None-Match, documents swapped with If-Match."""
+same suite over an in-memory blob store (fast feedback on ``BlobBackend`` itself), the hook checks of
+both against their objects (read with boto3 / from the blob store), and the guarantees the S3 layout
+adds: numbers claimed with If-None-Match, documents swapped with If-Match."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from s3_server import s3_server, s3_url  # noqa: F401 - pytest fixtures
+from raw_media import BlobStoreObjects, S3Medium, S3Objects
+from s3_server import BUCKET, s3_server, s3_url  # noqa: F401 - pytest fixtures
 
 import labvault
 import labvault.blobs
@@ -22,7 +25,7 @@ from labvault.blobs.memory import MemoryBlobStore
 from labvault.domain import MetricSeries
 from labvault.errors import ConflictError, CorruptDataError, InvalidArgumentError, NotFoundError
 from labvault.store.objectstore import BlobBackend, S3Backend, decode_segment, encode_segment
-from labvault.testing import BackendTests
+from labvault.testing import BackendHookTests, BackendTests
 from labvault.testing.seaweed import SeaweedServer
 
 _MEMORY_STORES: dict[str, MemoryBlobStore] = {}
@@ -69,6 +72,42 @@ class TestS3Backend(BackendTests):
     @pytest.fixture
     def uri(self, s3_vault_uri: str) -> str:
         return s3_vault_uri
+
+
+class TestBlobBackendOverMemoryHooks(BlobStoreObjects, BackendHookTests):
+    @pytest.fixture
+    def store_name(self) -> Iterator[str]:
+        name = uuid.uuid4().hex
+        yield name
+        _MEMORY_STORES.pop(name, None)
+
+    @pytest.fixture
+    def uri(self, store_name: str) -> str:
+        return f"lvtest-objmem://{store_name}"
+
+    @pytest.fixture
+    def raw(self, store_name: str) -> MemoryBlobStore:
+        """The named store the backend keeps its objects in."""
+        with _MEMORY_LOCK:
+            return _MEMORY_STORES.setdefault(store_name, MemoryBlobStore())
+
+
+class TestS3BackendHooks(S3Objects, BackendHookTests):
+    @pytest.fixture
+    def uri(self, s3_vault_uri: str) -> str:
+        return s3_vault_uri
+
+    @pytest.fixture
+    def raw(self, uri: str, s3_server: SeaweedServer) -> S3Medium:  # noqa: F811 - the imported fixture
+        """A boto3 client on the server, the bucket and the URI's prefix."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
+                              aws_access_key_id=s3_server.access_key,
+                              aws_secret_access_key=s3_server.secret_key)
+        parts = urlsplit(uri)
+        assert parts.netloc == BUCKET
+        return S3Medium(client, parts.netloc, parts.path.strip("/"))
 
 
 # -- what the S3 layout adds --------------------------------------------------------------------------------

@@ -14,9 +14,15 @@ Every test of the suite then runs against that backend, including the bad-input 
 (``labvault.testing.bad_input``: several hundred refused calls, one subtest each; needs pytest >= 9). The
 pytest plugin (``labvault.testing.plugin``, registered under the ``pytest11`` entry point) adds the
 ``require_service`` helper.
+
+``BackendHookTests`` (``labvault.testing.suite_hooks``) is a second, separate mixin: it calls the backend's
+public ``Backend`` methods directly (no vault) and, given a ``raw`` fixture and readers of the medium,
+checks that the writes reached it (zarr's ``StoreTests`` pattern). ``BackendTests`` is composed of the
+themed mixins in ``labvault.testing.suite_*`` (see ``labvault.testing.backend_suite``).
 """
 
 from labvault.testing.backend_suite import BackendTests
 from labvault.testing.bad_input import BadInputTests
+from labvault.testing.suite_hooks import BackendHookTests
 
-__all__ = ["BackendTests", "BadInputTests"]
+__all__ = ["BackendHookTests", "BackendTests", "BadInputTests"]
