@@ -165,3 +165,27 @@ def resolve_uri(uri: str | os.PathLike[str] | None) -> tuple[str, str]:
 def embedded_sqlite_uri(directory: Path) -> str:
     """The SQLite URI of the embedded layout in ``directory``."""
     return f"sqlite:///{directory / EMBEDDED_DB_NAME}"
+
+
+_SECRET_OPTION = re.compile(r"(?i)(password|passwd|secret|token|access_key|secret_key|session_token|key)$")
+
+
+def redact(uri: str) -> str:
+    """``uri`` fit to show or log: a password in it becomes ``***`` (the user stays), and so does the
+    value of any query option whose name says it is a secret (``?password=``, ``?token=``, ...)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    authority, slash, tail = rest.partition("/")
+    if not slash:
+        authority, tail = rest.partition("?")[0], rest.partition("?")[1] + rest.partition("?")[2]
+    if "@" in authority:
+        creds, host = authority.rsplit("@", 1)
+        user, colon, _ = creds.partition(":")
+        authority = f"{user}:***@{host}" if colon else f"{user}@{host}"
+    path, question, query = tail.partition("?")
+    if question:
+        query = "&".join(
+            f"{name}=***" if is_set and _SECRET_OPTION.search(name) else f"{name}{is_set}{value}"
+            for name, is_set, value in (item.partition("=") for item in query.split("&")))
+    return f"{scheme}://{authority}{slash}{path}{question}{query}"

@@ -9,10 +9,14 @@ recent runs read to suggest the closest names.
 from __future__ import annotations
 
 import difflib
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from labvault import query
+from labvault._uri import redact
+from labvault.errors import NotFoundError
 from labvault.store.abc import Backend
 
 #: How many of the searched experiments' runs are read to collect the names a missing key may be.
@@ -67,3 +71,25 @@ def warn_unknown_keys(backend: Backend, experiment_ids: Sequence[str], expr: que
     """Warn (:class:`UnknownKeyWarning`) for each key of ``expr`` that no searched run has."""
     for message in unknown_key_messages(backend, experiment_ids, expr):
         warnings.warn(message, UnknownKeyWarning, stacklevel=stacklevel)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def names_store(method: _F) -> _F:
+    """Make a ``NotFoundError`` out of ``method`` say which store was searched (``... in store
+    sqlite:///lab/labvault.db``), so a wrong ``--uri`` or ``$LABVAULT_URI`` shows at once. The method's
+    object must reach its vault as ``self`` (a Vault) or ``self.vault`` / ``self._vault``."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except NotFoundError as exc:
+            vault = getattr(self, "_vault", None) or getattr(self, "vault", None) or self
+            where = redact(str(getattr(vault, "uri", "?")))
+            if " in store " in str(exc):
+                raise
+            raise type(exc)(f"{exc} in store {where}") from exc
+
+    return wrapper  # type: ignore[return-value]

@@ -29,6 +29,7 @@ from labvault.client.buffer import (
     _next_step_error,
     _series_steps,
 )
+from labvault.client.hints import names_store
 from labvault.domain import TERMINAL_STATUSES, ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.domain import validation as v
 from labvault.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
@@ -102,6 +103,7 @@ class Experiment:
         """Every run of the experiment, by run number."""
         return self.vault.search_runs([self])
 
+    @names_store
     def get_run(self, number: int) -> Run:
         """The run with this run number."""
         for run in self.runs():
@@ -349,6 +351,7 @@ class Run(RunBuffer):
         self._stale = True
         return info
 
+    @names_store
     def get_artifact(self, key: str) -> bytes:
         """The whole content of an artifact, digest-verified."""
         if self._active or self._artifacts:  # also waits for a background flush in progress
@@ -356,6 +359,7 @@ class Run(RunBuffer):
         info = self.vault.backend.get_artifact_info(self.id, key)
         return self.vault.backend.blobs.get_content(info.digest)
 
+    @names_store
     def open_artifact(self, key: str) -> BinaryIO:
         """A binary file for streaming an artifact; reading to the end verifies its digest."""
         if self._active or self._artifacts:  # also waits for a background flush in progress
@@ -363,6 +367,7 @@ class Run(RunBuffer):
         info = self.vault.backend.get_artifact_info(self.id, key)
         return self.vault.backend.blobs.open_content(info.digest)
 
+    @names_store
     def download_artifact(self, key: str, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Copy an artifact to a local file, verifying its digest; return the path written.
 
@@ -391,6 +396,7 @@ class Run(RunBuffer):
             self._flush_artifacts()
         return self.vault.backend.list_artifacts(self.id, prefix)
 
+    @names_store
     def metric_history(self, key: str) -> MetricSeries:
         """Every point of a metric as numpy arrays: ``.steps``, ``.values``, ``.timestamps``."""
         self.flush()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from labvault.client.buffer import _check_heartbeat, _flush_failure, _flush_loop, _open_vaults
-from labvault.client.hints import warn_unknown_keys
+from labvault.client.hints import names_store, warn_unknown_keys
 from labvault.client.run import Experiment, Run, RunList
 from labvault.domain import ExperimentInfo
 from labvault.domain import validation as v
@@ -179,9 +179,11 @@ class Vault:
         self._check_open()
         return [Experiment(self, e) for e in self.backend.list_experiments(project)]
 
+    @names_store
     def _find_experiment(self, name: str, project: str | None = None) -> ExperimentInfo:
         return self.backend.find_experiment(name, project)
 
+    @names_store
     def delete_experiment(self, name: str, mode: DeleteMode = "local", project: str | None = None) -> None:
         """Delete an experiment and all its runs.
 
@@ -377,6 +379,7 @@ class Vault:
         return self.backend.watch()
 
     # -- runs -----------------------------------------------------------------------------------------------
+    @names_store
     def get_run(self, run_id: str) -> Run:
         """The run with this id, from any experiment; ``NotFoundError`` if there is none."""
         self._check_open()

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from labvault._uri import redact
 from labvault.blobs.abc import BlobStore
 from labvault.errors import ConflictError, NotFoundError
 from labvault.sync.summary import revision_of
@@ -31,13 +32,8 @@ LOCK_STALE = 60.0
 
 
 def _redact(uri: str) -> str:
-    """A URI without its password, for display and for the state document."""
-    if "://" not in uri or "@" not in uri.split("://", 1)[1].split("/", 1)[0]:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    creds, host = rest.split("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+    """``uri`` with its secrets hidden (see :func:`labvault._uri.redact`)."""
+    return redact(uri)
 
 
 def state_key(remote_uri: str) -> str:

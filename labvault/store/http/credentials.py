@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from labvault._uri import refuse_credentials
+from labvault._uri import redact, refuse_credentials
 from labvault.errors import InvalidArgumentError
 
 __all__ = ["forget_token", "load_token", "normalize_url", "save_token"]
@@ -41,11 +41,9 @@ def normalize_url(url: str) -> str:
     return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        return url.replace(parts.netloc, "***@" + parts.netloc.rsplit("@", 1)[-1])
-    return url
+def _redact(uri: str) -> str:
+    """``uri`` with its secrets hidden (see :func:`labvault._uri.redact`)."""
+    return redact(uri)
 
 
 def load_token(url: str) -> str | None:

@@ -65,7 +65,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from labvault._retry import Retry
-from labvault._uri import check_options, float_option, int_option
+from labvault._uri import check_options, float_option, int_option, redact
 from labvault.blobs.abc import BlobStore
 from labvault.blobs.sql import SQLBlobStore
 from labvault.domain import ChangeEvent, RunInfo
@@ -156,11 +156,8 @@ def _parse_uri(uri: str) -> tuple[sa.URL, dict[str, Any]]:
 
 
 def _redact(uri: str) -> str:
-    """``uri`` with its password replaced by ``***``."""
-    try:
-        return sa.engine.make_url(uri).render_as_string(hide_password=True)
-    except Exception:  # not parseable: nothing recognisable to hide
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", uri)
+    """``uri`` with its secrets hidden (see :func:`labvault._uri.redact`)."""
+    return redact(uri)
 
 
 def _sqlstate(exc: BaseException | None) -> str | None:
