@@ -64,7 +64,9 @@ class Retry:
 
     def wait(self) -> bool:
         """After a failed attempt: sleep before the next one and return True, or return False (without
-        sleeping) when ``tries`` attempts were made or the pause would end past the deadline."""
+        sleeping) when ``tries`` attempts were made or the deadline has passed. A pause that would end
+        past the deadline is shortened to end at it, so the last attempt comes at the deadline and a
+        caller's ``timeout`` is the time it really keeps trying (not up to half of it less)."""
         if self.tries is not None and self.attempts >= self.tries:
             return False
         pause = self.policy.delay(self.attempts)
@@ -73,7 +75,9 @@ class Retry:
             if self._deadline is None:
                 self._deadline = now + self.timeout
             if now + pause > self._deadline:
-                return False
+                pause = self._deadline - now
+                if pause <= 0:
+                    return False
         time.sleep(pause)
         self.attempts += 1
         return True

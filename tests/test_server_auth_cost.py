@@ -1,5 +1,6 @@
 """Anonymous requests stay cheap for the server: a flood of well-formed bogus tokens (unknown ids, and a real
-id with a wrong secret) leaves a legitimate client's latency and the server's memory close to idle.
+id with a wrong secret) costs the server a small fraction of one argon2 verification each, and leaves a
+legitimate client served and the server's memory close to idle.
 
 A real ``labvault server`` subprocess on a free loopback port; the bogus load comes from another process
 (a raw asyncio HTTP/1.1 client, so the load is not limited by a slow client) over several loopback source
@@ -116,6 +117,27 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def argon2_verify_seconds() -> float:
+    """CPU seconds one argon2 verification of a wrong secret costs here, with the server's own parameters
+    (the work a bogus token would cost if it were not rejected before argon2)."""
+    from argon2 import PasswordHasher
+    from argon2.exceptions import VerifyMismatchError
+
+    hasher = PasswordHasher()
+    stored = hasher.hash("the real secret")
+    start = time.process_time()
+    for _ in range(3):
+        with pytest.raises(VerifyMismatchError):
+            hasher.verify(stored, "a wrong secret")
+    return (time.process_time() - start) / 3
+
+
 def timed_get(client: httpx.Client) -> float:
     """Seconds one legitimate request takes (it must succeed)."""
     start = time.perf_counter()
@@ -140,6 +162,7 @@ def test_bogus_tokens_leave_latency_and_memory_near_idle(server: Server) -> None
         idle = statistics.median(timed_get(client) for _ in range(200))
 
         peak_rss = [idle_rss]
+        cpu_before = cpu_seconds(pid)
         port = server.url.rsplit(":", 1)[1]
         args = ["127.0.0.1", port, "1000", "32", server.token_id]
         load = subprocess.Popen([sys.executable, "-c", LOAD, *args], stdout=subprocess.PIPE,
@@ -163,15 +186,23 @@ def test_bogus_tokens_leave_latency_and_memory_near_idle(server: Server) -> None
         sampler.join(timeout=10)
         assert load.returncode == 0, err.decode()
         counts = {int(k): v for k, v in json.loads(out).items()}
+        cpu_per_bogus = (cpu_seconds(pid) - cpu_before) / 1000
         after = timed_get(client)  # still served
 
+    argon2_cost = argon2_verify_seconds()
     under_load = statistics.median(loaded)
     print(f"\nlegitimate request median: idle {idle * 1e3:.2f} ms, under bogus load {under_load * 1e3:.2f} ms"
           f" ({len(loaded)} samples); server RSS: idle {idle_rss / 1024:.0f} MiB, peak under load "
-          f"{peak_rss[0] / 1024:.0f} MiB; bogus answers {counts}; after the load {after * 1e3:.2f} ms")
+          f"{peak_rss[0] / 1024:.0f} MiB; bogus answers {counts}; after the load {after * 1e3:.2f} ms; "
+          f"server CPU per bogus request {cpu_per_bogus * 1e3:.2f} ms (legitimate ones included) against "
+          f"{argon2_cost * 1e3:.1f} ms for one argon2 verification")
     assert sum(counts.values()) == 1000 and set(counts) <= {401, 429, 503}, counts
     assert len(loaded) >= 20, f"only {len(loaded)} legitimate requests while the load ran"
-    assert under_load <= 2 * idle, (under_load, idle)
+    # The work, not the wall clock (latency on a shared 2-core machine is noise; the rule is no timed
+    # assertions): the server's CPU over the whole load, legitimate requests included, divided by the bogus
+    # requests, is a small fraction of what one argon2 verification costs, measured in this run. Were bogus
+    # tokens verified (the defect this guards against), the ratio would be about 1 or more.
+    assert cpu_per_bogus < argon2_cost / 4, (cpu_per_bogus, argon2_cost)
     assert peak_rss[0] <= 2 * idle_rss, (peak_rss[0], idle_rss)
 
 
