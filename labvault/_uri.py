@@ -24,9 +24,10 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from labvault._defaults import DEFAULT_URI, EMBEDDED_DB_NAME
+from labvault._fs import path_from_uri
 from labvault.errors import InvalidArgumentError
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
@@ -160,6 +161,34 @@ def resolve_uri(uri: str | os.PathLike[str] | None) -> tuple[str, str]:
     if (path / EMBEDDED_DB_NAME).is_file():
         return "sqlite", embedded_sqlite_uri(path)
     return "file", uri
+
+
+def missing_local_store(uri: str | os.PathLike[str] | None) -> str | None:
+    """What the user named, shown as they would write it, when ``uri`` (resolved as ``labvault.open``
+    resolves it) is a local store that does not exist yet: a file-backend directory or a SQLite database
+    file that is not there. None when it exists, when the URI is not local (a server, PostgreSQL, S3, ...)
+    or when it is malformed (opening it then says what is wrong).
+
+    Opening a missing local store creates it; read-only commands ask this first so that a typo or the
+    wrong working directory is reported instead of leaving an empty vault behind.
+    """
+    try:
+        scheme, resolved = resolve_uri(uri)
+    except InvalidArgumentError:
+        return None
+    given = os.fspath(uri) if uri is not None else os.environ.get("LABVAULT_URI") or DEFAULT_URI
+    if scheme == "sqlite":
+        db = unquote(urlsplit(resolved).path)[1:]
+        if db and not Path(db).expanduser().exists():
+            return given
+    elif scheme == "file":
+        try:
+            path = path_from_uri(resolved, "file")
+        except InvalidArgumentError:
+            return None
+        if not path.exists():
+            return given
+    return None
 
 
 def embedded_sqlite_uri(directory: Path) -> str:

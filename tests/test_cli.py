@@ -277,7 +277,7 @@ def test_bad_uri_and_usage(runner: CliRunner) -> None:
     assert result.exit_code == 1 and "error: InvalidArgumentError:" in result.output
     result = invoke(runner, "runs", "e", "--uri", "memory://x", "--columns", "bogus")
     assert result.exit_code == 2
-    result = invoke(runner, "runs")
+    result = invoke(runner, "runs", "--limit", "-1", "--uri", "memory://x")
     assert result.exit_code == 2
     result = invoke(runner, "demo", "--epochs", "0", "--uri", "memory://x")
     assert result.exit_code == 2

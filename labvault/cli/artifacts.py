@@ -55,7 +55,7 @@ def artifacts_ls(
 
     Example: labvault artifacts ls 3f2a9c1e --prefix model/
     """
-    with open_vault(ctx, uri) as vault:
+    with open_vault(ctx, uri, read_only=True) as vault:
         run = find_run(vault, run_id)
         found = run.list_artifacts(prefix)
         total = sum(a.size for a in found)
@@ -83,7 +83,7 @@ def artifacts_get(
 
     Example: labvault artifacts get 3f2a9c1e report.json -o report.json
     """
-    with open_vault(ctx, uri) as vault:
+    with open_vault(ctx, uri, read_only=True) as vault:
         run = find_run(vault, run_id)
         if output is None:
             with run.open_artifact(key) as src:

@@ -22,9 +22,11 @@ from labvault.cli.format import (
     fmt_number,
     fmt_time,
     fmt_value,
+    iso_utc,
     jsonable,
     print_artifacts,
     status_text,
+    write_csv,
 )
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ def experiments(
     Example: labvault experiments --project default
     """
     console = out()
-    with open_vault(ctx, uri) as vault:
+    with open_vault(ctx, uri, read_only=True) as vault:
         found = vault.experiments(project)
         table = Table(title=f"{len(found)} experiment(s) in {vault.uri}")
         for column in ("project", "name", "id", "created", "runs"):
@@ -124,7 +126,7 @@ def _default_columns(infos: Sequence[RunInfo], mentioned: Sequence[str] = ()) ->
     constant = [k for k in param_keys if not varies(k)]
     ranked = ([f"params.{k}" for k in varying] + [f"metrics.{k}" for k in metric_keys] + ["start"]
               + [f"params.{k}" for k in constant])
-    first = [c for c in dict.fromkeys(mentioned) if c in ranked or c.startswith("tags.")]
+    first = [c for c in dict.fromkeys(mentioned) if c in ranked or c.startswith("tags.") or c == "experiment"]
     return first + [c for c in ranked if c not in first]
 
 
@@ -171,8 +173,10 @@ def _run_record(run: Run, info: RunInfo) -> dict[str, Any]:
 
 def runs(
     ctx: typer.Context,
-    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT",
-                                              help="The experiment's name, e.g. demo.", show_default=False)],
+    experiment: Annotated[
+        str | None, typer.Argument(metavar="EXPERIMENT", show_default=False,
+                                   help="The experiment's name, e.g. demo (default: every experiment).")
+    ] = None,
     uri: UriOption = None,
     filter: Annotated[
         str | None,
@@ -202,25 +206,42 @@ def runs(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per run (JSON lines) instead of a table.")
     ] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print CSV (a header, then one line per run; times ISO 8601 UTC) "
+                           "instead of a table, e.g. labvault runs demo --csv > runs.csv.")
+    ] = False,
+    deleted: Annotated[
+        bool, typer.Option("--deleted", help="List the deleted runs instead (labvault runs restore RUN_ID "
+                           "brings one back).")
+    ] = False,
 ) -> None:
-    """List an experiment's runs as a table, filtered and sorted.
+    """List runs as a table, filtered and sorted: an experiment's, or every experiment's when none is named.
 
     Example: labvault runs demo --filter "params.lr > 0.01" --order-by "metrics.val_accuracy desc" -n 5
+
+    Also: labvault runs delete RUN_ID, labvault runs restore RUN_ID, labvault runs rename RUN_ID NAME
+    (see labvault runs delete -h).
     """
     chosen = _parse_columns(columns) if columns is not None else None
-    with open_vault(ctx, uri) as vault:
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    with open_vault(ctx, uri, read_only=True) as vault:
         found = vault.search_runs(experiment, filter=filter, order_by=order_by or None,
-                                  limit=None if limit == 0 else limit + 1, project=project)
+                                  limit=None if limit == 0 else limit + 1, project=project,
+                                  deleted=deleted)
         more = limit != 0 and len(found) > limit
         selected = list(found)[:limit] if limit else list(found)
         infos = [run.info for run in selected]
-        if as_json:
-            _print_json_lines(selected, infos, chosen)
+        if as_json or as_csv:
+            (_print_json_lines if as_json else _print_csv)(selected, infos, chosen)
             if more:
                 err().print(Text(f"(only the first {limit} runs; pass --limit 0 for all)", style="dim"))
             return
-        title = f"experiment {experiment!r}: {len(selected)}{'+' if more else ''} run(s)"
-        mentioned = _mentioned_columns(filter, order_by or [])
+        what = "deleted run(s)" if deleted else "run(s)"
+        title = (f"experiment {experiment!r}: " if experiment is not None else "all experiments: ") + \
+            f"{len(selected)}{'+' if more else ''} {what}"
+        several = experiment is None and len({r.experiment.id for r in selected}) > 1
+        mentioned = ["experiment"] * several + _mentioned_columns(filter, order_by or [])
         left_out = _print_runs_table(title, selected, infos, chosen, mentioned)
         notes = []
         if more:
@@ -232,6 +253,29 @@ def runs(
                          + " (choose with --columns)")
         for note in notes:
             err().print(Text(note, style="dim"), soft_wrap=True)
+
+
+def _print_csv(selected: Sequence[Run], infos: Sequence[RunInfo], chosen: Sequence[str] | None) -> None:
+    """CSV: every field of every run (params, metrics, tags and results each a column, by key), or its id,
+    number and the ``--columns`` chosen."""
+    if chosen is not None:
+        columns = ["id", "number", *chosen]
+        write_csv(columns, ([info.id, info.number] + [_csv_value(c, run, info) for c in chosen]
+                            for run, info in zip(selected, infos, strict=True)))
+        return
+    keyed = [f"{prefix}.{key}" for prefix in _PREFIXES
+             for key in sorted({k for info in infos for k in getattr(info, prefix)})]
+    base = ["id", "experiment", "project", "number", "name", "status", "start_time", "end_time", "parent_id",
+            "error"]
+    rows = ([info.id, run.experiment.name, run.experiment.project, info.number, info.name, info.status,
+             iso_utc(info.start_time), iso_utc(info.end_time), info.parent_id, info.error]
+            + [_column_value(c, run, info) for c in keyed] for run, info in zip(selected, infos, strict=True))
+    write_csv(base + keyed, rows)
+
+
+def _csv_value(column: str, run: Run, info: RunInfo) -> Any:
+    value = _column_value(column, run, info)
+    return iso_utc(value) if column in ("start", "end") else value
 
 
 def _print_json_lines(selected: Sequence[Run], infos: Sequence[RunInfo],
@@ -303,7 +347,7 @@ def show(
 
     Example: labvault show 3f2a9c1e
     """
-    with open_vault(ctx, uri) as vault:
+    with open_vault(ctx, uri, read_only=True) as vault:
         run = find_run(vault, run_id)
         info = run.info
         histories = {key: run.metric_history(key) for key in sorted(info.metrics)}

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 import labvault
+from labvault._uri import missing_local_store
 from labvault.errors import InvalidArgumentError, LabvaultError, NotFoundError
 
 if TYPE_CHECKING:
@@ -99,11 +100,22 @@ def given_uri(ctx: typer.Context, uri: str | None) -> str | None:
 
 @contextmanager
 def open_vault(ctx: typer.Context, uri: str | None, *, artifacts: str | None = None,
-               remote: str | None = None) -> Iterator[Vault]:
-    """The vault the command names (see :func:`given_uri`), closed afterwards; labvault errors exit 1."""
+               remote: str | None = None, read_only: bool = False) -> Iterator[Vault]:
+    """The vault the command names (see :func:`given_uri`), closed afterwards; labvault errors exit 1.
+
+    ``read_only`` commands (listing, showing, downloading) never create a store: on a local vault that is
+    not there they exit with an error naming the path and how to get one, where opening would have left an
+    empty vault behind (a typo in ``--uri``, or the wrong working directory).
+    """
     with exit_on_error(), warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        vault = labvault.open(given_uri(ctx, uri), artifacts=artifacts, remote=remote)
+        named = given_uri(ctx, uri)
+        missing = missing_local_store(named) if read_only else None
+        if missing is not None:
+            raise NotFoundError(
+                f"no vault at {missing}; run `labvault demo` to make one there, or point at yours with "
+                "--uri or LABVAULT_URI")
+        vault = labvault.open(named, artifacts=artifacts, remote=remote)
         try:
             yield vault
         finally:
@@ -128,7 +140,7 @@ def find_run(vault: Vault, run_id: str) -> Run:
                 "(labvault runs EXPERIMENT lists them)") from None
         if not (4 <= len(run_id) < 32 and run_id.isascii() and run_id.isalnum()):
             raise
-        found = vault.search_runs(None, filter=f"id LIKE '{run_id}%'")
+        found = vault.search_runs(None, filter=f"id LIKE '{run_id}%'", deleted=None)
         matches = [r for r in found if r.id.startswith(run_id)]
         if len(matches) == 1:
             return matches[0]

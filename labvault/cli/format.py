@@ -6,10 +6,12 @@ Every command module formats through these helpers, so a value looks the same wh
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -26,10 +28,43 @@ _STATUS_STYLE = {"finished": "green", "running": "yellow", "failed": "red", "kil
 
 
 def fmt_time(ts: float | None, seconds: bool = True) -> str:
-    """A local date and time (``-`` for None), with or without the seconds."""
+    """A local date and time with its zone, e.g. ``2026-12-07 09:30:05 CET`` (``-`` for None), with or
+    without the seconds: a time without its zone is ambiguous on a shared machine or in a pasted log."""
     if ts is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M", time.localtime(ts))
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z", time.localtime(ts))
+
+
+def iso_utc(ts: float | None) -> str:
+    """An ISO 8601 UTC time with milliseconds for machine-readable output (CSV), e.g.
+    ``2026-12-07T08:30:05.123Z``; empty for None."""
+    if ts is None:
+        return ""
+    whole = math.floor(ts)
+    millis = min(999, round((ts - whole) * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def csv_cell(value: Any) -> str:
+    """A param / tag / metric / result value as one CSV cell: text as is, numbers as Python writes them
+    (full precision), booleans lower-case, lists and dicts as compact JSON, None empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value) if isinstance(value, float) and math.isfinite(value) else str(value)
+    return json.dumps(jsonable(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def write_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """CSV (RFC 4180, a header line then one line per row) on stdout; cells through :func:`csv_cell`."""
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([csv_cell(cell) for cell in row])
 
 
 def fmt_duration(start: float, end: float | None, status: str) -> str:

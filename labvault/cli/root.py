@@ -1,22 +1,25 @@
 """The root ``labvault`` Typer app: its global options (``--uri``, ``--version``), the command tree (every
 command and command group, registered here in the order ``labvault --help`` lists them) and :func:`main`.
 
-Each command lives in the module of its group: ``demo``, ``browse`` (experiments, runs, show),
+Each command lives in the module of its group: ``demo``, ``browse`` (experiments, runs, show), ``runs``
+(the runs group: list, delete, restore, rename), ``metrics``,
 ``artifacts``, ``blobs``, ``maintenance`` (gc, db), ``server``, ``admin`` (users, tokens, login, logout)
 and ``sync`` (push, pull, status, copy); ``common`` and ``format`` hold what they share.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 import labvault
-from labvault.cli import admin, browse, demo, maintenance, server, sync
+from labvault.cli import admin, browse, demo, maintenance, metrics, server, sync
 from labvault.cli.artifacts import artifacts_app
 from labvault.cli.blobs import blobs_app
 from labvault.cli.common import UriOption
+from labvault.cli.runs import runs_app
 
 __all__ = ["app", "main"]
 
@@ -53,12 +56,13 @@ def _root(
     ctx.obj = {"uri": uri}
 
 
-# The order here is the order of `labvault --help`: commands first, then the command groups.
-for _name, _command in (
+# The order here is the order of `labvault --help`.
+_TREE: tuple[tuple[str, Callable[..., None] | typer.Typer], ...] = (
     ("demo", demo.demo),
     ("experiments", browse.experiments),
-    ("runs", browse.runs),
+    ("runs", runs_app),
     ("show", browse.show),
+    ("metrics", metrics.metrics),
     ("gc", maintenance.gc_command),
     ("server", server.server),
     ("login", admin.login),
@@ -67,17 +71,18 @@ for _name, _command in (
     ("pull", sync.pull),
     ("status", sync.status),
     ("copy", sync.copy_cmd),
-):
-    app.command(_name)(_command)
-for _name, _group in (
     ("artifacts", artifacts_app),
     ("db", maintenance.db_app),
     ("blobs", blobs_app),
     ("users", admin.users_app),
     ("tokens", admin.tokens_app),
-):
-    app.add_typer(_group, name=_name)
-del _name, _command, _group
+)
+for _name, _entry in _TREE:
+    if isinstance(_entry, typer.Typer):
+        app.add_typer(_entry, name=_name)
+    else:
+        app.command(_name)(_entry)
+del _name, _entry
 
 
 def main() -> None:

@@ -30,9 +30,17 @@ from labvault.client.buffer import (
     _series_steps,
 )
 from labvault.client.hints import names_store
-from labvault.domain import TERMINAL_STATUSES, ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
+from labvault.domain import (
+    DELETED_TAG,
+    TERMINAL_STATUSES,
+    ArtifactInfo,
+    ExperimentInfo,
+    MetricSeries,
+    RunInfo,
+    now,
+)
 from labvault.domain import validation as v
-from labvault.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,19 +91,72 @@ class Experiment:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
         parent: Run | str | None = None,
+        *,
+        run_id: str | None = None,
+        resume: bool = False,
     ) -> Run:
         """Start a run (status ``running``) with the next run number; use it as a context manager.
 
         Leaving the ``with`` block normally marks the run ``finished``; an exception marks it ``failed``,
         records the error, and propagates. ``parent`` nests the run under another (a run or its id).
+
+        ``run_id`` chooses the run's id. With ``resume=True`` a run of that id that exists is resumed: it is
+        ``running`` again (no end time, no error), keeps its number, params, metrics and artifacts, and a
+        metric logged without a step continues after its last step; ``params`` are logged write-once as
+        usual and ``tags`` set. A run of that id that does not exist yet is created, so a job that may be
+        restarted can always pass the same id (W&B's ``resume="allow"``). Resuming a run another process
+        is still writing (a fresh heartbeat) raises ``ConflictError``.
         """
         self.vault._check_open()
+        if resume and run_id is None:
+            raise InvalidArgumentError("resume=True needs the run_id of the run to resume")
+        if resume:
+            resumed = self._resume(run_id, name, params, tags)  # type: ignore[arg-type]
+            if resumed is not None:
+                return resumed
         parent_id = parent.id if isinstance(parent, Run) else parent
-        info = self.vault.backend.create_run(
-            self.id, name=name, parent_id=parent_id, start_time=now(),
-            params=params or {}, tags=tags or {},
-        )
+        try:
+            info = self.vault.backend.create_run(
+                self.id, name=name, parent_id=parent_id, start_time=now(),
+                params=params or {}, tags=tags or {}, run_id=run_id,
+            )
+        except AlreadyExistsError as exc:
+            raise AlreadyExistsError(f"{exc}; pass resume=True to continue that run") from None
         run = Run(self.vault, self, info, active=True)
+        self.vault._register_active(run)
+        return run
+
+    def _resume(self, run_id: str, name: str | None, params: Mapping[str, Any] | None,
+                tags: Mapping[str, Any] | None) -> Run | None:
+        """Reopen the stored run ``run_id`` (see ``start_run``), or None when there is no such run."""
+        backend = self.vault.backend
+        try:
+            info = backend.get_run(run_id)
+        except NotFoundError:
+            return None
+        if info.experiment_id != self.id:
+            raise InvalidArgumentError(
+                f"run {run_id} belongs to another experiment than {self.name!r}: resume it from there "
+                "(vault.get_run(run_id).experiment)")
+        if run_id in self.vault._active:
+            raise ConflictError(f"run {run_id} is already active in this process")
+        info = _check_heartbeat(self.vault, info)
+        if info.status == "running":
+            raise ConflictError(
+                f"run {run_id} is still running in another process (its heartbeat is "
+                f"{now() - (info.heartbeat or info.start_time):.0f} s old; a run whose writer died is "
+                f"resumable after {self.vault.heartbeat_timeout:g} s)")
+        if params:
+            backend.log_params(run_id, params)
+        if tags:
+            backend.set_tags(run_id, tags)
+        backend.update_run(run_id, status="running", heartbeat=now(), name=name,
+                           clear=("end_time", "error"))
+        run = Run(self.vault, self, backend.get_run(run_id), active=True)
+        for key in backend.metric_keys(run_id):
+            steps = backend.metric_history(run_id, key).steps
+            if len(steps):
+                run._next_step[key] = int(steps.max()) + 1
         self.vault._register_active(run)
         return run
 
@@ -105,8 +166,10 @@ class Experiment:
 
     @names_store
     def get_run(self, number: int) -> Run:
-        """The run with this run number."""
-        for run in self.runs():
+        """The run with this run number (a deleted run too)."""
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise InvalidArgumentError(f"a run number is an integer, got {v.show(number)}")
+        for run in self.vault.search_runs([self], filter=f"number = {int(number)}", deleted=None):
             if run.number == number:
                 return run
         raise NotFoundError(f"experiment {self.name!r} has no run number {number!r}")
@@ -152,6 +215,17 @@ class Run(RunBuffer):
     def parent_id(self) -> str | None:
         """The id of the parent run, for nested runs."""
         return self._snapshot.parent_id
+
+    def rename(self, name: str) -> None:
+        """Give the run a new name (any run, finished or not; the number and id stay)."""
+        self.vault._check_open()
+        self.vault.backend.update_run(self.id, name=name)
+        self.refresh()
+
+    @property
+    def deleted(self) -> bool:
+        """Whether the run is deleted (``vault.delete_run``): hidden from searches until restored."""
+        return bool(self.info.tags.get(DELETED_TAG))
 
     def __repr__(self) -> str:
         return f"<labvault.Run {self.experiment.name}#{self.number} {self.id}>"

@@ -9,17 +9,19 @@ is buffered, and ``Vault.flush()``, ``Vault.close()`` and interpreter exit write
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from labvault.client.buffer import _check_heartbeat, _flush_failure, _flush_loop, _open_vaults
 from labvault.client.hints import names_store, warn_unknown_keys
 from labvault.client.run import Experiment, Run, RunList
-from labvault.domain import ExperimentInfo
+from labvault.domain import DELETED_TAG, ExperimentInfo
 from labvault.domain import validation as v
 from labvault.errors import InvalidArgumentError, LabvaultError, NotFoundError, UnsupportedOperationError
 
 if TYPE_CHECKING:
+    from labvault.query import Expr
     from labvault.store.abc import Backend
     from labvault.store.feed import ChangeFeed
     from labvault.sync import RunStatus, SyncReport
@@ -390,6 +392,31 @@ class Vault:
         info = _check_heartbeat(self, self.backend.get_run(run_id))
         return Run(self, self._experiment_by_id(info.experiment_id), info)
 
+    @names_store
+    def delete_run(self, run: Run | str) -> None:
+        """Delete a run (a run or its id): searches, ``exp.runs()`` and ``to_frame()`` no longer show it.
+
+        Nothing is erased: the run keeps its data, ``get_run`` still finds it (``run.deleted`` is True),
+        ``search_runs(..., deleted=True)`` lists the deleted runs and ``restore_run`` brings it back, as
+        MLflow's delete and restore do. Deletion is the system tag ``labvault.deleted`` (when, ISO 8601),
+        so it syncs like any tag.
+        """
+        self._set_deleted(run, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @names_store
+    def restore_run(self, run: Run | str) -> None:
+        """Undo ``delete_run``: the run shows in searches again (a run that is not deleted is left as is)."""
+        self._set_deleted(run, "")
+
+    def _set_deleted(self, run: Run | str, value: str) -> None:
+        self._check_open()
+        run_id = run.id if isinstance(run, Run) else run
+        info = self.backend.get_run(run_id)  # NotFoundError (naming the store) before anything is written
+        if value or info.tags.get(DELETED_TAG):
+            self.backend.set_tags(run_id, {DELETED_TAG: value})
+        if isinstance(run, Run):
+            run._stale = True
+
     def _experiment_by_id(self, experiment_id: str) -> Experiment:
         for e in self.backend.list_experiments():
             if e.id == experiment_id:
@@ -404,6 +431,7 @@ class Vault:
         limit: int | None = None,
         offset: int = 0,
         project: str | None = None,
+        deleted: bool | None = False,
     ) -> RunList:
         """Runs of the named experiments (all when ``None``) matching ``filter``, sorted and paged.
 
@@ -412,17 +440,20 @@ class Vault:
         like ``["metrics.acc desc", "params.lr"]`` (missing values last); the default order is run number.
         A filter naming a param, metric or tag that no run of these experiments has warns
         (:class:`labvault.client.hints.UnknownKeyWarning`) with the closest existing keys.
+        Deleted runs (``delete_run``) are left out; ``deleted=True`` gives only them, ``deleted=None`` both.
         """
         from labvault import query
 
         self._check_open()
         v.validate_page(limit, offset)
+        if deleted is not None and not isinstance(deleted, bool):
+            raise InvalidArgumentError(f"deleted must be True, False or None, got {deleted!r}")
         expr = query.parse(filter)
         order = query.parse_order_by(order_by)
         infos = self._resolve_experiments(experiments, project)
         self.flush()
         ids = [e.id for e in infos]
-        found = self.backend.search_runs(ids, expr, order, limit, offset)
+        found = self.backend.search_runs(ids, _with_deleted(expr, deleted), order, limit, offset)
         if not isinstance(expr, query.TrueExpr):
             warn_unknown_keys(self.backend, ids, expr)
         by_id = {e.id: Experiment(self, e) for e in infos}
@@ -452,6 +483,18 @@ class Vault:
             else:
                 out.append(self._find_experiment(item, project))
         return out
+
+
+def _with_deleted(expr: Expr, deleted: bool | None) -> Expr:
+    """``expr`` restricted to live runs (``deleted=False``), to deleted ones (True), or as is (None)."""
+    from labvault.query import And, Compare, Field, IsNull, Not, Or, TrueExpr  # lazy: as search_runs
+
+    if deleted is None:
+        return expr
+    mark = Field("tags", DELETED_TAG)
+    live = Or((IsNull(mark, negated=False), Compare(mark, "=", "")))
+    wanted: Expr = Not(live) if deleted else live
+    return wanted if isinstance(expr, TrueExpr) else And((expr, wanted))
 
 
 def _reachable(backend: Backend) -> bool:

@@ -1,6 +1,7 @@
 """Domain records and value rules, independent of any storage backend."""
 
 from labvault.domain.model import (
+    DELETED_TAG,
     EVENT_KINDS,
     RUN_STATUSES,
     TERMINAL_STATUSES,
@@ -14,6 +15,7 @@ from labvault.domain.model import (
 )
 
 __all__ = [
+    "DELETED_TAG",
     "EVENT_KINDS",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",

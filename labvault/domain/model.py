@@ -12,6 +12,10 @@ import numpy.typing as npt
 RunStatus = Literal["running", "finished", "failed", "killed"]
 RUN_STATUSES: tuple[str, ...] = ("running", "finished", "failed", "killed")
 TERMINAL_STATUSES: frozenset[str] = frozenset({"finished", "failed", "killed"})
+#: The system tag a deleted run carries (its value: when it was deleted, ISO 8601 UTC; empty once
+#: restored). A tag, not a column, so deletion works on every backend, syncs like any tag and is searchable
+#: (``tags.`labvault.deleted` IS NOT NULL``); MLflow keeps its run name and parent the same way.
+DELETED_TAG = "labvault.deleted"
 
 
 def now() -> float:

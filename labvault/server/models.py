@@ -44,6 +44,8 @@ class RunPatch(_Model):
     end_time: FiniteFloat | None = None
     error: str | None = None
     heartbeat: FiniteFloat | None = None
+    name: str | None = None
+    clear: list[str] = Field(default_factory=list, description='fields to empty, e.g. ["end_time", "error"]')
 
 
 class SearchIn(_Model):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -279,22 +279,32 @@ class Backend(ABC):
         end_time: float | None = None,
         error: str | None = None,
         heartbeat: float | None = None,
+        name: str | None = None,
+        clear: Collection[str] = (),
     ) -> None:
-        """Change a run's status, end time, error text or heartbeat."""
+        """Change a run's status, end time, error text, heartbeat or name; ``None`` leaves a field as it is.
+
+        ``clear`` names fields to empty (``"end_time"``, ``"error"``): a resumed run is running again, with
+        no end time and no error.
+        """
         from labvault.domain import RUN_STATUSES
 
         if status is not None and status not in RUN_STATUSES:
             raise InvalidArgumentError(f"run status {v.show(status)} is not one of {', '.join(RUN_STATUSES)}")
         if error is not None:
             v.validate_error_text(error)
+        if name is not None:
+            v.validate_name(name, "run name")
         for what, when in (("end_time", end_time), ("heartbeat", heartbeat)):
             if when is not None:
                 v.validate_time(when, what)
         fields: dict[str, Any] = {}
         for key, val in (("status", status), ("end_time", end_time), ("error", error),
-                         ("heartbeat", heartbeat)):
+                         ("heartbeat", heartbeat), ("name", name)):
             if val is not None:
                 fields[key] = val
+        for key in _checked_clear(clear, fields):
+            fields[key] = None
         if fields:
             self._update_run(_check_id(run_id, "run id"), fields)
             if set(fields) != {"heartbeat"}:  # heartbeats would flood the feed
@@ -449,6 +459,25 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
+
+
+#: The fields ``update_run(clear=...)`` can empty.
+CLEARABLE_RUN_FIELDS = ("end_time", "error")
+
+
+def _checked_clear(clear: Collection[str], fields: Mapping[str, Any]) -> list[str]:
+    """``clear`` as a list of field names, refused when it names a field that cannot be emptied or one
+    that the same call sets."""
+    if isinstance(clear, str) or not all(isinstance(k, str) for k in clear):
+        raise InvalidArgumentError(f"clear must be a collection of field names, got {v.show(clear)}")
+    for key in clear:
+        if key not in CLEARABLE_RUN_FIELDS:
+            raise InvalidArgumentError(
+                f"cannot clear run field {v.show(key)}: only {', '.join(CLEARABLE_RUN_FIELDS)} "
+                "can be emptied")
+        if key in fields:
+            raise InvalidArgumentError(f"run field {key!r} is both set and cleared")
+    return sorted(set(clear))
 
 
 def run_exists_error(run_id: str) -> Exception:

@@ -8,6 +8,7 @@ The tests live in themed mixins, composed here into one class:
 
 =====================  ====================================================================
 ``suite_runs``         experiments, the run lifecycle, params, tags, results
+``suite_verbs``        delete and restore, rename, resume a run
 ``suite_validation``   bad text and unstorable numbers refused on every path
 ``suite_metrics``      metric histories, latest values, exact steps, flushing, batch ids
 ``suite_artifacts``    artifact sources, replacement, deduplication, verification, streaming
@@ -31,11 +32,12 @@ from labvault.testing.suite_processes import ProcessTests
 from labvault.testing.suite_runs import RunTests
 from labvault.testing.suite_search import SearchTests
 from labvault.testing.suite_validation import ValidationTests
+from labvault.testing.suite_verbs import VerbTests
 
 __all__ = ["BackendTests"]
 
 # pytest collects a class's tests in reverse MRO order: the mixins are listed last-section-first so that
 # the tests run in the order of the sections (the bad-input table first, as when it was the only base).
 class BackendTests(ProcessTests, FeedTests, SearchTests, ArtifactTests, MetricTests, ValidationTests,
-                   RunTests, BadInputTests):
+                   VerbTests, RunTests, BadInputTests):
     """Subclass and provide a ``uri`` fixture returning the URI of a fresh, empty store."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import warnings
 from typing import Any
 
 import pytest
 
+from labvault.client.hints import UnknownKeyWarning
 from labvault.client.vault import Vault
 from labvault.errors import InvalidArgumentError, NotFoundError
 from labvault.testing.suite_base import SuiteBase
@@ -79,7 +81,49 @@ class SearchTests(SuiteBase):
         ],
     )
     def test_search_operators(self, searchable: Vault, flt: str | None, expected: list[int]) -> None:
+        if flt is not None and "missing" in flt:
+            with pytest.warns(UnknownKeyWarning, match=r"params\.missing"):
+                assert self._numbers(searchable, flt) == expected
+        else:
+            assert self._numbers(searchable, flt) == expected
+
+    @pytest.mark.parametrize(
+        ("flt", "expected"),
+        [
+            ("params.lr = '0.1'", [1]),  # MLflow keeps params as text: its users quote numbers
+            ("params.layers = '2' OR params.layers IN ('4')", [1, 3]),
+            ("params.opt = 'adam' AND params.lr != '0.1'", [3]),
+            ("metrics.acc > '0.9'", [3]),  # a quoted number against a metric is that number
+            ("attributes.status = 'FINISHED'", [1, 2, 3, 4, 5]),
+            ("status IN ('FINISHED', 'FAILED')", [1, 2, 3, 4, 5]),
+            ("attributes.name = 'run-1'", [2]),
+            ("attributes.start_time > '2000-01-01'", [1, 2, 3, 4, 5]),
+            ("start_time < '2000-01-01T00:00:00+00:00'", []),
+            ("end_time >= '1970-01-02 00:00:00' AND number <= 2", [1, 2]),
+        ],
+    )
+    def test_mlflow_filter_forms(self, searchable: Vault, flt: str, expected: list[int]) -> None:
+        """The filter habits MLflow users bring mean the same on every backend."""
         assert self._numbers(searchable, flt) == expected
+
+    def test_mlflow_forms_for_tags_and_quotes(self, vault: Vault) -> None:
+        exp = vault.experiment("tag-forms")
+        for seed in ("1", "2.5", "x"):
+            with exp.start_run(tags={"seed": seed}):
+                pass
+        assert [r.number for r in vault.search_runs("tag-forms", filter="tags.seed = 1")] == [1]
+        assert [r.number for r in vault.search_runs("tag-forms", filter="tags.seed IN (2.5, 3)")] == [2]
+        with pytest.raises(InvalidArgumentError, match=r"single quotes: write 'x' instead of \"x\""):
+            vault.search_runs("tag-forms", filter='tags.seed = "x"')
+        with pytest.raises(InvalidArgumentError, match="is not a time"):
+            vault.search_runs("tag-forms", filter="start_time > 'yesterday'")
+
+    def test_unknown_key_warns_with_the_closest_keys(self, searchable: Vault) -> None:
+        with pytest.warns(UnknownKeyWarning, match=r"metrics\.acx.*metrics\.acc"):
+            assert self._numbers(searchable, "metrics.acx > 0.1") == []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a key some run has never warns
+            assert self._numbers(searchable, "params.layers > 3 AND tags.x = 'y'") == [3]
 
     def test_search_order_and_paging(self, searchable: Vault) -> None:
         assert self._numbers(searchable, order_by=["metrics.acc desc"]) == [3, 1, 2, 4, 5]

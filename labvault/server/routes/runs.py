@@ -49,10 +49,11 @@ def get_run(run_id: str, p: Reader, request: Request) -> Response:
 
 
 @router.patch("/runs/{run_id}", tags=["runs"], status_code=204,
-              summary="Change status, end time, error text or heartbeat")
+              summary="Change status, end time, error text, heartbeat or name; clear end time or error")
 def update_run(run_id: str, body: RunPatch, p: Writer, request: Request) -> Response:
     state_of(request).backend.update_run(run_id, status=body.status, end_time=body.end_time,
-                                         error=body.error, heartbeat=body.heartbeat)
+                                         error=body.error, heartbeat=body.heartbeat, name=body.name,
+                                         clear=body.clear)
     return Response(status_code=204)
 
 

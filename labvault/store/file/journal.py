@@ -243,7 +243,7 @@ class ExperimentState(ColumnSource):
         rec = self.record(i)
         if op == "update":
             fields = doc["fields"]
-            for key in ("status", "end_time", "error", "heartbeat"):
+            for key in ("status", "end_time", "error", "heartbeat", "name"):
                 if key in fields:
                     rec[key] = fields[key]
         elif op in ("params", "tags", "results", "metrics"):

@@ -231,7 +231,11 @@ class HTTPBackend(Backend):
         return [wire.run_in(d) for d in docs]
 
     def _update_run(self, run_id: str, fields: dict[str, Any]) -> None:
-        self.api.request("PATCH", f"/runs/{run_id}", json_body=fields, idempotent=True)
+        body = {k: val for k, val in fields.items() if val is not None}
+        cleared = sorted(k for k, val in fields.items() if val is None)
+        if cleared:  # an empty field travels as a name in "clear" (a null means "unchanged" on the wire)
+            body["clear"] = cleared
+        self.api.request("PATCH", f"/runs/{run_id}", json_body=body, idempotent=True)
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         self.api.request("POST", f"/runs/{run_id}/params", json_body=params, idempotent=True)
