@@ -6,6 +6,11 @@
         with exp.start_run(params={"lr": 0.1}) as run:
             run.log_metric("loss", 0.3, step=1)
 
+or, as MLflow and W&B users type it (the active run of the calling thread, see ``labvault.client.fluent``)::
+
+    with labvault.start_run(experiment="mnist", params={"lr": 0.1}):
+        labvault.log_metric("loss", 0.3)
+
 ``import labvault`` is cheap: numpy, SQLAlchemy, pandas and every driver load on first use.
 """
 
@@ -33,6 +38,19 @@ from labvault.errors import (
 if TYPE_CHECKING:
     from labvault.blobs.abc import BlobStore
     from labvault.client import Experiment, Run, RunList, Vault
+    from labvault.client.fluent import (
+        active_run,
+        end_run,
+        log_artifact,
+        log_metric,
+        log_metrics,
+        log_param,
+        log_params,
+        log_result,
+        set_tag,
+        set_tags,
+        start_run,
+    )
     from labvault.store.abc import Backend
     from labvault.sync import SyncReport
 
@@ -55,14 +73,29 @@ __all__ = [
     "UnsupportedOperationError",
     "Vault",
     "__version__",
+    "active_run",
     "copy",
+    "end_run",
     "errors",
+    "log_artifact",
+    "log_metric",
+    "log_metrics",
+    "log_param",
+    "log_params",
+    "log_result",
     "open",
     "open_backend",
+    "set_tag",
+    "set_tags",
+    "start_run",
 ]
 
 _LAZY = {"Vault": "labvault.client", "Experiment": "labvault.client", "Run": "labvault.client",
-         "RunList": "labvault.client"}
+         "RunList": "labvault.client",
+         # the module-level API (labvault.start_run, labvault.log_metric, ...): labvault.client.fluent
+         **dict.fromkeys(("active_run", "end_run", "log_artifact", "log_metric", "log_metrics", "log_param",
+                          "log_params", "log_result", "set_tag", "set_tags", "start_run"),
+                         "labvault.client.fluent")}
 #: Submodules reachable as ``labvault.<name>`` after a plain ``import labvault``, imported on first use.
 _SUBMODULES = frozenset({"api", "backends", "blobs", "cli", "client", "domain", "gc", "query", "server",
                          "store", "sync", "testing", "wire"})

@@ -71,3 +71,44 @@ def test_cli_says_unknown_keys_double_quotes_and_short_prefixes(vault: Any) -> N
     assert result.exit_code != 0 and "strings take single quotes: write 'sgd'" in result.stderr
     result = invoke("show", "ab1", "--uri", uri)
     assert result.exit_code != 0 and "run id prefix 'ab1' is too short" in result.stderr
+
+
+def test_frame_times_are_timezone_aware_utc(vault: Any) -> None:
+    exp = vault.experiment("tz")
+    with exp.start_run() as run:
+        pass
+    frame = vault.search_runs("tz").to_frame()
+    start = frame.loc[0, "start_time"]
+    assert str(frame["start_time"].dt.tz) == "UTC" and str(frame["end_time"].dt.tz) == "UTC"
+    assert abs(start.timestamp() - run.start_time) < 1e-3  # the same instant, not shifted by the local zone
+
+
+def test_server_without_backend_serves_the_default_store(tmp_path: Path) -> None:
+    """``labvault server`` with no --backend serves ./labvault-data, the store ``labvault demo``, ``runs``
+    and ``labvault.open()`` use, not an error (and not another store)."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    from test_conformance_http import free_port, wait_healthy
+
+    env = {**os.environ, "LABVAULT_URI": "", "LABVAULT_AUTH_DB": str(tmp_path / "auth.db")}
+    made = subprocess.run([sys.executable, "-c", "import labvault\nwith labvault.open() as v:\n"
+                           "    v.experiment('made-by-open')"], cwd=tmp_path, env=env, check=True,
+                          capture_output=True, timeout=60)
+    assert made.returncode == 0 and (tmp_path / "labvault-data" / "labvault.db").is_file()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "labvault", "server", "--insecure", "--port", str(port),
+                             "--log-level", "warning"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        names = [e["name"] for e in httpx.get(f"{url}/api/v1/experiments", timeout=10).json()]
+        assert names == ["made-by-open"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    banner = proc.stdout.read().decode() if proc.stdout else ""
+    assert "labvault-data/labvault.db" in banner, banner

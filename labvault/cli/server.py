@@ -11,6 +11,7 @@ import typer
 from rich.text import Text
 
 import labvault
+from labvault._uri import redact, resolve_uri
 from labvault.cli.common import AuthDbOption, auth_store, err, exit_on_error, fail, fail_invalid
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ def server(
         str | None,
         typer.Option("--backend", metavar="URI", show_default=False,
                      help="The store to serve, e.g. postgresql://user@db/labvault or sqlite:///runs.db. "
-                          "Default: $LABVAULT_URI."),
+                          "Default: $LABVAULT_URI, else ./labvault-data, the store every other command "
+                          "uses by default."),
     ] = None,
     artifacts: Annotated[
         str | None,
@@ -61,9 +63,7 @@ def server(
     """
     from labvault.server.app import ServerConfig  # the server (fastapi) loads only for this command
 
-    uri = backend or os.environ.get("LABVAULT_URI") or None
-    if not uri:
-        fail_invalid("say which store to serve: --backend URI (or set LABVAULT_URI)")
+    uri = backend or resolve_uri(None)[1]  # $LABVAULT_URI, else the embedded default, as labvault.open()
     _check_tls(certfile, keyfile)
     config = ServerConfig(max_request_size=int(max_request_mb * 1024 * 1024),
                           max_upload_size=int(max_upload_mb * 1024 * 1024) or None)
@@ -76,7 +76,7 @@ def server(
             probe.close()
     scheme = "https" if certfile else "http"
     err().print(Text(f"labvault server {labvault.__version__}: {scheme}://{host}:{port}/api/v1 serving "
-                     f"{uri.split('://', 1)[0]} ({workers} worker(s); auth: "
+                     f"{redact(uri)} ({workers} worker(s); auth: "
                      f"{'NONE' if insecure else f'tokens from {store_path}'})"))
     settings = _uvicorn_settings(host, port, log_level, certfile, keyfile)
     _serve(uri, artifacts, store_path, insecure, config, workers, settings)
