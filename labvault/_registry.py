@@ -54,6 +54,25 @@ _BUILTIN_BLOB_STORES: dict[str, str] = {
 }
 
 
+#: The extra (``pip install 'labvault[<extra>]'``) holding the driver of each built-in scheme that needs
+#: one; every name here is an extra of pyproject.toml (tests/test_install_hints.py checks that).
+SCHEME_EXTRAS: dict[str, str] = {
+    "postgresql": "postgres", "postgres": "postgres", "postgresql+psycopg": "postgres",
+    "postgres+psycopg": "postgres", "redis": "redis", "rediss": "redis", "unix": "redis",
+    "http": "client", "https": "client", "s3": "s3",
+}
+
+
+def install_hint(scheme: str, exc: BaseException) -> str:
+    """How to get what a scheme's class could not import: its extra for a built-in scheme, else the
+    missing module by name."""
+    extra = SCHEME_EXTRAS.get(scheme)
+    if extra is not None:
+        return f"install its extra: pip install 'labvault[{extra}]'"
+    missing = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None)
+    return f"install the package that provides {missing or 'it'}"
+
+
 # scheme -> class or "module:Class" import string
 _backends: dict[str, type[Backend] | str] = dict(_BUILTIN_BACKENDS)
 
@@ -156,8 +175,7 @@ def _resolve(table: dict[str, Any], kind: str, scheme: str, known: list[str]) ->
             entry = import_object(entry)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(
-                f"the {kind} for {scheme!r} is not available ({exc}); install its extra, "
-                f"e.g. pip install 'labvault[{scheme}]'"
+                f"the {kind} for {scheme!r} is not available ({exc}); {install_hint(scheme, exc)}"
             ) from exc
     return entry
 

@@ -40,7 +40,13 @@ from labvault.domain import (
     now,
 )
 from labvault.domain import validation as v
-from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
+from labvault.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnsupportedOperationError,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -555,7 +561,12 @@ class RunList(list[Run]):
     def to_frame(self) -> pd.DataFrame:
         """One row per run: id, experiment, number, name, status, times, then params.*, metrics.*, tags.*."""
         import numpy as np
-        import pandas as pd
+        try:
+            import pandas as pd  # lazy: pandas costs ~250 ms at import, and only to_frame needs it
+        except ImportError as exc:
+            raise UnsupportedOperationError(
+                "RunList.to_frame() needs pandas: pip install 'labvault[pandas]' (or pip install pandas)"
+            ) from exc
 
         n = len(self)
         infos = [run._snapshot for run in self]
