@@ -27,7 +27,8 @@ def test_every_hinted_extra_exists() -> None:
     assert set(SCHEME_EXTRAS.values()) <= extras(), set(SCHEME_EXTRAS.values()) - extras()
     assert set(SCHEME_EXTRAS) <= set(_BUILTIN_BACKENDS)
     assert "client" in extras()
-    client = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["client"]
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    client = optional["client"]
     assert [d.split(">")[0] for d in client] == ["httpx"]  # light: scripts that only talk to a server
 
 

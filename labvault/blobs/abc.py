@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, Union
+from urllib.parse import ParseResult, SplitResult
 
 from labvault.domain import validation as v
 from labvault.domain.model import BlobInfo
@@ -104,6 +105,24 @@ class VerifyingReader(io.RawIOBase):
 _CONDITIONAL_LOCK = threading.Lock()
 
 
+#: A blob key: a relative path such as ``"plots/roc.png"``, or a parsed URL (``urllib.parse.urlparse``)
+#: inside the store's own URL.
+BlobKey = Union[str, ParseResult, SplitResult]  # noqa: UP007 (a runtime alias, as BlobSource)
+
+
+def _url_key(url: ParseResult | SplitResult, base: str | None) -> str:
+    """The key a parsed URL names in the store at ``base`` (see ``BlobStore._key``)."""
+    if url.query or url.fragment or (isinstance(url, ParseResult) and url.params):
+        raise InvalidArgumentError(f"blob URL {url.geturl()!r} has a query or fragment: a key is a path")
+    if not url.scheme and not url.netloc:
+        return url.path
+    text = url.geturl()
+    if base is not None and text.startswith(base.rstrip("/") + "/"):
+        return text[len(base.rstrip("/")) + 1:]
+    where = f"this store's URL {base!r}" if base is not None else "this store (it has no URL: pass the key)"
+    raise InvalidArgumentError(f"blob URL {text!r} is not inside {where}")
+
+
 def precondition_failed(key: str, why: str) -> ConflictError:
     """The ``ConflictError`` a conditional blob write raises."""
     return ConflictError(f"precondition failed: blob {key!r} was not written because {why}")
@@ -144,6 +163,21 @@ class BlobStore(ABC):
             cls.scheme = scheme
             registry.register_blob_store(scheme, cls, replace=replace)
 
+    @classmethod
+    def backends(cls) -> dict[str, type[BlobStore]]:
+        """Every blob store class by the URL scheme (prefix) it serves: built in, registered by
+        subclassing or by entry point (statisfactory's ``backends()``). Imports each class."""
+        from labvault import _registry as registry  # lazy: cycle _registry -> blobs.abc (type hints)
+
+        return {scheme: registry.blob_store_class(scheme) for scheme in registry.known_blob_schemes()}
+
+    def _key(self, key: BlobKey) -> str:
+        """A key as given to a public method, checked: a string, or a parsed URL (``urllib.parse``) that
+        is relative (its path is the key) or lies inside this store's own URL (the rest is the key)."""
+        if isinstance(key, ParseResult | SplitResult):
+            key = _url_key(key, getattr(self, "url", None))
+        return self._check_key(key)
+
     # -- bytes by key ---------------------------------------------------------------------------------
     @abstractmethod
     def _put(self, key: str, chunks: Iterator[bytes]) -> int:
@@ -163,7 +197,8 @@ class BlobStore(ABC):
     def _list(self, prefix: str) -> Iterator[str]: ...
 
     # -- public API: validate, then call the hooks ------------------------------------------------------
-    def put(self, key: str, data: BlobSource, *, if_absent: bool = False, if_match: str | None = None) -> int:
+    def put(self, key: BlobKey, data: BlobSource, *, if_absent: bool = False,
+            if_match: str | None = None) -> int:
         """Store ``data`` (bytes, a path or a binary file object, streamed) under ``key``; return its size.
 
         The write is atomic: readers see the old content or the new, never part of it. Conditional
@@ -171,7 +206,7 @@ class BlobStore(ABC):
         ``if_absent=True`` when ``key`` exists already, with ``if_match=etag`` when the current etag of
         ``key`` (see ``info``) is not ``etag`` or ``key`` is missing.
         """
-        key = self._check_key(key)
+        key = self._key(key)
         if not isinstance(if_absent, bool):
             raise InvalidArgumentError(f"if_absent must be True or False, got {if_absent!r}")
         if if_match is not None and (not isinstance(if_match, str) or not if_match):
@@ -181,37 +216,37 @@ class BlobStore(ABC):
         _check_source(data)
         return self._write(key, data, if_absent=if_absent, if_match=if_match)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: BlobKey) -> bytes:
         """Return the whole content of ``key`` (``NotFoundError`` when absent)."""
-        with self._open(self._check_key(key)) as fh:
+        with self._open(self._key(key)) as fh:
             return fh.read()
 
-    def open(self, key: str, mode: str = "rb") -> BinaryIO:
+    def open(self, key: BlobKey, mode: str = "rb") -> BinaryIO:
         """Open ``key`` for streaming reads (``mode`` must be ``"rb"``; write with ``put``)."""
-        key = self._check_key(key)
+        key = self._key(key)
         if mode != "rb":
             raise InvalidArgumentError(f"blob {key!r}: only mode 'rb' is supported, got {mode!r}; use put()")
         return self._open(key)
 
-    def exists(self, key: str) -> bool:
+    def exists(self, key: BlobKey) -> bool:
         """Whether ``key`` is stored."""
-        return self._exists(self._check_key(key))
+        return self._exists(self._key(key))
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: BlobKey) -> None:
         """Remove ``key``; removing a missing key is not an error."""
-        self._delete(self._check_key(key))
+        self._delete(self._key(key))
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix``, sorted."""
         return sorted(self._list(v.validate_prefix(prefix)))
 
-    def copy(self, src: str, dst: str) -> int:
+    def copy(self, src: BlobKey, dst: BlobKey) -> int:
         """Copy the blob ``src`` to ``dst`` (replacing it) inside this store; return the size."""
-        return self._copy(self._check_key(src), self._check_key(dst))
+        return self._copy(self._key(src), self._key(dst))
 
-    def info(self, key: str) -> BlobInfo:
+    def info(self, key: BlobKey) -> BlobInfo:
         """Size, digest, modification time and etag of ``key`` (``NotFoundError`` when absent)."""
-        return self._info(self._check_key(key))
+        return self._info(self._key(key))
 
     def scan(self, prefix: str = "") -> Iterator[BlobInfo]:
         """``BlobInfo`` of every blob under ``prefix``, in key order (what ``labvault gc`` walks).
@@ -225,14 +260,14 @@ class BlobStore(ABC):
         self, items: Iterable[tuple[str, BlobSource]], *, workers: int | None = None
     ) -> builtins.list[int]:
         """``put`` many (key, data) pairs; stores with a network round trip do them concurrently."""
-        pairs = [(self._check_key(k), data) for k, data in items]
+        pairs = [(self._key(k), data) for k, data in items]
         for _k, data in pairs:
             _check_source(data)
         return self._put_many(pairs, _check_workers(workers))
 
     def get_many(self, keys: Iterable[str], *, workers: int | None = None) -> builtins.list[bytes]:
         """``get`` many keys (concurrently where that helps), in the order given."""
-        return self._get_many([self._check_key(k) for k in keys], _check_workers(workers))
+        return self._get_many([self._key(k) for k in keys], _check_workers(workers))
 
     def put_content_many(
         self, sources: Iterable[BlobSource], *, workers: int | None = None
@@ -245,7 +280,7 @@ class BlobStore(ABC):
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove many keys (in batches where the store can); missing keys are not an error."""
-        self._delete_many([self._check_key(k) for k in keys])
+        self._delete_many([self._key(k) for k in keys])
 
     def __enter__(self) -> BlobStore:
         return self

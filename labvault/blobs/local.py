@@ -86,6 +86,11 @@ class FileBlobStore(BlobStore, scheme="file"):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/"))
 
+    @property
+    def url(self) -> str:
+        """``file://`` and the store's absolute folder."""
+        return f"file://{self.root.absolute()}"
+
     @staticmethod
     def _check_key(key: str) -> str:
         key = BlobStore._check_key(key)

@@ -82,6 +82,15 @@ class Experiment:
         """Creation time in epoch seconds."""
         return self.info.created_at
 
+    @property
+    def remote_urls(self) -> list[str]:
+        """The remotes this experiment's runs were pushed to (or pulled from), most recent first, from
+        the sync state the local store keeps (URIs without passwords); empty before the first sync."""
+        from labvault.sync import remotes_of  # lazy: sync loads the transfer machinery
+
+        runs = self.vault.search_runs([self], deleted=None)
+        return remotes_of(self.vault.backend.blobs, (r.id for r in runs))
+
     def __repr__(self) -> str:
         return f"<labvault.Experiment {self.project}/{self.name}>"
 

@@ -182,12 +182,25 @@ class Vault:
         return [Experiment(self, e) for e in self.backend.list_experiments(project)]
 
     @names_store
+    def get_experiment(self, id_or_name: str, project: str | None = None) -> Experiment:
+        """An existing experiment by its id, or by name (in ``project``, or the only one of that name);
+        ``NotFoundError`` when there is none (``experiment(name)`` creates one instead)."""
+        self._check_open()
+        v.validate_name(id_or_name, "experiment id or name")
+        found = self.backend.list_experiments(project)
+        for e in found:
+            if e.id == id_or_name:
+                return Experiment(self, e)
+        return Experiment(self, self.backend.find_experiment(id_or_name, project))
+
+    @names_store
     def _find_experiment(self, name: str, project: str | None = None) -> ExperimentInfo:
         return self.backend.find_experiment(name, project)
 
     @names_store
-    def delete_experiment(self, name: str, mode: DeleteMode = "local", project: str | None = None) -> None:
-        """Delete an experiment and all its runs.
+    def delete_experiment(self, name: str | Experiment, mode: DeleteMode = "local",
+                          project: str | None = None) -> None:
+        """Delete an experiment and all its runs: one given by name (in ``project``), or an ``Experiment``.
 
         ``mode`` is ``"local"`` (this vault), ``"remote"`` (the vault's remote) or ``"all"`` (both, or
         whichever has it; ``NotFoundError`` when neither does). Deleting the remote copy makes the local
@@ -195,6 +208,9 @@ class Vault:
         garbage collection, since other runs may share them.
         """
         self._check_open()
+        if isinstance(name, Experiment):
+            project = name.project
+            name = name.name
         if mode not in ("local", "remote", "all"):
             raise InvalidArgumentError(f"mode must be 'local', 'remote' or 'all', got {mode!r}")
         if mode != "local":

@@ -99,12 +99,21 @@ class Backend(ABC):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, artifacts: BlobStore | None = None) -> Backend:
-        """Build the backend from a validated config mapping (its ``uri`` or ``url`` key by default)."""
+        """Build the backend from a validated config mapping: its ``uri`` or ``url`` key, or for a local
+        store (SQLite, a folder) a ``path``, as aimm's ``{"backend": "sqlite", "path": "models.db"}``."""
         uri = config.get("uri") or config.get("url")
+        if uri is None and isinstance(config.get("path"), str):
+            uri = cls._uri_for_path(config["path"])
         if not isinstance(uri, str):
             raise InvalidArgumentError(f"config for {cls.__name__} needs a 'uri' string")
-        options = {k: val for k, val in config.items() if k not in ("uri", "url", "module", "backend")}
+        reserved = ("uri", "url", "path", "module", "backend")
+        options = {k: val for k, val in config.items() if k not in reserved}
         return cls.from_uri(uri, artifacts=artifacts, **options)
+
+    @classmethod
+    def _uri_for_path(cls, path: str) -> str:
+        """The URI of the store at a local ``path`` (a config's ``path`` key); only local stores have one."""
+        raise InvalidArgumentError(f"{cls.__name__} takes a 'uri' in its config, not a 'path'")
 
     @property
     def blobs(self) -> BlobStore:

@@ -19,6 +19,7 @@ from labvault.sync.state import (
     SyncLock,
     SyncState,
     known_remotes,
+    remotes_of,
     state_key,
 )
 from labvault.sync.summary import RunSnapshot, RunStatus, revision_of, series_digest, snapshot, summarize
@@ -39,6 +40,7 @@ __all__ = [
     "Transfer",
     "copy",
     "known_remotes",
+    "remotes_of",
     "revision_of",
     "run_states",
     "series_digest",

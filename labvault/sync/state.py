@@ -173,6 +173,25 @@ class SyncLock:
         self.release()
 
 
+def remotes_of(blobs: BlobStore, run_ids: Iterable[str]) -> list[str]:
+    """The remotes (URIs without their password) holding any of these runs after a push or pull, most
+    recently synced first: where an experiment's runs have gone (``Experiment.remote_urls``)."""
+    wanted = set(run_ids)
+    found: list[tuple[float, str]] = []
+    for key in blobs.list(STATE_PREFIX):
+        if not key.endswith(".json"):
+            continue
+        try:
+            doc = json.loads(blobs.get(key))
+            runs = doc.get("runs") or {}
+            mine = [r for run_id, r in runs.items() if run_id in wanted]
+            if mine:
+                found.append((max(float(r.get("time") or 0) for r in mine), str(doc.get("remote"))))
+        except (ValueError, AttributeError, TypeError, NotFoundError):
+            continue  # unreadable or deleted meanwhile
+    return [remote for _, remote in sorted(found, reverse=True)]
+
+
 def known_remotes(blobs: BlobStore) -> list[dict[str, Any]]:
     """The remotes a local store has synced with: ``{"remote", "runs", "last_sync"}`` each (the URI without
     its password), most recent first."""

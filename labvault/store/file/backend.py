@@ -135,13 +135,20 @@ class FileBackend(Backend, scheme="file"):
             "backend": {"type": "string"},
             "uri": {"type": "string", "minLength": 1},
             "url": {"type": "string", "minLength": 1},
+            "path": {"type": "string", "minLength": 1},
             "durable": {"type": "boolean"},
         },
-        "anyOf": [{"required": ["uri"]}, {"required": ["url"]}],
+        "anyOf": [{"required": ["uri"]}, {"required": ["url"]}, {"required": ["path"]}],
         "additionalProperties": False,
     }
     persistent: ClassVar[bool] = True
     multiprocess: ClassVar[bool] = True
+
+    @classmethod
+    def _uri_for_path(cls, path: str) -> str:
+        """The folder itself (a plain path is a file-backend URI)."""
+        return path
+
     _options: ClassVar[tuple[str, ...]] = ("durable",)
 
     def __init__(self, uri: str, root: str | os.PathLike[str], *, blobs: BlobStore | None = None,

@@ -132,12 +132,18 @@ class SQLBackend(SchemaVersions, Backend, scheme="sqlite"):
             "backend": {"const": "sqlite"},
             "module": {"type": "string"},
             "uri": {"type": "string", "pattern": "^[sS][qQ][lL][iI][tT][eE]:///."},
+            "path": {"type": "string", "minLength": 1},  # aimm's {"backend": "sqlite", "path": "x.db"}
             "busy_timeout": {"type": "number", "minimum": 0, "maximum": 86400},
         },
-        "required": ["uri"],
+        "oneOf": [{"required": ["uri"]}, {"required": ["path"]}],
         "additionalProperties": False,
     }
     _dialect: ClassVar[str] = "sqlite"
+
+    @classmethod
+    def _uri_for_path(cls, path: str) -> str:
+        """``sqlite:///<absolute path>`` (relative paths are taken from the working directory)."""
+        return f"sqlite:///{Path(path).expanduser().absolute()}"
     #: Whether write transactions stamp runs with the change counter (``runs.rev``) the in-process run
     #: index refreshes by. SQLite only: its single writer makes the numbers follow the commit order.
     _stamps_runs: ClassVar[bool] = True
