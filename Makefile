@@ -1,7 +1,9 @@
 # The two commands a fresh machine needs (each installs what it needs into .venv first):
 #   make demo   - run a small real experiment on the embedded default store and show the results
 #                 (installs labvault and its runtime dependencies only)
-#   make test   - lint (ruff, import-linter), type-check and run the whole test suite (installs labvault[dev])
+#   make test   - lint (ruff, import-linter), type-check, build the docs and run the whole test suite
+#                 (installs labvault[dev])
+#   make docs   - build the documentation site (docs/, mkdocs.yml) into site/; --strict: any warning fails
 #   make bench  - the benchmark suite against MLflow (benchmarks/RESULTS.md); make bench-quick to smoke-test
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +11,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.labvault-runtime
 DEV := $(VENV)/.labvault-dev
 
-.PHONY: demo test lint typecheck pytest bench bench-quick clean
+.PHONY: demo test lint typecheck docs pytest bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +35,17 @@ lint: $(DEV)
 typecheck: $(DEV)
 	$(BIN)/mypy labvault
 
+# A broken link or anchor, a page missing from the nav or a docstring mkdocstrings cannot parse is a warning,
+# and --strict makes it an error (not with --quiet, which keeps the warnings out of the count).
+# NO_MKDOCS_2_WARNING silences Material's banner about its end of life (May 2027; Zensical is its
+# successor), printed on every build.
+docs: $(DEV)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 pytest: $(DEV)
 	$(BIN)/python -m pytest
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
 
 # Benchmarks side by side with MLflow (installs MLflow into .bench/mlflow-venv on first use).
 bench: $(DEV)
@@ -46,4 +55,4 @@ bench-quick: $(DEV)
 	$(BIN)/python -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache labvault-data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache labvault-data site
