@@ -36,8 +36,8 @@ def subcommands(command: Command) -> dict[str, Command]:
     return dict(getattr(command, "commands", {}))
 
 
-def walk(command: Command, path: tuple[str, ...] = ("labvault",)) -> Iterator[tuple[tuple[str, ...], Command]]:
-    """Every command and group under ``command``, depth first, each with its words (``labvault db upgrade``)."""
+def walk(command: Command, path: tuple[str, ...] = ("labvault",)) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command and group under ``command``, depth first, with its words (``labvault db upgrade``)."""
     yield path, command
     for name, sub in subcommands(command).items():
         if not sub.hidden:

@@ -77,7 +77,8 @@ def blocks(path: Path) -> list[Block]:
             end += 1
         code = textwrap.dedent("\n".join(line[indent:] if line[:indent].isspace() else line
                                          for line in lines[i + 1:end]))
-        out.append(Block(path, i + 2, match["lang"].lower(), code + "\n", marker["reason"] if marker else None))
+        reason = marker["reason"] if marker else None
+        out.append(Block(path, i + 2, match["lang"].lower(), code + "\n", reason))
         i = end + 1
     return out
 
@@ -129,9 +130,9 @@ def test_python_blocks_run(path: Path, tmp_path: Path) -> None:
             for b in PYTHON if b.path == path and b.no_run is None]
     proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(todo), cwd=work,
                           env=_clean_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "--- all blocks ran" in proc.stdout, (
-        f"a python block of {rel(path)} failed (exit {proc.returncode}):\n"
-        f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    if proc.returncode != 0 or "--- all blocks ran" not in proc.stdout:
+        pytest.fail(f"a python block of {rel(path)} failed (exit {proc.returncode}):\n"
+                    f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}", pytrace=False)
 
 
 @pytest.mark.parametrize("block", [b for b in PYTHON if b.no_run is not None], ids=lambda b: b.where)
@@ -343,7 +344,8 @@ def _shown(obj: Any, options: dict[str, Any], names: list[str] | None) -> list[A
         members = {**obj.inherited_members, **members}
     if obj.is_module and names is None:  # a module shows its __all__, else what it defines itself
         exports = None if obj.exports is None else {str(e) for e in obj.exports}
-        members = {k: m for k, m in members.items() if (k in exports if exports is not None else not m.is_alias)}
+        members = {k: m for k, m in members.items()
+                   if (k in exports if exports is not None else not m.is_alias)}
     if names is not None:
         members = {k: members[k] for k in names}
     else:
