@@ -29,7 +29,7 @@ demo: $(RUNTIME)
 	$(BIN)/labvault demo
 
 lint: $(DEV)
-	$(BIN)/ruff check labvault tests benchmarks
+	$(BIN)/ruff check labvault tests benchmarks docs
 	$(BIN)/lint-imports
 
 typecheck: $(DEV)

@@ -1,5 +1,6 @@
 """The import paths of before the restructure keep working for one release, warning where things live now
-(README: "Writing a backend" still shows ``labvault.backends`` for the entry-point group)."""
+(docs/development.md, "Writing a backend plugin", still shows ``labvault.backends`` for the entry-point
+group)."""
 
 from __future__ import annotations
 
