@@ -238,6 +238,14 @@ def test_shell_commands_parse(block: Block) -> None:
     assert not failures, f"{block.where}: commands that do not parse:\n" + "\n".join(failures)
 
 
+def test_every_extra_named_exists() -> None:
+    """``labvault[x]`` anywhere in the README or the docs (prose, code, comments) is a declared extra."""
+    named = {(rel(page), extra) for page in PAGES
+             for match in re.finditer(r"labvault\[([\w,-]+)\]", page.read_text(encoding="utf-8"))
+             for extra in match[1].split(",")}
+    assert sorted(where for where in named if where[1] not in _extras()) == []
+
+
 def test_the_readme_names_the_two_commands() -> None:
     """.ci/run calls `make test`: the README's two commands are `make demo` and `make test`."""
     readme = [b for b in SHELL if b.path == ROOT / "README.md"]
