@@ -243,16 +243,21 @@ def runs(
         several = experiment is None and len({r.experiment.id for r in selected}) > 1
         mentioned = ["experiment"] * several + _mentioned_columns(filter, order_by or [])
         left_out = _print_runs_table(title, selected, infos, chosen, mentioned)
-        notes = []
-        if more:
-            notes.append(f"showing the first {limit} runs (--limit 0 shows all)")
-        if left_out:
-            names = ", ".join(left_out)
-            notes.append(f"{len(left_out)} more column(s) left out to fit: "
-                         + (names if len(names) < 200 else names[:197] + "...")
-                         + " (choose with --columns)")
-        for note in notes:
-            err().print(Text(note, style="dim"), soft_wrap=True)
+        _print_notes(limit if more else None, left_out)
+
+
+def _print_notes(limit: int | None, left_out: Sequence[str]) -> None:
+    """Under the runs table, on stderr: that only ``limit`` runs are shown, and which columns did not fit."""
+    notes = []
+    if limit is not None:
+        notes.append(f"showing the first {limit} runs (--limit 0 shows all)")
+    if left_out:
+        names = ", ".join(left_out)
+        notes.append(f"{len(left_out)} more column(s) left out to fit: "
+                     + (names if len(names) < 200 else names[:197] + "...")
+                     + " (choose with --columns)")
+    for note in notes:
+        err().print(Text(note, style="dim"), soft_wrap=True)
 
 
 def _print_csv(selected: Sequence[Run], infos: Sequence[RunInfo], chosen: Sequence[str] | None) -> None:
