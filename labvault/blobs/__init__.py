@@ -27,6 +27,8 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+from labvault import _registry
+from labvault._uri import uri_scheme
 from labvault.blobs.abc import BlobSource, BlobStore
 from labvault.domain.model import BlobInfo
 from labvault.errors import InvalidArgumentError
@@ -40,9 +42,6 @@ def open(url: str, **options: Any) -> BlobStore:
     ``options`` go to the store's ``from_url`` (e.g. ``part_size=`` for S3). An unknown scheme raises
     ``InvalidArgumentError`` listing the known ones. Construction does no I/O.
     """
-    from labvault import _registry
-    from labvault._uri import uri_scheme
-
     if not isinstance(url, str) or not url:
         raise InvalidArgumentError(f"a blob store URL must be a non-empty string, got {url!r}")
     cls = _registry.blob_store_class(uri_scheme(url, "blob store URL") or "file")
@@ -55,15 +54,11 @@ def open(url: str, **options: Any) -> BlobStore:
 
 def register(scheme: str, cls: type[BlobStore] | str, *, replace: bool = False) -> None:
     """Serve ``scheme://`` URLs with ``cls`` (a class or a lazy ``"module:Class"`` string)."""
-    from labvault import _registry
-
     _registry.register_blob_store(scheme, cls, replace=replace)
 
 
 def known_schemes() -> builtins.list[str]:
     """Every blob store scheme registered (built in, by subclassing, or by entry point)."""
-    from labvault import _registry
-
     return _registry.known_blob_schemes()
 
 

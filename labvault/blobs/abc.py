@@ -14,12 +14,15 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar, Union
 from urllib.parse import ParseResult, SplitResult
 
+from labvault import _registry as registry
+from labvault._fs import atomic_writer
 from labvault.domain import validation as v
 from labvault.domain.model import BlobInfo
 from labvault.errors import ConflictError, CorruptDataError, InvalidArgumentError, NotFoundError
@@ -158,8 +161,6 @@ class BlobStore(ABC):
     def __init_subclass__(cls, scheme: str | None = None, replace: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if scheme is not None:
-            from labvault import _registry as registry
-
             cls.scheme = scheme
             registry.register_blob_store(scheme, cls, replace=replace)
 
@@ -321,8 +322,6 @@ class BlobStore(ABC):
 
     def _info(self, key: str) -> BlobInfo:
         """The default reads the blob to hash it; its time is unknown, so it reports now (gc keeps it)."""
-        import time
-
         sha = hashlib.sha256()
         size = 0
         with self._open(key) as fh:
@@ -420,8 +419,6 @@ class BlobStore(ABC):
 
     def copy_content_to(self, digest: str, dest: Path) -> int:
         """Write a content-addressed blob to the local file ``dest`` (verified; atomic); return its size."""
-        from labvault._fs import atomic_writer
-
         with self.open_content(digest) as src, atomic_writer(dest, durable=False) as out:
             shutil.copyfileobj(src, out, CHUNK_SIZE)
             return out.tell()

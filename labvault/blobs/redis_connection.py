@@ -26,6 +26,8 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 import redis
 from redis import exceptions as rexc
+from redis.backoff import NoBackoff
+from redis.retry import Retry as DriverRetry
 
 from labvault._retry import Backoff, Retry
 from labvault._uri import bool_option, check_options, float_option, int_option
@@ -333,9 +335,6 @@ class RedisConnection:
         with self._lock:
             if self._client is None:
                 if self._pool is None:
-                    from redis.backoff import NoBackoff
-                    from redis.retry import Retry as DriverRetry
-
                     # No retries inside redis-py: ``call`` retries whole idempotent operations itself.
                     kwargs = {**self.settings.pool_kwargs, "retry": DriverRetry(NoBackoff(), 0)}
                     self._pool = redis.ConnectionPool(connection_class=self.settings.connection_class,

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from labvault._fs import atomic_writer
 from labvault._retry import Backoff, Retry
 from labvault._uri import bool_option, float_option, int_option, refuse_credentials
 from labvault.blobs.abc import CHUNK_SIZE, BlobSource, BlobStore, VerifyingReader, iter_source
@@ -241,7 +242,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
 
     def _small_put(self, store: Any, key: str, body: bytes, mode: str = "overwrite") -> int:
         """One PutObject through obstore (creating the bucket when it is missing, as ``_writing`` does)."""
-        import obstore
+        import obstore  # lazy: optional driver (extra [s3])
 
         def put() -> int:
             try:
@@ -254,7 +255,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
 
     def _small_put_content(self, store: Any, body: bytes) -> tuple[str, int]:
         """``put_content`` of a small in-memory blob through obstore: one conditional PUT when it is new."""
-        import obstore
+        import obstore  # lazy: optional driver (extra [s3])
 
         raw = hashlib.sha256(body).digest()
         key = self.digest_key(raw.hex())
@@ -287,7 +288,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
 
     def _call(self, op: str, key: str, fn: Callable[..., _T], /, **kwargs: Any) -> _T:
         """Call a client method; retry connection errors and 5xx until ``retry_deadline``; translate."""
-        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        from botocore.exceptions import BotoCoreError, ClientError  # lazy: optional driver (extra [s3])
 
         deadline = time.monotonic() + self.retry_deadline  # from the call's start, the first try included
         retry: Retry | None = None
@@ -306,7 +307,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         """Create the bucket (idempotent; several processes may race)."""
         if not self.create_bucket:
             raise NotFoundError(f"S3 bucket {self.bucket!r} does not exist and create_bucket is false")
-        from botocore.exceptions import ClientError  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        from botocore.exceptions import ClientError  # lazy: optional driver (extra [s3])
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         region = self.client.meta.region_name
@@ -324,7 +325,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         self._bucket_checked = True
 
     def _create_bucket_raw(self, **kwargs: Any) -> None:
-        from botocore.exceptions import ClientError  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        from botocore.exceptions import ClientError  # lazy: optional driver (extra [s3])
 
         try:
             self.client.create_bucket(**kwargs)
@@ -641,8 +642,6 @@ class S3BlobStore(BlobStore, scheme="s3"):
         completed prefix back from the file (the page cache) meanwhile. ``dest`` appears, renamed from
         a temporary file, only once the sha256 matched. Memory stays at a few MiB whatever the size.
         """
-        from labvault._fs import atomic_writer
-
         key = self.digest_key(digest)
         try:
             size = self._info(key).size

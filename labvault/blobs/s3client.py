@@ -10,6 +10,7 @@ on first use, so ``import labvault`` never needs them.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -57,13 +58,13 @@ def endpoint_and_style(store: S3BlobStore) -> tuple[str | None, str]:
 def make_boto3_client(store: S3BlobStore) -> Any:
     """The boto3 S3 client for ``store``'s options."""
     try:
-        import boto3  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        from botocore.config import Config  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        import boto3  # lazy: optional driver (extra [s3]), boto3 ~150 ms
+        from botocore.config import Config  # lazy: optional driver (extra [s3])
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise BackendUnavailableError(
             "the S3 blob store needs boto3: pip install 'labvault[s3]'"
         ) from exc
-    from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    from botocore.exceptions import BotoCoreError  # lazy: optional driver (extra [s3])
 
     endpoint, style = endpoint_and_style(store)
     region = (store.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -93,12 +94,11 @@ def make_obstore(store: S3BlobStore, client: Any) -> Any:
     """obstore's ``S3Store`` on the same bucket, endpoint, region and credentials as ``client`` (boto3's),
     or None without obstore (or when it cannot take these options: boto3 then does it all)."""
     try:
-        import boto3  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        from obstore.auth.boto3 import Boto3CredentialProvider
-        from obstore.store import S3Store
+        import boto3  # lazy: optional driver (extra [s3]), boto3 ~150 ms
+        from obstore.auth.boto3 import Boto3CredentialProvider  # lazy: optional driver (extra [s3])
+        from obstore.store import S3Store  # lazy: optional driver (extra [s3])
     except ImportError:
         return None
-    import datetime as dt
 
     endpoint, style = endpoint_and_style(store)
     options: dict[str, Any] = {
@@ -126,7 +126,7 @@ def make_obstore(store: S3BlobStore, client: Any) -> Any:
 # -- errors --------------------------------------------------------------------------------------------------
 def translate_botocore(store: S3BlobStore, exc: BaseException, op: str, key: str) -> LabvaultError:
     """Map a botocore exception to the labvault error a caller can handle."""
-    from botocore.exceptions import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    from botocore.exceptions import (  # lazy: optional driver (extra [s3])
         ClientError,
         NoCredentialsError,
         PartialCredentialsError,
@@ -167,7 +167,7 @@ def translate_botocore(store: S3BlobStore, exc: BaseException, op: str, key: str
 
 def translate_obstore(store: S3BlobStore, exc: BaseException, op: str, key: str) -> LabvaultError:
     """Map an obstore exception to the labvault error ``translate_botocore`` gives for botocore's."""
-    from obstore import exceptions as oe
+    from obstore import exceptions as oe  # lazy: optional driver (extra [s3])
 
     where = store._where(key)
     text = str(exc)
@@ -190,7 +190,7 @@ def translate_obstore(store: S3BlobStore, exc: BaseException, op: str, key: str)
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a botocore failure may pass by itself: no connection, a 5xx, throttling."""
-    from botocore.exceptions import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    from botocore.exceptions import (  # lazy: optional driver (extra [s3])
         ClientError,
         ConnectionError,
         HTTPClientError,

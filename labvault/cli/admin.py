@@ -13,6 +13,7 @@ from rich.text import Text
 
 from labvault.cli.common import AuthDbOption, auth_store, err, exit_on_error, out
 from labvault.cli.format import fmt_time
+from labvault.store.http.credentials import forget_token, save_token
 
 __all__ = ["login", "logout", "tokens_app", "users_app"]
 
@@ -150,8 +151,7 @@ def login(
 
     Example: labvault login https://lab.example:8443, then labvault --uri https://lab.example:8443 runs exp
     """
-    from labvault.store.http.backend import HTTPBackend  # loads httpx: only here
-    from labvault.store.http.credentials import save_token
+    from labvault.store.http.backend import HTTPBackend  # lazy: loads httpx (~100 ms): not at CLI start
 
     with exit_on_error():
         secret = token or os.environ.get("LABVAULT_TOKEN") or typer.prompt("token", hide_input=True)
@@ -170,8 +170,6 @@ def logout(
     url: Annotated[str, typer.Argument(metavar="URL", show_default=False)],
 ) -> None:
     """Forget the token stored for a server."""
-    from labvault.store.http.credentials import forget_token
-
     with exit_on_error():
         had = forget_token(url)
     out().print(Text(f"forgot the token of {url}" if had else f"no token was stored for {url}"))

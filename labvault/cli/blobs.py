@@ -43,7 +43,7 @@ _Location = tuple[Any, str] | Path | None
 
 def _parse_location(text: str) -> _Location:
     """(store, key) for URL#KEY, a Path for a local path, None for '-' (stdin/stdout)."""
-    import labvault.blobs  # the blob stores load only for the blobs commands
+    import labvault.blobs  # lazy: the blob stores load numpy: not at CLI start
 
     if text == "-":
         return None
@@ -53,7 +53,7 @@ def _parse_location(text: str) -> _Location:
     url, key = split
     store = labvault.blobs.open(url)
     store.info  # noqa: B018 - fail early on a store without the API
-    from labvault.domain import validation as v
+    from labvault.domain import validation as v  # lazy: labvault.domain loads numpy: not at CLI start
 
     v.validate_artifact_key(key)
     return store, key
@@ -168,7 +168,7 @@ def blobs_ls(
 
     Example: labvault blobs ls "s3://bucket/runs?endpoint_url=http://127.0.0.1:8333" sha256/
     """
-    import labvault.blobs  # the blob stores load only for the blobs commands
+    import labvault.blobs  # lazy: the blob stores load numpy: not at CLI start
 
     with exit_on_error():
         store = labvault.blobs.open(url)

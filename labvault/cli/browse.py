@@ -418,7 +418,7 @@ def _run_head(run: Run, info: RunInfo, children: Sequence[str]) -> Table:
 
 def _metrics_table(info: RunInfo, histories: Mapping[str, Any]) -> Table:
     """Per metric: the latest value, the last step, how many points, and the finite min and max."""
-    import numpy as np  # loaded already: metric histories are numpy arrays
+    import numpy as np  # lazy: numpy (~60 ms): not at CLI start
 
     table = Table(title="metrics", title_justify="left")
     for column in ("key", "latest", "last step", "points", "min", "max"):

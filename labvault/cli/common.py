@@ -160,6 +160,6 @@ def cli_prefix(ctx: typer.Context, uri: str | None) -> str:
 
 def auth_store(auth_db: Path | None) -> Any:
     """The server's auth store (``labvault.server.auth.AuthStore``) at ``--auth-db`` or its default."""
-    from labvault.server.auth import AuthStore, default_auth_db  # only the auth commands need the server
+    from labvault.server.auth import AuthStore, default_auth_db  # lazy: loads numpy: not at CLI start
 
     return AuthStore(auth_db if auth_db is not None else default_auth_db())

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from labvault._uri import resolve_uri
 from labvault.cli.common import ArtifactsOption, UriOption, exit_on_error, given_uri, open_vault, out
 from labvault.cli.format import fmt_size, fmt_time
 
@@ -23,7 +24,7 @@ def _without_password(resolved: str) -> str:
     """The URI to print: ``user:password@host`` loses its password."""
     if "@" not in resolved or "://" not in resolved:
         return resolved
-    from sqlalchemy.engine import make_url  # only here: sqlalchemy is slow to import
+    from sqlalchemy.engine import make_url  # lazy: sqlalchemy (~150 ms): not at CLI start
 
     try:
         return make_url(resolved).render_as_string(hide_password=True)
@@ -42,8 +43,6 @@ def db_upgrade(ctx: typer.Context, uri: UriOption = None) -> None:
     Example: labvault db upgrade --uri sqlite:///runs.db
     (or --uri postgresql://lab@db.example.org:5432/labvault)
     """
-    from labvault._uri import resolve_uri
-
     console = out()
     with exit_on_error():
         scheme, resolved = resolve_uri(given_uri(ctx, uri))
@@ -51,7 +50,7 @@ def db_upgrade(ctx: typer.Context, uri: UriOption = None) -> None:
         if scheme.split("+", 1)[0] not in _SQL_SCHEMES:
             console.print(Text(f"{shown} is a {scheme} store: it has no schema version, nothing to upgrade."))
             return
-        from labvault.store.sql.migrations import upgrade  # SQL stores only: loads sqlalchemy
+        from labvault.store.sql.migrations import upgrade  # lazy: sqlalchemy (~150 ms): not at CLI start
 
         old, new = upgrade(resolved)
     if old == 0:
@@ -82,7 +81,7 @@ def gc_command(
 
     Example: labvault gc --uri sqlite:///runs.db --artifacts s3://bucket/blobs --delete
     """
-    from labvault.client.gc import collect_garbage  # only gc needs it
+    from labvault.client.gc import collect_garbage  # lazy: gc loads numpy: not at CLI start
 
     console = out()
     with open_vault(ctx, uri, artifacts=artifacts) as vault:

@@ -61,7 +61,7 @@ def server(
     Example: labvault server --backend postgresql://lab@db/labvault --artifacts s3://lab-artifacts
     --host 0.0.0.0 --port 8443 --workers 4 --certfile cert.pem --keyfile key.pem
     """
-    from labvault.server.app import ServerConfig  # the server (fastapi) loads only for this command
+    from labvault.server.app import ServerConfig  # lazy: loads fastapi (~230 ms): not at CLI start
 
     uri = backend or resolve_uri(None)[1]  # $LABVAULT_URI, else the embedded default, as labvault.open()
     _check_tls(certfile, keyfile)
@@ -93,7 +93,7 @@ def _check_tls(certfile: Path | None, keyfile: Path | None) -> None:
 
 def _auth_store_path(auth_db: Path | None, insecure: bool, host: str) -> Path | None:
     """The auth store to check tokens against (which must have users), None with ``--insecure``."""
-    from labvault.server.app import is_loopback
+    from labvault.server.app import is_loopback  # lazy: loads fastapi (~230 ms): not at CLI start
 
     if insecure:
         if not is_loopback(host):
@@ -130,9 +130,9 @@ def _serve(uri: str, artifacts: str | None, store_path: Path | None, insecure: b
            workers: int, settings: dict[str, Any]) -> None:
     """Run uvicorn: one process with the app built here, or ``workers`` processes that each build it from
     the environment."""
-    import uvicorn
+    import uvicorn  # lazy: optional driver (extra [server]), ~60 ms
 
-    from labvault.server.app import config_to_env, create_app
+    from labvault.server.app import config_to_env, create_app  # lazy: fastapi (~230 ms): not at CLI start
 
     if workers == 1:
         with exit_on_error():

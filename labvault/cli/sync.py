@@ -55,7 +55,13 @@ def _on_conflict(value: str | None) -> Any:
 @contextmanager
 def _sync_progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar over runs, driven by the sync ``progress(phase, done, total)`` callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (  # lazy: rich.progress (~4 ms): only commands that show progress
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
                    TimeElapsedColumn(), console=err(), transient=True)

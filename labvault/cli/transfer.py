@@ -45,7 +45,7 @@ class ProgressReader:
 @contextmanager
 def progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A transient progress bar on stderr with size, rate and time left; yields an ``advance(n)``."""
-    from rich.progress import (
+    from rich.progress import (  # lazy: rich.progress (~4 ms): only commands that show progress
         BarColumn,
         DownloadColumn,
         Progress,

@@ -569,9 +569,8 @@ class RunList(list[Run]):
 
     def to_frame(self) -> pd.DataFrame:
         """One row per run: id, experiment, number, name, status, times, then params.*, metrics.*, tags.*."""
-        import numpy as np
         try:
-            import pandas as pd  # lazy: pandas costs ~250 ms at import, and only to_frame needs it
+            import pandas as pd  # lazy: pandas (extra [pandas]) costs ~250 ms at import
         except ImportError as exc:
             raise UnsupportedOperationError(
                 "RunList.to_frame() needs pandas: pip install 'labvault[pandas]' (or pip install pandas)"

@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from labvault import open_backend, query
+from labvault._version import version
 from labvault.client.buffer import _check_heartbeat, _flush_failure, _flush_loop, _open_vaults
 from labvault.client.hints import names_store, warn_unknown_keys
 from labvault.client.run import Experiment, Run, RunList
 from labvault.domain import DELETED_TAG, ExperimentInfo
 from labvault.domain import validation as v
 from labvault.errors import InvalidArgumentError, LabvaultError, NotFoundError, UnsupportedOperationError
+from labvault.store.search.columns import no_gc
 
 if TYPE_CHECKING:
     from labvault.query import Expr
@@ -92,7 +95,6 @@ class Vault:
         info = getattr(self.backend, "server_info", None)
         if callable(info):
             return dict(info())
-        from labvault._version import version
 
         cls = type(self.backend)
         return {"server": None, "version": version(), "backend": cls.scheme or cls.__name__,
@@ -218,7 +220,7 @@ class Vault:
                 raise UnsupportedOperationError(
                     f"delete_experiment(mode={mode!r}) needs a remote, and vault {self.uri!r} has none"
                 )
-            from labvault import sync
+            from labvault import sync  # lazy: labvault.sync (~7 ms) is for push/pull, not open()
 
             remote = self._remote_backend(self.remote)
             try:
@@ -253,8 +255,6 @@ class Vault:
         with self._remotes_lock:
             backend = self._remotes.get(uri)
             if backend is None:
-                from labvault import open_backend
-
                 backend = self._remotes[uri] = open_backend(uri)
             return backend
 
@@ -271,7 +271,7 @@ class Vault:
     def sync_remotes(self) -> list[dict[str, Any]]:
         """The remotes this store has been synced with (``remote`` URI without password, ``runs``,
         ``last_sync`` epoch seconds), most recent first."""
-        from labvault import sync
+        from labvault import sync  # lazy: labvault.sync (~7 ms) is for push/pull, not open()
 
         self._check_open()
         return sync.known_remotes(self.backend.blobs)
@@ -296,7 +296,7 @@ class Vault:
         push again later). ``workers`` runs are sent at once (parents before their children);
         ``progress(phase, done, total)`` is called as runs finish. See ``labvault.sync`` for the details.
         """
-        from labvault import sync
+        from labvault import sync  # lazy: labvault.sync (~7 ms) is for push/pull, not open()
 
         self._check_open()
         target = self._target(to, "push")
@@ -327,7 +327,7 @@ class Vault:
         ``#<name>``) naming the remote too. Runs unchanged on the remote since the last sync are not
         transferred; conflicts as in ``push``. ``self.last_sync`` holds the ``SyncReport``.
         """
-        from labvault import sync
+        from labvault import sync  # lazy: labvault.sync (~7 ms) is for push/pull, not open()
 
         self._check_open()
         name: str
@@ -364,7 +364,7 @@ class Vault:
         """Per run of an experiment: ``"in sync"``, ``"ahead"`` (changed here since the last sync, or only
         here), ``"behind"`` (changed on / only on the remote) or ``"diverged"`` (changed on both; the
         conflicting param/tag fields are listed)."""
-        from labvault import sync
+        from labvault import sync  # lazy: labvault.sync (~7 ms) is for push/pull, not open()
 
         self._check_open()
         target = self._target(remote, "sync_status")
@@ -458,8 +458,6 @@ class Vault:
         (:class:`labvault.client.hints.UnknownKeyWarning`) with the closest existing keys.
         Deleted runs (``delete_run``) are left out; ``deleted=True`` gives only them, ``deleted=None`` both.
         """
-        from labvault import query
-
         self._check_open()
         v.validate_page(limit, offset)
         if deleted is not None and not isinstance(deleted, bool):
@@ -473,7 +471,6 @@ class Vault:
         if not isinstance(expr, query.TrueExpr):
             warn_unknown_keys(self.backend, ids, expr)
         by_id = {e.id: Experiment(self, e) for e in infos}
-        from labvault.store.search.columns import no_gc
 
         with no_gc(len(found) > 1000):  # thousands of cycle-free objects: skip the collector's passes
             return RunList([Run(self, by_id[r.experiment_id],

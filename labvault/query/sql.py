@@ -4,6 +4,7 @@ string-built; each field is resolved to columns by the backend (a ``Resolver``).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ def compile_sql(expr: Expr, resolve: Resolver) -> ColumnElement[bool]:
     only if the database's LIKE is: on SQLite set ``PRAGMA case_sensitive_like=ON``) and ``ILIKE``
     ``.ilike``. :class:`TrueExpr` compiles to ``true()``.
     """
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # lazy: sqlalchemy (~150 ms); import labvault.query skips it
 
     if isinstance(expr, TrueExpr):
         return sa.true()
@@ -45,7 +46,7 @@ def compile_sql(expr: Expr, resolve: Resolver) -> ColumnElement[bool]:
 
 
 def _bind(value: Value) -> ColumnElement[Any]:
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # lazy: sqlalchemy (~150 ms); import labvault.query skips it
 
     if isinstance(value, float):
         return sa.literal(value, sa.Float())
@@ -53,8 +54,6 @@ def _bind(value: Value) -> ColumnElement[Any]:
 
 
 def _compile_compare(expr: Compare, resolve: Resolver) -> ColumnElement[bool]:
-    import operator
-
     col = resolve(expr.field, "number" if isinstance(expr.value, float) else "text")
     ops: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
         "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
@@ -64,7 +63,7 @@ def _compile_compare(expr: Compare, resolve: Resolver) -> ColumnElement[bool]:
 
 
 def _compile_in(expr: InList, resolve: Resolver) -> ColumnElement[bool]:
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # lazy: sqlalchemy (~150 ms); import labvault.query skips it
 
     nums = [v for v in expr.values if isinstance(v, float)]
     texts = [v for v in expr.values if isinstance(v, str)]
@@ -78,14 +77,14 @@ def _compile_in(expr: InList, resolve: Resolver) -> ColumnElement[bool]:
 
 
 def _compile_is_null(expr: IsNull, resolve: Resolver) -> ColumnElement[bool]:
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # lazy: sqlalchemy (~150 ms); import labvault.query skips it
 
     missing = sa.and_(*(resolve(expr.field, kind).is_(None) for kind in expr.field.value_kinds))
     return sa.not_(missing) if expr.negated else missing
 
 
 def _compile_like(expr: Like, resolve: Resolver) -> ColumnElement[bool]:
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # lazy: sqlalchemy (~150 ms); import labvault.query skips it
 
     col = resolve(expr.field, "text")
     pattern = sa.literal(expr.pattern, sa.String())
@@ -94,7 +93,7 @@ def _compile_like(expr: Like, resolve: Resolver) -> ColumnElement[bool]:
 
 
 def _compile_bool(expr: Expr, resolve: Resolver) -> ColumnElement[bool]:
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # lazy: sqlalchemy (~150 ms); import labvault.query skips it
 
     if isinstance(expr, And):
         return sa.and_(*(_compile(i, resolve) for i in expr.items))
@@ -125,7 +124,7 @@ def compile_order_sql(order: Sequence[OrderKey], resolve: Resolver) -> list[Colu
     text), then the value ascending or descending. The tie-breakers ``number`` and ``id`` (resolved
     through ``resolve``) come last; callers may append their own columns too.
     """
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # lazy: sqlalchemy (~150 ms); import labvault.query skips it
 
     one: ColumnElement[int] = sa.literal_column("1", sa.Integer())
     zero: ColumnElement[int] = sa.literal_column("0", sa.Integer())

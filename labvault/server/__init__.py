@@ -13,11 +13,11 @@ __all__ = ["AuthStore", "ServerConfig", "create_app"]
 
 def __getattr__(name: str) -> Any:
     if name in ("create_app", "ServerConfig"):
-        from labvault.server import app
+        from labvault.server import app  # lazy: loads fastapi (~230 ms)
 
         return getattr(app, name)
     if name == "AuthStore":
-        from labvault.server.auth import AuthStore
+        from labvault.server.auth import AuthStore  # lazy: loads numpy (via labvault.domain)
 
         return AuthStore
     raise AttributeError(f"module 'labvault.server' has no attribute {name!r}")

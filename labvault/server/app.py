@@ -15,6 +15,7 @@ resource), what they share in ``labvault.server.deps``, the process's state in `
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import math
@@ -345,7 +346,6 @@ def is_loopback(host: str) -> bool:
     """Whether ``host`` only accepts connections from this machine."""
     if host in ("localhost", "ip6-localhost"):
         return True
-    import ipaddress
 
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback

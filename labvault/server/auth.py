@@ -167,7 +167,7 @@ class AuthStore:
     # -- plumbing ---------------------------------------------------------------------------------------
     def _ph(self) -> Any:
         if self._hasher is None:
-            from argon2 import PasswordHasher
+            from argon2 import PasswordHasher  # lazy: optional driver (extra [server]), ~15 ms
 
             self._hasher = PasswordHasher()
         return self._hasher
@@ -326,7 +326,10 @@ class AuthStore:
 
     def verify(self, pending: PendingVerification) -> Principal:
         """The argon2 verification ``check`` left to do (blocking, 64 MiB): the principal, or refused."""
-        from argon2.exceptions import VerificationError, VerifyMismatchError
+        from argon2.exceptions import (  # lazy: optional driver (extra [server]), ~15 ms
+            VerificationError,
+            VerifyMismatchError,
+        )
 
         try:
             self._ph().verify(pending.secret_hash, pending.secret)

@@ -24,10 +24,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from labvault import _registry as registry
+from labvault import query
 from labvault.blobs.abc import BlobStore
-from labvault.domain import ArtifactInfo, ChangeEvent, ExperimentInfo, MetricSeries, RunInfo
+from labvault.domain import (
+    RUN_STATUSES,
+    ArtifactInfo,
+    ChangeEvent,
+    ExperimentInfo,
+    MetricSeries,
+    RunInfo,
+    now,
+)
 from labvault.domain import validation as v
-from labvault.errors import InvalidArgumentError, NotFoundError
+from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
 from labvault.store.feed import ChangeFeed, LocalChangeFeed
 
 if TYPE_CHECKING:
@@ -80,8 +90,6 @@ class Backend(ABC):
     def __init_subclass__(cls, scheme: str | None = None, replace: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if scheme is not None:
-            from labvault import _registry as registry
-
             cls.scheme = scheme
             registry.register_backend(scheme, cls, replace=replace)
 
@@ -178,8 +186,6 @@ class Backend(ABC):
     # -- experiments --------------------------------------------------------------------------------------
     def ensure_experiment(self, name: str, project: str) -> ExperimentInfo:
         """Get the experiment, creating it when absent (safe when several processes race)."""
-        from labvault.domain import now
-
         started = now()
         info = self._ensure_experiment(v.validate_name(name, "experiment name"),
                                        v.validate_name(project, "project name"))
@@ -274,8 +280,6 @@ class Backend(ABC):
         limit: int | None,
         offset: int,
     ) -> list[RunInfo]:
-        from labvault import query
-
         runs = query.sort_runs(query.filter_runs(expr, self._list_runs(experiment_ids)), order)
         end = None if limit is None else offset + limit
         return runs[offset:end]
@@ -296,8 +300,6 @@ class Backend(ABC):
         ``clear`` names fields to empty (``"end_time"``, ``"error"``): a resumed run is running again, with
         no end time and no error.
         """
-        from labvault.domain import RUN_STATUSES
-
         if status is not None and status not in RUN_STATUSES:
             raise InvalidArgumentError(f"run status {v.show(status)} is not one of {', '.join(RUN_STATUSES)}")
         if error is not None:
@@ -491,8 +493,6 @@ def _checked_clear(clear: Collection[str], fields: Mapping[str, Any]) -> list[st
 
 def run_exists_error(run_id: str) -> Exception:
     """The ``AlreadyExistsError`` ``create_run(run_id=...)`` raises for an id that is taken."""
-    from labvault.errors import AlreadyExistsError
-
     return AlreadyExistsError(f"run id {run_id!r} exists already")
 
 
@@ -550,8 +550,6 @@ def _check_id(value: object, what: str) -> str:
 
 def check_params_conflict(run_id: str, stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """Raise ``ConflictError`` naming every param whose new value differs from the stored one."""
-    from labvault.errors import ConflictError
-
     clashes = [k for k, val in new.items() if k in stored and not _same_json(stored[k], val)]
     if clashes:
         detail = ", ".join(f"{k!r}: stored {stored[k]!r}, new {new[k]!r}" for k in clashes)

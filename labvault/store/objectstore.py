@@ -69,15 +69,19 @@ import json
 import struct
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
+import labvault.blobs
 from labvault._retry import Backoff, Retry
 from labvault.blobs.abc import BlobStore
+from labvault.blobs.s3 import S3BlobStore
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
 from labvault.errors import (
     ConflictError,
@@ -116,8 +120,6 @@ _Obj = tuple[int, str, float]
 
 
 def _new_id() -> str:
-    import uuid
-
     return uuid.uuid4().hex
 
 
@@ -253,8 +255,6 @@ class BlobBackend(Backend):
     @classmethod
     def from_uri(cls, uri: str, *, artifacts: BlobStore | None = None, **options: Any) -> BlobBackend:
         """Open ``labvault.blobs.open(uri, **options)`` as the store (no I/O yet)."""
-        import labvault.blobs
-
         return cls(uri, labvault.blobs.open(uri, **options), artifacts)
 
     def _default_blobs(self) -> BlobStore:
@@ -787,10 +787,6 @@ class S3Backend(BlobBackend, scheme="s3"):
     @classmethod
     def from_uri(cls, uri: str, *, artifacts: BlobStore | None = None, **options: Any) -> S3Backend:
         """Build the backend on ``S3BlobStore.from_url(uri, **options)`` (no I/O yet)."""
-        from urllib.parse import parse_qsl, urlsplit
-
-        from labvault.blobs.s3 import S3BlobStore
-
         given = set(options) | {k for k, _ in parse_qsl(urlsplit(uri).query, keep_blank_values=True)}
         merged = {k: val for k, val in cls.DEFAULT_OPTIONS.items() if k not in given}
         merged.update(options)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from labvault import blobs
 from labvault._registry import (
     BLOB_ENTRY_POINT_GROUP,
     ENTRY_POINT_GROUP,
@@ -25,14 +26,9 @@ from labvault._registry import (
     unregister_backend,
 )
 from labvault._uri import resolve_uri, without_secrets
+from labvault.blobs.abc import BlobStore
 from labvault.errors import InvalidArgumentError
-
-if TYPE_CHECKING:
-    from labvault.blobs.abc import BlobStore
-    from labvault.store.abc import Backend
-
-
-
+from labvault.store.abc import Backend
 
 MINIMAL_CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -70,7 +66,7 @@ MINIMAL_CONFIG_SCHEMA: dict[str, Any] = {
 
 def validate_config(config: object, schema: Mapping[str, Any], what: str) -> None:
     """Validate a config mapping against a JSON schema, raising ``InvalidArgumentError`` on failure."""
-    import jsonschema
+    import jsonschema  # lazy: jsonschema costs ~60 ms; only config= needs it
 
     try:
         jsonschema.validate(config, dict(schema))
@@ -81,8 +77,6 @@ def validate_config(config: object, schema: Mapping[str, Any], what: str) -> Non
 
 def backend_from_config(config: Mapping[str, Any], artifacts: BlobStore | None) -> Backend:
     """Build a backend from ``{"module": "pkg.mod[:Class]", ...}`` or ``{"backend": "sqlite", ...}``."""
-    from labvault.store.abc import Backend
-
     if not isinstance(config, Mapping):
         raise InvalidArgumentError(f"config must be a mapping, got {type(config).__name__}")
     validate_config(dict(config), MINIMAL_CONFIG_SCHEMA, "backend")
@@ -128,16 +122,13 @@ def open_backend(
 ) -> Backend:
     """Build the ``Backend`` a URI or config names, without wrapping it in a ``Vault``
     (``labvault.open_backend``; see ``labvault.open`` for the URI forms)."""
-    from labvault import blobs
-    from labvault.blobs.abc import BlobStore
-
     blob_store = artifacts if artifacts is None or isinstance(artifacts, BlobStore) else blobs.open(artifacts)
     if config is not None:
         if uri is not None:
             raise InvalidArgumentError("pass either uri or config, not both")
         return backend_from_config(config, blob_store)
     if type(uri).__module__.split(".")[0] == "redis":  # a redis.ConnectionPool (daskperiment's form)
-        from labvault.store.redis.backend import RedisBackend
+        from labvault.store.redis.backend import RedisBackend  # lazy: optional driver (extra [redis])
 
         return RedisBackend.from_pool(uri, artifacts=blob_store, **options)
     scheme, resolved = resolve_uri(uri)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from labvault.domain import ExperimentInfo
 from labvault.errors import InvalidArgumentError, NotFoundError
 from labvault.store.abc import Backend
+from labvault.store.registry import open_backend
 from labvault.sync.state import SyncState
 from labvault.sync.summary import RunStatus, compare, snapshot
 from labvault.sync.transfer import OnConflict, Progress, SyncReport, Transfer, _ordered, _Side
@@ -71,8 +72,6 @@ def copy(src_uri: str | Vault | Backend, dst_uri: str | Vault | Backend,
     again sends nothing new. A run whose params or tags differ in both stores raises ``ConflictError``
     unless ``on_conflict="ours"`` (the source wins) or ``"theirs"``. ``workers`` runs are sent at once.
     """
-    from labvault.store.registry import open_backend
-
     opened: list[Backend] = []
 
     def backend_of(x: str | Vault | Backend) -> Backend:

@@ -21,7 +21,7 @@ from typing import Any
 
 from labvault._uri import redact
 from labvault.blobs.abc import BlobStore
-from labvault.errors import ConflictError, NotFoundError
+from labvault.errors import ConflictError, CorruptDataError, NotFoundError
 from labvault.sync.summary import revision_of
 
 STATE_PREFIX = "labvault-sync/"
@@ -54,8 +54,6 @@ class SyncState:
                 doc = json.loads(blobs.get(self.key))
                 self.runs = dict(doc.get("runs") or {})
             except (ValueError, AttributeError) as exc:
-                from labvault.errors import CorruptDataError
-
                 raise CorruptDataError(f"sync state {self.key!r} for remote {_redact(remote_uri)!r} is "
                                        f"unreadable: {exc}") from exc
 

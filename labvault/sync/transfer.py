@@ -36,7 +36,13 @@ from typing import Literal
 
 from labvault.blobs.abc import BlobStore
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo
-from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
+from labvault.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    CorruptDataError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from labvault.store.abc import Backend
 from labvault.sync.state import SyncLock, SyncState, _redact
 from labvault.sync.summary import (
@@ -556,7 +562,6 @@ class Transfer:
             with src_blobs.open_content(digest) as fh:
                 got, size = dst_blobs.put_content(fh)
             if got != digest:  # pragma: no cover - open_content verifies the digest at end of file
-                from labvault.errors import CorruptDataError
 
                 raise CorruptDataError(f"blob {digest} arrived as {got}")
             self._blobs_done.add(digest)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
 import sys
 import time
 
+import labvault
+
 
 def start_runs(uri: str, experiment: str, count: int, barrier_path: str) -> list[int]:
     """Wait for the barrier file, then start and finish ``count`` runs; return their numbers."""
-    import labvault
-
     deadline = time.time() + 30
     while barrier_path and not os.path.exists(barrier_path) and time.time() < deadline:
         time.sleep(0.005)
@@ -31,8 +32,6 @@ def _print_result(value: object) -> None:
 
 def kill_target(uri: str, experiment: str, flush_interval: float) -> None:
     """Log one metric point every millisecond forever, reporting progress on stdout; never returns."""
-    import labvault
-
     vault = labvault.open(uri, flush_interval=flush_interval)
     run = vault.experiment(experiment).start_run(name="victim")
     print(json.dumps({"run_id": run.id}), flush=True)
@@ -47,10 +46,6 @@ def kill_target(uri: str, experiment: str, flush_interval: float) -> None:
 
 def big_artifact_roundtrip(uri: str, path: str, size: int) -> None:
     """Log a large artifact from a path and read it back streamed; print peak RSS growth in MB."""
-    import hashlib
-
-    import labvault
-
     with labvault.open(uri) as vault:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with vault.experiment("big").start_run() as run:

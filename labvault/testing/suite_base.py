@@ -19,6 +19,7 @@ import pytest
 
 import labvault
 from labvault.client.vault import Vault
+from labvault.testing._workers import start_runs
 
 __all__ = ["SuiteBase", "run_worker", "start_runs_worker"]
 
@@ -36,8 +37,6 @@ def run_worker(func: str, *args: Any, timeout: float = 60) -> str:
 
 def start_runs_worker(args: tuple[str, str, int, str]) -> list[int]:
     """``_workers.start_runs`` for a ``multiprocessing`` pool (one tuple argument, importable by name)."""
-    from labvault.testing._workers import start_runs
-
     return start_runs(*args)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import labvault
 from labvault.client.vault import Vault
+from labvault.domain import MetricSeries
 from labvault.errors import InvalidArgumentError, NotFoundError
 from labvault.testing.suite_base import SuiteBase
 
@@ -203,8 +204,6 @@ class MetricTests(SuiteBase):
             other.close()
 
     def test_metric_batch_id_makes_an_append_idempotent(self, vault: Vault) -> None:
-        from labvault.domain import MetricSeries
-
         def series(key: str, values: list[float], start: int) -> MetricSeries:
             n = len(values)
             return MetricSeries(key, np.arange(start, start + n, dtype=np.int64),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labvault import query as q
 from labvault.domain import ArtifactInfo, ChangeEvent, ExperimentInfo, MetricSeries, RunInfo, validation
 from labvault.errors import InvalidArgumentError
 
@@ -208,8 +209,6 @@ def _value_text(value: Value) -> str:
 
 def unparse_filter(expr: Expr) -> str:
     """Query-language text that parses back to ``expr`` (the inverse of ``labvault.query.parse``)."""
-    from labvault import query as q
-
     def compound(item: Expr) -> str:
         text = walk(item)
         return f"({text})" if isinstance(item, q.And | q.Or) else text

@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from labvault._retry import Backoff, Retry
+from labvault._version import version
 from labvault.errors import BackendUnavailableError, InvalidArgumentError, LabvaultError
 from labvault.wire.codecs import API_PREFIX, BIGINT_JSON_MEDIA_TYPE
 from labvault.wire.errors import error_from
@@ -46,8 +47,6 @@ TokenSource = str | Callable[[], str | None] | None
 
 
 def _version() -> str:
-    from labvault._version import version  # reads the distribution metadata: only when a client is made
-
     return version()
 
 

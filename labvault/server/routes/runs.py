@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Body, Query, Request
 from starlette.responses import Response
 
-from labvault import wire
+from labvault import query, wire
 from labvault.domain import now
 from labvault.server.deps import Reader, Writer, state_of
 from labvault.server.models import RunIn, RunPatch, SearchIn
@@ -33,8 +33,6 @@ def list_runs(p: Reader, request: Request, experiment_id: Annotated[list[str], Q
 
 @router.post("/runs/search", tags=["runs"], summary="Filter, order and page runs")
 def search_runs(body: SearchIn, p: Reader, request: Request) -> Response:
-    from labvault import query  # the filter grammar: loaded by the first search, not by the server's start
-
     backend = state_of(request).backend
     expr = query.parse(body.filter)
     order = query.parse_order_by(body.order_by)

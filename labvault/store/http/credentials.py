@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from labvault._config import config_dir
 from labvault._uri import redact, refuse_credentials
 from labvault.errors import InvalidArgumentError
 
@@ -21,8 +22,6 @@ __all__ = ["forget_token", "load_token", "normalize_url", "save_token"]
 
 
 def _credentials_path() -> Path:
-    from labvault._config import config_dir
-
     return config_dir() / "credentials.json"
 
 

@@ -96,6 +96,7 @@ import numpy as np
 import orjson
 import redis
 
+from labvault import query
 from labvault.blobs.abc import BlobStore
 from labvault.blobs.redis import BLOB_SCRIPTS, RedisBlobStore
 from labvault.blobs.redis_connection import (
@@ -486,8 +487,6 @@ class RedisBackend(Backend, scheme="redis"):
         raw bytes: for each top-level ``tags.k = 'v'`` / ``params.k = 'v'`` (and ``IN`` lists) the
         document must contain ``"k":"v"`` exactly as stored. The full filter is then applied.
         """
-        from labvault import query
-
         if not experiment_ids or limit == 0:
             return []
         if self._index is not None:
@@ -731,8 +730,6 @@ def _required_needles(expr: Expr) -> list[list[bytes]]:
     non-string param could render as (``true``, JSON, digits), are used; everything else is left to the
     full evaluation, so this never drops a matching run.
     """
-    from labvault import query
-
     items = expr.items if isinstance(expr, query.And) else (expr,)
     out: list[list[bytes]] = []
     for item in items:

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from labvault import query
+from labvault.query import param_text
+
 if TYPE_CHECKING:
     from labvault.query import Expr, Field, OrderKey
 
@@ -85,7 +88,6 @@ def param_column(vals: list[Any]) -> Column:
             if np.isfinite(num[~np.isnan(num)]).all():
                 return Column(num, None, [])
     num = np.fromiter((param_number(v) for v in vals), dtype=np.float64, count=n)
-    from labvault.query import param_text
 
     return text_column([param_text(v) for v in vals], n, num)
 
@@ -98,8 +100,6 @@ Masks = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]  # (TRUE, FALSE); neit
 
 
 def _compare_masks(col: Column, op: str, value: float | str) -> Masks:
-    from labvault import query
-
     if isinstance(value, float):
         known = ~np.isnan(col.num)
         with np.errstate(invalid="ignore"):
@@ -116,8 +116,6 @@ def _compare_masks(col: Column, op: str, value: float | str) -> Masks:
 
 def evaluate_masks(expr: Expr, col: Callable[[Field], Column], n: int) -> Masks:
     """Three-valued evaluation of a filter over every run at once (the semantics of ``labvault.query``)."""
-    from labvault import query
-
     if isinstance(expr, query.Compare):
         return _compare_masks(col(expr.field), expr.op, expr.value)
     if isinstance(expr, query.And | query.Or):

@@ -47,6 +47,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from labvault._uri import check_options, float_option
 from labvault.blobs.abc import BlobStore
+from labvault.blobs.local import FileBlobStore
 from labvault.blobs.sql import SQLBlobStore
 from labvault.blobs.tiered import SMALL_BLOB_LIMIT, TieredBlobStore
 from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries, RunInfo, now
@@ -181,8 +182,6 @@ class SQLBackend(SchemaVersions, Backend, scheme="sqlite"):
 
     def _default_blobs(self) -> BlobStore:
         """Small blobs in the database, large ones in the sibling ``<stem>-blobs`` folder."""
-        from labvault.blobs.local import FileBlobStore
-
         folder = FileBlobStore(self.path.with_name(f"{self.path.stem}-blobs"))
         return TieredBlobStore(SQLBlobStore(self), folder, SMALL_BLOB_LIMIT)
 
@@ -236,7 +235,7 @@ class SQLBackend(SchemaVersions, Backend, scheme="sqlite"):
 
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, which has ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # lazy: ~20 ms, unused by PostgreSQL
 
         return sqlite_insert(table)
 

@@ -62,6 +62,8 @@ from urllib.parse import parse_qsl
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from labvault._retry import Retry
@@ -202,8 +204,6 @@ def _create_run_statement() -> sa.Select[Any]:
     experiment inserts nothing and returns no row). Foreign keys are checked at the end of the
     statement, when the run row exists.
     """
-    from sqlalchemy.dialects.postgresql import ARRAY
-
     def array(name: str, item: Any) -> Any:
         return sa.cast(sa.bindparam(name), ARRAY(item))
 
@@ -418,7 +418,7 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
 
     def _create_engine(self) -> Engine:
         try:
-            import psycopg  # noqa: F401  (the driver SQLAlchemy loads: say clearly when it is missing)
+            import psycopg  # noqa: F401  # lazy: optional driver (extra [postgres])
         except ImportError as exc:
             raise UnsupportedOperationError(
                 "the PostgreSQL backend needs psycopg 3: pip install 'labvault[postgres]'") from exc
@@ -431,8 +431,6 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
         return {"schema_translate_map": {None: self.schema}} if self.schema else {}
 
     def _insert(self, table: sa.Table) -> Any:
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
         return pg_insert(table)
 
     def _lock_schema(self, conn: Connection) -> None:
@@ -546,7 +544,7 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
 
     def _listen_connection(self) -> Any:
         """A new autocommit psycopg connection LISTENing on the channel (retried like a transaction)."""
-        import psycopg
+        import psycopg  # lazy: optional driver (extra [postgres])
 
         retry = Retry(timeout=self.retry_timeout)
         url = self.url
@@ -652,7 +650,7 @@ class _Listener:
         self._backend._drop_listener(self)
 
     def _loop(self) -> None:
-        import psycopg
+        import psycopg  # lazy: optional driver (extra [postgres])
 
         conn = self._conn
         try:

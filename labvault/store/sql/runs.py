@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 import sqlalchemy as sa
 
+from labvault import query
 from labvault.domain import MetricSeries, RunInfo
 from labvault.errors import CorruptDataError, InvalidArgumentError
 from labvault.store.search.columns import no_gc
@@ -179,8 +180,6 @@ def search_statement(experiment_ids: Sequence[str], expr: Expr, order: Sequence[
                      limit: int | None, offset: int, details: Sequence[sa.ColumnElement[Any]], *,
                      ids_only: bool = False) -> sa.Select[Any]:
     """The SELECT of a search: ``RUN_COLUMNS`` plus ``details`` (just the ordered ids with ``ids_only``)."""
-    from labvault import query  # the query compiler: imported by the first search only
-
     r = t_runs
     fields = _FieldJoins()
     conditions: list[sa.ColumnElement[bool]] = [r.c.experiment_id.in_(experiment_ids)]
@@ -266,8 +265,6 @@ def _required_field(item: Any) -> Field | None:
     A comparison, an IN list, a LIKE and an IS NOT NULL are UNKNOWN for a missing key, so in an AND at
     the top of the filter (outside any NOT) their key's row is required; IS NULL, NOT and OR are not.
     """
-    from labvault import query
-
     needs_row = isinstance(item, query.Compare) or (
         isinstance(item, query.InList | query.Like) and not item.negated) or (
         isinstance(item, query.IsNull) and item.negated)
