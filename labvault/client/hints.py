@@ -1,9 +1,10 @@
 """Hints for a search that names a key no run has: the typo behind an empty answer (``metrics.val_acc``
 for ``metrics.val_accuracy``) said as a warning with the closest existing keys, instead of silence.
 
-One ``limit=1`` search per param, metric or tag the filter names (``KEY IS NOT NULL``), through the
-backend's own search, so it costs what a tiny query costs on that store; only when a key is missing are
-recent runs read to suggest the closest names.
+A key some run of the answer has needs no check (a filtered search that found runs usually has all its
+keys: the benchmark's W5 search then costs nothing more); each other param, metric or tag the filter names
+costs one ``limit=1`` search (``KEY IS NOT NULL``) through the backend's own search, what a tiny query
+costs on that store. Only when a key is missing are recent runs read to suggest the closest names.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from labvault import query
 from labvault._uri import redact
+from labvault.domain import RunInfo
 from labvault.errors import NotFoundError
 from labvault.store.abc import Backend
 
@@ -27,13 +29,21 @@ class UnknownKeyWarning(UserWarning):
     """A filter names a param, metric or tag that no run in the searched experiments has."""
 
 
-def missing_keys(backend: Backend, experiment_ids: Sequence[str], expr: query.Expr) -> list[query.Field]:
-    """The param, metric and tag fields of ``expr`` that no run of these experiments has."""
+def missing_keys(backend: Backend, experiment_ids: Sequence[str], expr: query.Expr,
+                 found: Sequence[RunInfo] = ()) -> list[query.Field]:
+    """The param, metric and tag fields of ``expr`` that no run of these experiments has; ``found``
+    (runs the search returned) spares the lookup of every key one of them has."""
     fields = sorted((f for f in query.fields_of(expr) if f.kind != "attributes"), key=str)
     if not experiment_ids:
         return []
-    return [f for f in fields
-            if not backend.search_runs(experiment_ids, query.IsNull(f, negated=True), [], 1, 0)]
+    return [f for f in fields if not _seen(f, found)
+            and not backend.search_runs(experiment_ids, query.IsNull(f, negated=True), [], 1, 0)]
+
+
+def _seen(field: query.Field, found: Sequence[RunInfo]) -> bool:
+    """Whether one of ``found`` has the field's key (runs that lack it are few in a typical answer, so
+    this stops at the first run or the first few)."""
+    return any(field.key in getattr(run, field.kind) for run in found)
 
 
 def closest_keys(backend: Backend, experiment_ids: Sequence[str], field: query.Field, n: int = 3
@@ -55,10 +65,11 @@ def closest_keys(backend: Backend, experiment_ids: Sequence[str], field: query.F
     return difflib.get_close_matches(str(field), others, n=n, cutoff=0.6)
 
 
-def unknown_key_messages(backend: Backend, experiment_ids: Sequence[str], expr: query.Expr) -> list[str]:
+def unknown_key_messages(backend: Backend, experiment_ids: Sequence[str], expr: query.Expr,
+                         found: Sequence[RunInfo] = ()) -> list[str]:
     """One sentence per key the filter names that no searched run has, with the closest existing keys."""
     out = []
-    for field in missing_keys(backend, experiment_ids, expr):
+    for field in missing_keys(backend, experiment_ids, expr, found):
         near = closest_keys(backend, experiment_ids, field)
         hint = f"; did you mean {' or '.join(near)}?" if near else ""
         where = "the searched experiment" if len(experiment_ids) == 1 else "the searched experiments"
@@ -67,9 +78,10 @@ def unknown_key_messages(backend: Backend, experiment_ids: Sequence[str], expr: 
 
 
 def warn_unknown_keys(backend: Backend, experiment_ids: Sequence[str], expr: query.Expr,
-                      stacklevel: int = 3) -> None:
-    """Warn (:class:`UnknownKeyWarning`) for each key of ``expr`` that no searched run has."""
-    for message in unknown_key_messages(backend, experiment_ids, expr):
+                      stacklevel: int = 3, found: Sequence[RunInfo] = ()) -> None:
+    """Warn (:class:`UnknownKeyWarning`) for each key of ``expr`` that no searched run has (``found``:
+    the runs the search returned, see ``missing_keys``)."""
+    for message in unknown_key_messages(backend, experiment_ids, expr, found):
         warnings.warn(message, UnknownKeyWarning, stacklevel=stacklevel)
 
 

@@ -469,7 +469,7 @@ class Vault:
         ids = [e.id for e in infos]
         found = self.backend.search_runs(ids, _with_deleted(expr, deleted), order, limit, offset)
         if not isinstance(expr, query.TrueExpr):
-            warn_unknown_keys(self.backend, ids, expr)
+            warn_unknown_keys(self.backend, ids, expr, found=found)
         by_id = {e.id: Experiment(self, e) for e in infos}
 
         with no_gc(len(found) > 1000):  # thousands of cycle-free objects: skip the collector's passes
