@@ -121,6 +121,8 @@ class SearchTests(SuiteBase):
     def test_unknown_key_warns_with_the_closest_keys(self, searchable: Vault) -> None:
         with pytest.warns(UnknownKeyWarning, match=r"metrics\.acx.*metrics\.acc"):
             assert self._numbers(searchable, "metrics.acx > 0.1") == []
+        with pytest.warns(UnknownKeyWarning, match=r"metrics\.acx"):  # runs found, but none has acx
+            assert self._numbers(searchable, "params.opt = 'sgd' OR metrics.acx > 0.1") == [2]
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a key some run has never warns
             assert self._numbers(searchable, "params.layers > 3 AND tags.x = 'y'") == [3]
