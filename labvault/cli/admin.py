@@ -4,6 +4,8 @@ store), and ``labvault login`` / ``logout`` (a token saved on this machine for a
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import time
 from typing import Annotated
 
@@ -13,7 +15,7 @@ from rich.text import Text
 
 from labvault.cli.common import AuthDbOption, auth_store, err, exit_on_error, out
 from labvault.cli.format import fmt_time
-from labvault.store.http.credentials import forget_token, save_token
+from labvault.store.http.credentials import forget_token, normalize_url, save_token
 
 __all__ = ["login", "logout", "tokens_app", "users_app"]
 
@@ -60,6 +62,36 @@ def users_list(auth_db: AuthDbOption = None) -> None:
                    and (t.expires_at is None or t.expires_at > now))
         table.add_row(Text(name), role, str(live), fmt_time(created))
     out().print(table)
+
+
+@users_app.command("passwd")
+def users_passwd(
+    name: Annotated[str, typer.Argument(metavar="NAME", show_default=False)],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the password (tokens only).")] = False,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from the first line of stdin, not a prompt.")] = False,
+    auth_db: AuthDbOption = None,
+) -> None:
+    """Set a user's password (prompted twice, never echoed; only an argon2 hash is kept), so that
+    `labvault login URL --user NAME` gets them a token. Existing tokens stay valid.
+
+    Example: labvault users passwd ana
+    """
+    with exit_on_error():
+        store = auth_store(auth_db)
+        if remove:
+            store.set_password(name, None)
+        else:
+            password = _read_password(password_stdin, confirm=True)
+            store.set_password(name, password)
+    out().print(Text(f"removed the password of {name!r}" if remove else f"set the password of {name!r}"))
+
+
+def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+    """A password from the first line of stdin, or from a hidden prompt (twice with ``confirm``)."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(typer.prompt("password", hide_input=True, confirmation_prompt=confirm))
 
 
 @users_app.command("set-role")
@@ -146,24 +178,49 @@ def login(
     token: Annotated[str | None, typer.Option("--token", metavar="TOKEN", show_default=False,
                                               help="The token (default: $LABVAULT_TOKEN, else a prompt).")]
     = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", metavar="NAME", show_default=False,
+                                             help="Log in with this user's password (prompted) instead: "
+                                                  "the server issues a new token.")] = None,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="With --user: read the password from stdin instead of a prompt.")] = False,
 ) -> None:
-    """Check a token against a server and store it (mode 0600) for every later command on that URL.
+    """Check a token against a server and store it (mode 0600) for every later command on that URL;
+    with --user, get a new token for a user name and password (POST /api/v1/auth/token) and store that.
 
-    Example: labvault login https://lab.example:8443, then labvault --uri https://lab.example:8443 runs exp
+    Example: labvault login https://lab.example:8443 --user ana, then labvault --uri https://lab.example:8443
+    runs exp
     """
     from labvault.store.http.backend import HTTPBackend  # lazy: loads httpx (~100 ms): not at CLI start
 
+    if user is not None and token is not None:
+        raise typer.BadParameter("give --token or --user, not both")
     with exit_on_error():
+        if user is not None:
+            token = _token_for_password(url, user, _read_password(password_stdin, confirm=False))
         secret = token or os.environ.get("LABVAULT_TOKEN") or typer.prompt("token", hide_input=True)
         probe = HTTPBackend(url, token=secret.strip())
         try:
             info = probe.server_info()
         finally:
             probe.close()
-        user = info.get("user") or {}
-        path = save_token(url, secret.strip(), user.get("name"))
-    out().print(Text(f"logged in to {probe.base_url} as {user.get('name')!r} ({user.get('role')}); "
+        who = info.get("user") or {}
+        path = save_token(url, secret.strip(), who.get("name"))
+    out().print(Text(f"logged in to {probe.base_url} as {who.get('name')!r} ({who.get('role')}); "
                      f"token saved in {path}", style="green"))
+
+
+def _token_for_password(url: str, user: str, password: str) -> str:
+    """A new token for ``user`` from the server at ``url`` (``POST /api/v1/auth/token``)."""
+    from labvault.wire.transport import APIClient  # lazy: loads httpx (~100 ms)
+
+    api = APIClient(normalize_url(url))
+    try:
+        body = {"user": user, "password": password,
+                "description": f"labvault login on {socket.gethostname()}"}
+        answer = api.request("POST", "/auth/token", json_body=body).json()
+    finally:
+        api.close()
+    return str(answer["token"])
 
 
 def logout(

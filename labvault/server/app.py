@@ -127,8 +127,10 @@ class _LimitsMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+#: Paths served without a bearer token: the health check, the API's description, and the password login
+#: (``routes.auth``: it authenticates its body, under the same failure limit and verification slots).
 _PUBLIC_PATHS = frozenset(f"{wire.API_PREFIX}{p}" for p in ("/health", "/openapi.json", "/docs",
-                                                             "/docs/oauth2-redirect"))
+                                                             "/docs/oauth2-redirect", "/auth/token"))
 
 
 class _AuthMiddleware:

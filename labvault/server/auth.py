@@ -14,6 +14,10 @@ time of the answer gives them nothing, since the secret alone authenticates. Wha
 429 to an address after a burst of failed authentications, and ``VerifySlots`` lets only a few
 verifications run at once (the rest wait briefly, then get 503) and only one per distinct token.
 
+Users may also have a password (``labvault users passwd NAME``; only its argon2 hash is kept): ``POST
+/api/v1/auth/token`` exchanges a user name and password for a new token (``labvault login URL --user
+NAME``), under the same failure limit and verification slots, so scripts keep storing tokens only.
+
 There are no default users or passwords. Roles are ordered: ``reader`` (read everything), ``writer``
 (read and write runs, metrics, artifacts), ``admin`` (also delete experiments, write raw blobs and manage
 users and tokens).
@@ -61,6 +65,10 @@ _TOKEN_RE = re.compile(r"lv_([0-9a-f]{12})_([A-Za-z0-9_\-]{20,128})")
 _TOKEN_ID_RE = re.compile(r"[0-9a-f]{12}")
 #: Shown instead of a reason: the server never tells a caller which part of a token was wrong.
 BAD_TOKEN = "invalid, expired or revoked API token"
+#: Likewise for a user name and password (which of the two was wrong is not said).
+BAD_LOGIN = "wrong user name or password"
+#: Password lengths accepted (characters); longer ones would only cost argon2 more work.
+MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -79,6 +87,26 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_user ON tokens(user);
 """
+
+
+def _add_password_column(conn: sqlite3.Connection) -> None:
+    """Give an auth store made before passwords existed its ``users.password_hash`` column (NULL: no
+    password). Safe when several servers start at once: a column another process added meanwhile is kept."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+    if "password_hash" not in columns:
+        with contextlib.suppress(sqlite3.OperationalError):  # "duplicate column name": someone was first
+            conn.execute("ALTER TABLE users ADD COLUMN password_hash TEXT")
+
+
+def check_password(password: object) -> str:
+    """A password: text of 8 to 1024 characters (never echoed in the error)."""
+    if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise InvalidArgumentError(f"a password is text of {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    try:
+        v.check_text(password, "password")
+    except InvalidArgumentError:
+        raise InvalidArgumentError("a password cannot hold NUL characters or lone surrogates") from None
+    return password
 
 
 def default_auth_db() -> Path:
@@ -195,6 +223,7 @@ class AuthStore:
                 try:
                     conn.execute("PRAGMA journal_mode = WAL")
                     conn.executescript(_SCHEMA)
+                    _add_password_column(conn)
                 finally:
                     conn.close()
             except (OSError, sqlite3.Error) as exc:
@@ -232,6 +261,45 @@ class AuthStore:
         cur = self._connect().execute("DELETE FROM users WHERE name = ?", (check_user_name(name),))
         if cur.rowcount == 0:
             raise NotFoundError(f"no user {name!r}")
+
+    def set_password(self, name: str, password: str | None) -> None:
+        """Set (or with None, remove) a user's password; only its argon2 hash is stored. Tokens issued
+        before stay valid (revoke them with ``revoke_token``)."""
+        check_user_name(name)
+        hashed = None if password is None else self._ph().hash(check_password(password))
+        cur = self._connect().execute("UPDATE users SET password_hash = ? WHERE name = ?", (hashed, name))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no user {name!r}")
+
+    def check_login(self, name: str, password: str) -> PendingVerification:
+        """The cheap part of a password login: the user's row, no argon2. ``AuthenticationError`` (saying
+        only ``BAD_LOGIN``) for an unknown user, a user without a password or a malformed password."""
+        try:
+            check_user_name(name)
+            check_password(password)
+        except InvalidArgumentError:
+            raise AuthenticationError(BAD_LOGIN) from None
+        row = self._connect().execute("SELECT role, password_hash FROM users WHERE name = ?",
+                                      (name,)).fetchone()
+        if row is None or row[1] is None:
+            raise AuthenticationError(BAD_LOGIN)
+        fingerprint = hashlib.sha256(f"{name}\0{password}".encode(errors="surrogatepass")).digest()
+        return PendingVerification(Principal(name, str(row[0])), str(row[1]), password, fingerprint)
+
+    def verify_login(self, pending: PendingVerification) -> Principal:
+        """The argon2 verification of a password ``check_login`` left to do: the user, or refused."""
+        from argon2.exceptions import (  # lazy: optional driver (extra [server]), ~15 ms
+            VerificationError,
+            VerifyMismatchError,
+        )
+
+        try:
+            self._ph().verify(pending.secret_hash, pending.secret)
+        except (VerifyMismatchError, VerificationError) as exc:
+            raise AuthenticationError(BAD_LOGIN) from exc
+        except Exception as exc:  # a damaged hash in the store: still a refusal, not a 500
+            raise AuthenticationError(BAD_LOGIN) from exc
+        return pending.principal
 
     def users(self) -> list[tuple[str, str, float]]:
         """(name, role, created_at) of every user, by name."""

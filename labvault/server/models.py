@@ -111,6 +111,13 @@ class RoleIn(_Model):
     role: str
 
 
+class LoginIn(_Model):
+    user: str
+    password: str = Field(max_length=4096, repr=False)
+    description: str | None = None
+    expires_in: FiniteFloat | None = Field(None, gt=0, description="seconds until the token expires")
+
+
 class TokenIn(_Model):
     user: str
     description: str | None = None

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from labvault.server.routes import (
     artifacts,
+    auth,
     batch,
     blobs,
     content,
@@ -35,7 +36,7 @@ from labvault.server.routes import (
 __all__ = ["MODULES", "include_routes"]
 
 #: The resource modules, in the order of the OpenAPI document.
-MODULES = (health, experiments, runs, metrics, batch, artifacts, content, uploads, blobs, events, users)
+MODULES = (health, experiments, runs, metrics, batch, artifacts, content, uploads, blobs, events, users, auth)
 
 
 def include_routes(app: FastAPI) -> None:
