@@ -80,3 +80,24 @@ def test_parsed_urls_as_blob_keys(tmp_path: Path) -> None:
         store.get(urlparse("data/train.csv?version=2"))
     with pytest.raises(InvalidArgumentError):
         store.put(urlparse("../escape"), b"x")  # the key rules hold for URLs too
+
+
+def test_get_experiment_by_url_pulls_it(tmp_path: Path) -> None:
+    remote = str(tmp_path / "server-store")
+    with labvault.open(str(tmp_path / "a"), remote=remote) as vault:
+        exp = vault.experiment("shared", project="team")
+        with exp.start_run(params={"lr": 0.1}) as run:
+            run.log_metric("loss", 0.5)
+        vault.push(exp)
+    with labvault.open(remote) as server_side:
+        remote_id = server_side.get_experiment("shared").id  # each store names its experiments itself
+    with labvault.open(str(tmp_path / "b")) as other:
+        by_id = other.get_experiment(f"file://{remote}#{remote_id}")
+        assert (by_id.name, by_id.project) == ("shared", "team")
+        assert [r.id for r in by_id.runs()] == [run.id] and by_id.runs()[0].metrics == {"loss": 0.5}
+        by_name = other.get_experiment(f"file://{remote}#team/shared")
+        assert by_name == by_id and len(by_name.runs()) == 1  # pulled again: nothing duplicated
+        with pytest.raises(InvalidArgumentError, match="names no experiment"):
+            other.get_experiment(f"file://{remote}")
+        with pytest.raises(NotFoundError):
+            other.get_experiment(f"file://{remote}#team/missing")

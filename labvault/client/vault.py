@@ -186,14 +186,32 @@ class Vault:
     @names_store
     def get_experiment(self, id_or_name: str, project: str | None = None) -> Experiment:
         """An existing experiment by its id, or by name (in ``project``, or the only one of that name);
-        ``NotFoundError`` when there is none (``experiment(name)`` creates one instead)."""
+        ``NotFoundError`` when there is none (``experiment(name)`` creates one instead).
+
+        A URL ``<store>#<experiment id>`` or ``<store>#<project>/<name>`` (a labvault server, or any store
+        URI) names an experiment elsewhere, as PaDRe's ``get_experiment(url)``: it is pulled into this
+        vault (only what changed since the last pull) and the local copy returned.
+        """
         self._check_open()
+        if isinstance(id_or_name, str) and "://" in id_or_name.split("#", 1)[0]:
+            return self._get_remote_experiment(id_or_name)
         v.validate_name(id_or_name, "experiment id or name")
         found = self.backend.list_experiments(project)
         for e in found:
             if e.id == id_or_name:
                 return Experiment(self, e)
         return Experiment(self, self.backend.find_experiment(id_or_name, project))
+
+    def _get_remote_experiment(self, url: str) -> Experiment:
+        store, _, fragment = url.partition("#")
+        if not fragment:
+            raise InvalidArgumentError(
+                f"experiment URL {url!r} names no experiment: write <store>#<experiment id> or "
+                "<store>#<project>/<name>")
+        for e in self._remote_backend(store).list_experiments():
+            if e.id == fragment:
+                return self.pull(f"{store}#{e.project}/{e.name}")
+        return self.pull(url)
 
     @names_store
     def _find_experiment(self, name: str, project: str | None = None) -> ExperimentInfo:
