@@ -650,3 +650,26 @@ def test_parallel_push_sends_each_shared_blob_once(pair: tuple[Vault, Vault]) ->
     assert report.runs_created == 13 and report.blobs_sent == 13 and report.points_sent == 1200
     assert report.bytes_sent == 500_000 + 12 * 1000
     assert_same(local.backend, remote.backend, "par")
+
+
+def test_rename_delete_and_resume_travel_with_a_push(pair: tuple[Vault, Vault]) -> None:
+    """A renamed, deleted, or resumed run is the same run on the remote after the next push: the name (its
+    own summary field), the deletion tag, and the emptied end time and error of a resumed run."""
+    local, remote = pair
+    exp = local.experiment("verbs")
+    with exp.start_run("draft") as named:
+        named.log_metric("m", 1.0)
+    with contextlib.suppress(RuntimeError), exp.start_run("crashed") as crashed:
+        raise RuntimeError("preempted")
+    local.push(exp)
+    assert remote.get_run(crashed.id).error is not None
+    named.rename("final")
+    local.delete_run(named)
+    resumed = exp.start_run(run_id=crashed.id, resume=True)
+    local.push(exp)
+    there = remote.get_run(named.id)
+    assert there.name == "final" and there.deleted
+    again = remote.get_run(crashed.id)
+    assert (again.status, again.end_time, again.error) == ("running", None, None)
+    assert [s.state for s in local.sync_status(exp)] == ["in sync", "in sync"]
+    resumed.end()

@@ -84,8 +84,10 @@ def series_digest(series: MetricSeries) -> str:
 
 def summarize(info: RunInfo, artifacts: Iterable[ArtifactInfo], metrics: Mapping[str, str]) -> dict[str, str]:
     """A run's summary: one digest per param, tag, result, artifact, metric key (``series_digest``) and
-    status (with end time and error)."""
+    status (with end time and error) and name (``n``, for a run that has one: renames sync too)."""
     out: dict[str, str] = {"s": _digest([info.status, info.end_time, info.error])}
+    if info.name is not None:
+        out["n"] = _digest(info.name)
     for k, val in info.params.items():
         out["p:" + k] = _digest(val)
     for k, text in info.tags.items():

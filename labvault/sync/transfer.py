@@ -43,7 +43,7 @@ from labvault.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from labvault.store.abc import Backend
+from labvault.store.abc import CLEARABLE_RUN_FIELDS, Backend
 from labvault.sync.state import SyncLock, SyncState, _redact
 from labvault.sync.summary import (
     _CONFLICT_KINDS,
@@ -507,11 +507,16 @@ class Transfer:
             self.dst.backend.add_artifact(w.info.id, art)
 
     def _apply_status(self, w: _RunWrite) -> None:
-        """Status, end time, error and heartbeat."""
+        """Status, end time, error and heartbeat; the name. A field the source has emptied (a resumed
+        run: no end time, no error) is emptied on the destination too."""
         info = w.info
+        if w.wanted("n") and info.name is not None:
+            self.dst.backend.update_run(info.id, name=info.name)
         if w.wanted("s") or (not w.dst_known and info.status != w.dst_info.status):
+            cleared = [k for k in CLEARABLE_RUN_FIELDS
+                       if getattr(info, k) is None and getattr(w.dst_info, k) is not None]
             self.dst.backend.update_run(info.id, status=info.status, end_time=info.end_time, error=info.error,
-                                        heartbeat=info.heartbeat)
+                                        heartbeat=info.heartbeat, clear=cleared)
         elif not w.dst_known and info.heartbeat is not None:
             self.dst.backend.update_run(info.id, heartbeat=info.heartbeat)
 
