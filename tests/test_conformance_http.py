@@ -120,7 +120,7 @@ class TestSocketHTTPBackend(BackendTests):
         url, token = socket_server
         monkeypatch.setenv("LABVAULT_TOKEN", token)  # inherited by the suite's worker processes
         with labvault.open(url) as vault:
-            for exp in vault.experiments():
+            for exp in vault.backend.list_experiments():  # the models' hidden project too
                 vault.backend.delete_experiment(exp.id)
         return url
 

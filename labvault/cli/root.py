@@ -2,7 +2,7 @@
 command and command group, registered here in the order ``labvault --help`` lists them) and :func:`main`.
 
 Each command lives in the module of its group: ``demo``, ``browse`` (experiments, runs, show), ``runs``
-(the runs group: list, delete, restore, rename), ``metrics``,
+(the runs group: list, delete, restore, rename), ``metrics``, ``models``,
 ``artifacts``, ``blobs``, ``maintenance`` (gc, db), ``server``, ``admin`` (users, tokens, login, logout)
 and ``sync`` (push, pull, status, copy); ``common`` and ``format`` hold what they share.
 """
@@ -19,6 +19,7 @@ from labvault.cli import admin, browse, demo, maintenance, metrics, server, sync
 from labvault.cli.artifacts import artifacts_app
 from labvault.cli.blobs import blobs_app
 from labvault.cli.common import UriOption
+from labvault.cli.models import models_app
 from labvault.cli.runs import runs_app
 
 __all__ = ["app", "main"]
@@ -72,6 +73,7 @@ _TREE: tuple[tuple[str, Callable[..., None] | typer.Typer], ...] = (
     ("status", sync.status),
     ("copy", sync.copy_cmd),
     ("artifacts", artifacts_app),
+    ("models", models_app),
     ("db", maintenance.db_app),
     ("blobs", blobs_app),
     ("users", admin.users_app),

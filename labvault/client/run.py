@@ -30,6 +30,7 @@ from labvault.client.buffer import (
     _series_steps,
 )
 from labvault.client.hints import names_store
+from labvault.client.models import Model, Registry
 from labvault.domain import (
     DELETED_TAG,
     TERMINAL_STATUSES,
@@ -439,6 +440,24 @@ class Run(RunBuffer):
         self.vault.backend.add_artifact(self.id, info)
         self._stale = True
         return info
+
+    def log_model(self, name: str, instance: Any, model_type: str | None = None) -> Model:
+        """Store ``instance`` as the next version of the model ``name`` (created when new), linked both
+        ways: the version records this run (``source_run``), this run gets the tag ``model:<name>`` =
+        ``<instance id>:<version>``."""
+        self._check_writable()
+        registry = Registry(self.vault)
+        try:
+            current = registry.get(name)
+        except NotFoundError:
+            model = registry.create(model_type, instance, name, source_run=self.id)
+        else:
+            current.instance = instance
+            if model_type is not None:
+                current.model_type = model_type
+            model = registry.update(current, source_run=self.id)
+        self.set_tag(f"model:{name}", f"{model.instance_id}:{model.version}")
+        return model
 
     @names_store
     def get_artifact(self, key: str) -> bytes:

@@ -17,6 +17,7 @@ from labvault import open_backend, query
 from labvault._version import version
 from labvault.client.buffer import _check_heartbeat, _flush_failure, _flush_loop, _open_vaults
 from labvault.client.hints import names_store, warn_unknown_keys
+from labvault.client.models import Model, Registry, without_model_project
 from labvault.client.run import Experiment, Run, RunList
 from labvault.domain import DELETED_TAG, ExperimentInfo
 from labvault.domain import validation as v
@@ -179,9 +180,11 @@ class Vault:
         return Experiment(self, self.backend.ensure_experiment(name, project))
 
     def experiments(self, project: str | None = None) -> list[Experiment]:
-        """All experiments (of one project when given), oldest first."""
+        """All experiments (of one project when given), oldest first; the models' own project
+        (``labvault.models``) only when asked for by name."""
         self._check_open()
-        return [Experiment(self, e) for e in self.backend.list_experiments(project)]
+        found = self.backend.list_experiments(project)
+        return [Experiment(self, e) for e in (found if project is not None else without_model_project(found))]
 
     @names_store
     def get_experiment(self, id_or_name: str, project: str | None = None) -> Experiment:
@@ -215,6 +218,11 @@ class Vault:
 
     @names_store
     def _find_experiment(self, name: str, project: str | None = None) -> ExperimentInfo:
+        if project is None:  # a name is the user's experiment, never one of the models' own
+            v.validate_name(name, "experiment name")
+            found = [e for e in without_model_project(self.backend.list_experiments()) if e.name == name]
+            if len(found) == 1:
+                return found[0]
         return self.backend.find_experiment(name, project)
 
     @names_store
@@ -451,6 +459,51 @@ class Vault:
         if isinstance(run, Run):
             run._stale = True
 
+    # -- models (labvault.client.models) ------------------------------------------------------------------
+    @property
+    def _registry(self) -> Registry:
+        self._check_open()
+        return Registry(self)
+
+    def create_model(self, model_type: str | None, instance: Any, name: str | None = None) -> Model:
+        """Store a new model: the next instance id (dense, unique across processes), version 1.
+
+        ``model_type`` picks the serializer (``labvault.serializers``); None means the instance's
+        ``module.QualifiedName``. ``name`` (unique) lets ``get_model``/``load_model`` find it by name.
+        Returns the ``Model`` (``.instance``, ``.model_type``, ``.instance_id``, ``.version``).
+        """
+        return self._registry.create(model_type, instance, name)
+
+    def update_model(self, model: Model) -> Model:
+        """Store ``model.instance`` as a new immutable version of the same model (same instance id)."""
+        return self._registry.update(model)
+
+    def get_models(self) -> list[Model]:
+        """The latest version of every model, by instance id (instances load on first ``.instance``)."""
+        return self._registry.latest()
+
+    @names_store
+    def get_model(self, id_or_name: int | str, version: int | str | None = None) -> Model:
+        """One version of a model by instance id or name: the latest, a version number, or an alias."""
+        return self._registry.get(id_or_name, version)
+
+    @names_store
+    def model_versions(self, id_or_name: int | str) -> list[Model]:
+        """Every version of a model, oldest first."""
+        return self._registry.versions(id_or_name)
+
+    @names_store
+    def load_model(self, id_or_name: int | str, version: int | str | None = None, *,
+                   trusted: bool = False) -> Any:
+        """The instance of a model version. A pickled model (or a skops one with types skops does not
+        know) needs ``trusted=True``: loading it runs code its writer chose (see labvault.serializers)."""
+        return self._registry.load(id_or_name, version, trusted=trusted)
+
+    @names_store
+    def set_model_alias(self, id_or_name: int | str, alias: str, version: int) -> None:
+        """Point an alias such as ``"production"`` at a version (``get_model(name, "production")``)."""
+        self._registry.set_alias(id_or_name, alias, version)
+
     def _experiment_by_id(self, experiment_id: str) -> Experiment:
         for e in self.backend.list_experiments():
             if e.id == experiment_id:
@@ -499,7 +552,8 @@ class Vault:
         self, experiments: str | Experiment | Sequence[str | Experiment] | None, project: str | None
     ) -> list[ExperimentInfo]:
         if experiments is None:
-            return self.backend.list_experiments(project)
+            found = self.backend.list_experiments(project)
+            return found if project is not None else without_model_project(found)
         if isinstance(experiments, str | Experiment):
             items: Sequence[str | Experiment] = [experiments]
         elif isinstance(experiments, list | tuple):

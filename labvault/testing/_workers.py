@@ -26,6 +26,15 @@ def start_runs(uri: str, experiment: str, count: int, barrier_path: str) -> list
     return numbers
 
 
+def create_models(uri: str, count: int, barrier_path: str) -> list[int]:
+    """Wait for the barrier file, then create ``count`` models; return their instance ids."""
+    deadline = time.time() + 30
+    while barrier_path and not os.path.exists(barrier_path) and time.time() < deadline:
+        time.sleep(0.005)
+    with labvault.open(uri) as vault:
+        return [vault.create_model(None, {"pid": os.getpid(), "i": i}).instance_id for i in range(count)]
+
+
 def _print_result(value: object) -> None:
     print(json.dumps(value), flush=True)
 

@@ -9,6 +9,7 @@ The tests live in themed mixins, composed here into one class:
 =====================  ====================================================================
 ``suite_runs``         experiments, the run lifecycle, params, tags, results
 ``suite_verbs``        delete and restore, rename, resume a run
+``suite_models``       models: ids, versions, names, aliases, serializers, safe loading
 ``suite_validation``   bad text and unstorable numbers refused on every path
 ``suite_metrics``      metric histories, latest values, exact steps, flushing, batch ids
 ``suite_artifacts``    artifact sources, replacement, deduplication, verification, streaming
@@ -28,6 +29,7 @@ from labvault.testing.bad_input import BadInputTests
 from labvault.testing.suite_artifacts import ArtifactTests
 from labvault.testing.suite_feed import FeedTests
 from labvault.testing.suite_metrics import MetricTests
+from labvault.testing.suite_models import ModelTests
 from labvault.testing.suite_processes import ProcessTests
 from labvault.testing.suite_runs import RunTests
 from labvault.testing.suite_search import SearchTests
@@ -38,6 +40,6 @@ __all__ = ["BackendTests"]
 
 # pytest collects a class's tests in reverse MRO order: the mixins are listed last-section-first so that
 # the tests run in the order of the sections (the bad-input table first, as when it was the only base).
-class BackendTests(ProcessTests, FeedTests, SearchTests, ArtifactTests, MetricTests, ValidationTests,
-                   VerbTests, RunTests, BadInputTests):
+class BackendTests(ModelTests, ProcessTests, FeedTests, SearchTests, ArtifactTests, MetricTests,
+                   ValidationTests, VerbTests, RunTests, BadInputTests):
     """Subclass and provide a ``uri`` fixture returning the URI of a fresh, empty store."""

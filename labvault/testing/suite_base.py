@@ -19,9 +19,9 @@ import pytest
 
 import labvault
 from labvault.client.vault import Vault
-from labvault.testing._workers import start_runs
+from labvault.testing._workers import create_models, start_runs
 
-__all__ = ["SuiteBase", "run_worker", "start_runs_worker"]
+__all__ = ["SuiteBase", "create_models_worker", "run_worker", "start_runs_worker"]
 
 
 def run_worker(func: str, *args: Any, timeout: float = 60) -> str:
@@ -33,6 +33,11 @@ def run_worker(func: str, *args: Any, timeout: float = 60) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"worker {func} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+def create_models_worker(args: tuple[str, int, str]) -> list[int]:
+    """``_workers.create_models`` for a ``multiprocessing`` pool."""
+    return create_models(*args)
 
 
 def start_runs_worker(args: tuple[str, str, int, str]) -> list[int]:
