@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from s3_server import s3_server, s3_url  # noqa: F401  (fixtures)
-from test_conformance_http import free_port, wait_healthy
+from server_process import add_admin, free_port, start_server, stop_server
 from test_conformance_postgres import pg_database  # noqa: F401  (module fixture)
 from test_conformance_redis import fresh_redis_uri
 
@@ -48,9 +48,7 @@ BACKENDS = ("memory", "file", "sqlite", "postgresql", "redis", "http")
 # -- stores -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def auth_token(tmp_path_factory: pytest.TempPathFactory) -> tuple[AuthStore, str]:
-    store = AuthStore(tmp_path_factory.mktemp("auth") / "auth.db")
-    store.add_user("sync", "admin")
-    _, token = store.create_token("sync")
+    store, _, token = add_admin(tmp_path_factory.mktemp("auth") / "auth.db", "sync")
     return store, token
 
 
@@ -431,32 +429,11 @@ def test_push_killed_half_way_finishes_without_duplicates(tmp_path: Path) -> Non
 
 
 # -- offline: the server stops, logging goes on, push later --------------------------------------------------
-def _start_server(root: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "labvault", "server", "--backend", f"sqlite:///{root / 'store.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--insecure",
-         "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "LABVAULT_AUTH_DB": str(root / "auth.db"), "LABVAULT_TOKEN": ""},
-    )
-    wait_healthy(f"http://127.0.0.1:{port}", proc)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABVAULT_TOKEN", "")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start_server(tmp_path, port)
+    server = start_server(tmp_path, port, "--insecure")
     try:
         with labvault.open(str(tmp_path / "local"), remote=url, flush_interval=0.05) as local:
             exp = local.experiment("offline", project="proj")
@@ -464,7 +441,7 @@ def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 first.log_metric("m", 1.0)
             local.push("offline")
             assert local.online
-            _stop(server)
+            stop_server(server)
             assert not local.online
             logged: list[tuple[int, float, float]] = []
             with exp.start_run(name="offline-run", params={"lr": 0.5}) as run:
@@ -476,7 +453,7 @@ def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 run.log_artifact("out.bin", b"x" * 100_000)
             with pytest.raises(BackendUnavailableError):
                 local.push("offline")
-            server = _start_server(tmp_path, port)
+            server = start_server(tmp_path, port, "--insecure")
             assert local.online
             report = local.push("offline")
             assert report.runs_created == 1 and report.points_sent == 2000 and report.runs_unchanged == 1
@@ -489,7 +466,7 @@ def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 assert got.get_artifact("out.bin") == b"x" * 100_000
                 assert_same(local.backend, remote.backend, "offline")
     finally:
-        _stop(server)
+        stop_server(server)
 
 
 def test_state_survives_reopen_and_is_kept_per_remote(tmp_path: Path) -> None:
