@@ -17,7 +17,7 @@ from test_query_equivalence import filters_of, orders_of, predicates
 
 import labvault
 from labvault import query
-from labvault.domain import ArtifactInfo, MetricSeries
+from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -329,13 +329,19 @@ def test_os_error_is_backend_unavailable(tmp_path: Path) -> None:
 
 
 # -- processes --
-def _race_worker(args: tuple[str, str, int]) -> list[int]:
-    root, barrier, count = args
+def _at_barrier(root: str, barrier: str) -> tuple[FileBackend, ExperimentInfo]:
+    """In a racing worker: wait (30 s at most) for the file ``barrier``, then open the store at ``root`` and
+    get-or-create its experiment ``race``."""
     deadline = time.time() + 30
     while not os.path.exists(barrier) and time.time() < deadline:
         time.sleep(0.002)
     b = FileBackend.from_uri(root)
-    exp = b.ensure_experiment("race", "default")
+    return b, b.ensure_experiment("race", "default")
+
+
+def _race_worker(args: tuple[str, str, int]) -> list[int]:
+    root, barrier, count = args
+    b, exp = _at_barrier(root, barrier)
     return [b.create_run(exp.id, name=None, parent_id=None, start_time=time.time(), params={"i": i},
                          tags={}).number for i in range(count)]
 
@@ -533,11 +539,7 @@ def test_big_integers_and_nested_params_round_trip_and_are_copies(root: Path, ba
 
 def _worker_mixed(args: tuple[str, str, int]) -> list[int]:
     root, barrier, count = args
-    deadline = time.time() + 30
-    while not os.path.exists(barrier) and time.time() < deadline:
-        time.sleep(0.002)
-    b = FileBackend.from_uri(root)
-    exp = b.ensure_experiment("race", "default")
+    b, exp = _at_barrier(root, barrier)
     numbers = []
     for i in range(count):
         r = b.create_run(exp.id, name=None, parent_id=None, start_time=time.time(),

@@ -256,44 +256,47 @@ def test_metrics_merge_as_union_both_ways(pair: tuple[Vault, Vault]) -> None:
     assert local.last_sync is not None and not local.last_sync.changed
 
 
-def test_conflicting_tags_and_params_raise_naming_run_and_fields(pair: tuple[Vault, Vault]) -> None:
-    local, remote = pair
+def _tag_t_diverged(local: Vault, remote: Vault) -> str:
+    """A run ``r`` of experiment ``c`` (project ``proj``), pushed, then its tag ``t`` set to ``mine`` locally
+    and ``theirs`` on the remote; its id."""
     with local.experiment("c", project="proj").start_run(name="r", tags={"t": "0"}) as run:
         pass
     local.push("c")
     local.get_run(run.id).set_tag("t", "mine")
-    local.get_run(run.id).log_param("seed", 1)
     remote.get_run(run.id).set_tag("t", "theirs")
-    remote.get_run(run.id).log_param("seed", 2)
-    remote.get_run(run.id).set_tag("other", "x")  # changed on the remote only: no conflict
+    return run.id
+
+
+def test_conflicting_tags_and_params_raise_naming_run_and_fields(pair: tuple[Vault, Vault]) -> None:
+    local, remote = pair
+    run_id = _tag_t_diverged(local, remote)
+    local.get_run(run_id).log_param("seed", 1)
+    remote.get_run(run_id).log_param("seed", 2)
+    remote.get_run(run_id).set_tag("other", "x")  # changed on the remote only: no conflict
     [status] = local.sync_status("c")
     assert status.state == "diverged" and status.conflicts == ["p:seed", "t:t"]
     for op in (lambda: local.push("c"), lambda: local.pull("c")):
         with pytest.raises(ConflictError) as info:
             op()
         text = str(info.value)
-        assert run.id in text and "'seed'" in text and "'t'" in text and "mine" in text and "theirs" in text
-    assert remote.get_run(run.id).tags["t"] == "theirs"  # nothing written
+        assert run_id in text and "'seed'" in text and "'t'" in text and "mine" in text and "theirs" in text
+    assert remote.get_run(run_id).tags["t"] == "theirs"  # nothing written
     with pytest.raises(InvalidArgumentError):
         local.push("c", on_conflict="mine")  # type: ignore[arg-type]
     report = local.push("c", on_conflict="ours")
-    assert sorted(report.conflicts_resolved) == [f"{run.id}:p:seed", f"{run.id}:t:t"]
-    assert remote.get_run(run.id).tags == {"t": "mine", "other": "x"}
-    assert remote.get_run(run.id).params == {"seed": 2}  # write-once: each store keeps its param
+    assert sorted(report.conflicts_resolved) == [f"{run_id}:p:seed", f"{run_id}:t:t"]
+    assert remote.get_run(run_id).tags == {"t": "mine", "other": "x"}
+    assert remote.get_run(run_id).params == {"seed": 2}  # write-once: each store keeps its param
     local.pull("c")
-    assert local.get_run(run.id).tags == {"t": "mine", "other": "x"}
+    assert local.get_run(run_id).tags == {"t": "mine", "other": "x"}
     assert [s.state for s in local.sync_status("c")] == ["in sync"]
 
 
 def test_theirs_takes_the_remote_value_on_pull(pair: tuple[Vault, Vault]) -> None:
     local, remote = pair
-    with local.experiment("c", project="proj").start_run(name="r", tags={"t": "0"}) as run:
-        pass
-    local.push("c")
-    local.get_run(run.id).set_tag("t", "mine")
-    remote.get_run(run.id).set_tag("t", "theirs")
+    run_id = _tag_t_diverged(local, remote)
     local.pull("c", on_conflict="theirs")
-    assert local.get_run(run.id).tags["t"] == "theirs"
+    assert local.get_run(run_id).tags["t"] == "theirs"
     assert [s.state for s in local.sync_status("c")] == ["in sync"]
     assert not local.push("c").changed
 
