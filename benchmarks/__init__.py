@@ -11,5 +11,19 @@ Nothing here imports labvault at module level: the workload scripts import it in
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 #: Line prefix a workload subprocess prints before its JSON result.
 RESULT_PREFIX = "BENCH_RESULT "
+
+
+def git_revision() -> str:
+    """The repository's short HEAD commit, with " + uncommitted changes" when the work tree is dirty."""
+    def git(*a: str) -> str:
+        done = subprocess.run(["git", *a], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                              text=True, check=False)
+        return done.stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "?"
+    return rev + (" + uncommitted changes" if git("status", "--porcelain") else "")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import RESULT_PREFIX
+from benchmarks import RESULT_PREFIX, git_revision
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -595,15 +595,6 @@ def versions(python: str, packages: list[str]) -> dict[str, str]:
         return result
     except json.JSONDecodeError:
         return {}
-
-
-def git_revision() -> str:
-    def git(*a: str) -> str:
-        done = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    rev = git("rev-parse", "--short", "HEAD") or "?"
-    return rev + (" + uncommitted changes" if git("status", "--porcelain") else "")
 
 
 def keep_profile_section(path: Path) -> str:

@@ -109,35 +109,33 @@ def is_ready(path: Path) -> bool:
     return (path / ".ready").is_file()
 
 
+#: The start of both probes: ``rss_now()``, this process's resident memory in MiB (0.0 if unknown).
+_RSS_NOW = """\
+def rss_now():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+"""
+
 #: Run with ``python -c``: measures one import in an interpreter that has loaded nothing but ``site``, then
 #: (separately) a first use of the library, "hello world": open a new store, one run, one metric, close.
-_IMPORT_PROBE = """\
+_IMPORT_PROBE = _RSS_NOW + """\
 import time
 t0 = time.perf_counter()
 import {module}
 seconds = time.perf_counter() - t0
-rss = 0.0
-with open("/proc/self/status") as fh:
-    for line in fh:
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
+rss = rss_now()
 t1 = time.perf_counter()
 {first_use}
 first_use = time.perf_counter() - t1
-rss2 = 0.0
-with open("/proc/self/status") as fh:
-    for line in fh:
-        if line.startswith("VmRSS:"):
-            rss2 = int(line.split()[1]) / 1024
+rss2 = rss_now()
 print(repr((seconds, rss, first_use, rss2)))
 """
 
-_BARE_PROBE = """\
-rss = 0.0
-with open("/proc/self/status") as fh:
-    for line in fh:
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
+_BARE_PROBE = _RSS_NOW + """\
+rss = rss_now()
 print(repr((0.0, rss, 0.0, rss)))
 """
 

@@ -50,7 +50,6 @@ import httpx
 import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
 DEFAULT_OUTPUT = BENCH_DIR / "LOAD_RESULTS.md"
 PG_SERVER = os.environ.get("LABVAULT_BENCH_PG", "postgres@127.0.0.1:5432")
 SECTION = "## Load test"
@@ -512,17 +511,10 @@ def pg_version() -> str:
         return "?"
 
 
-def git_revision() -> str:
-    def git(*a: str) -> str:
-        done = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    rev = git("rev-parse", "--short", "HEAD") or "?"
-    return rev + (" + uncommitted changes" if git("status", "--porcelain") else "")
-
-
 def report(args: argparse.Namespace, command: str, result: dict[str, Any], stats: Stats) -> str:
     """The markdown section (also printed)."""
+    from benchmarks import git_revision  # lazy: lv_workloads.py imports this file as top-level `load`
+
     elapsed = result["elapsed"]
     # run.log_artifact (library mode) is two requests: the content, then the index entry
     total = sum(len(v) for v in stats.latencies.values()) + len(stats.latencies["log_artifact"])

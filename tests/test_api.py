@@ -98,16 +98,22 @@ def test_frame_columns_and_types() -> None:
         assert len(empty) == 0 and "id" in empty.columns
 
 
+def _break(monkeypatch: pytest.MonkeyPatch, backend: object, method: str) -> object:
+    """Make ``backend.<method>`` raise ``OSError("disk full")``; return the method it was."""
+    original = getattr(backend, method)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(backend, method, broken)
+    return original
+
+
 def test_flush_failure_keeps_points(monkeypatch: pytest.MonkeyPatch) -> None:
     with labvault.open("memory://") as vault:
         run = vault.experiment("e").start_run()
         run.log_metric("m", 1.0)
-        original = vault.backend.log_metrics
-
-        def broken(*args: object, **kwargs: object) -> None:
-            raise OSError("disk full")
-
-        monkeypatch.setattr(vault.backend, "log_metrics", broken)
+        original = _break(monkeypatch, vault.backend, "log_metrics")
         with pytest.raises(OSError):
             run.flush()
         monkeypatch.setattr(vault.backend, "log_metrics", original)
@@ -160,12 +166,7 @@ def test_small_artifact_flush_failure_keeps_them(monkeypatch: pytest.MonkeyPatch
     with labvault.open("memory://") as vault:
         run = vault.experiment("e").start_run()
         run.log_artifact("a.txt", b"first")
-        original = vault.backend.add_artifacts
-
-        def broken(*args: object, **kwargs: object) -> None:
-            raise OSError("disk full")
-
-        monkeypatch.setattr(vault.backend, "add_artifacts", broken)
+        original = _break(monkeypatch, vault.backend, "add_artifacts")
         with pytest.raises(OSError):
             run.flush()
         run.log_artifact("b.txt", b"second")

@@ -14,23 +14,21 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_conformance_http import free_port, wait_healthy
+from server_process import add_admin, running_server
 
 import labvault
 from labvault import wire
-from labvault.server.auth import AuthStore
+from labvault.client.vault import Vault
 from labvault.store.abc import Backend
 from labvault.testing.bad_input import store_snapshot
 
@@ -52,52 +50,30 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _start_server(root: Path) -> tuple[subprocess.Popen[bytes], int, str]:
-    auth = AuthStore(root / "auth.db")
-    auth.add_user("ana", "admin")
-    _, token = auth.create_token("ana")
+@contextmanager
+def _served(root: Path) -> Iterator[tuple[int, str, Vault]]:
+    """A server over ``root`` (4 MB request limit) for the block: (its port, an admin token, a vault)."""
+    auth, _, token = add_admin(root / "auth.db", "ana")
     auth.close()
-    port = free_port()
-    log = root / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "labvault", "server", "--backend", f"sqlite:///{root / 'store.db'}",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning",
-             "--max-request-mb", "4"],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "LABVAULT_AUTH_DB": str(root / "auth.db"), "LABVAULT_TOKEN": ""},
-        )
-    wait_healthy(f"http://127.0.0.1:{port}", proc, log=log)
-    return proc, port, token
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with running_server(root, "--max-request-mb", "4", log=root / "server.log") as (url, _), \
+            labvault.open(url, token=token) as vault:
+        yield int(url.rsplit(":", 1)[1]), token, vault
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the table, holding an experiment ``valid`` with a run that has a bit of everything."""
-    proc, port, token = _start_server(tmp_path_factory.mktemp("bad-input-server"))
-    try:
-        with labvault.open(f"http://127.0.0.1:{port}", token=token) as vault:
-            exp = vault.experiment("valid")
-            with exp.start_run(name="target", params={"keep": 1}, tags={"team": "a"}) as done:
-                done.log_artifact("a.txt", b"artifact")  # 8 bytes
-            run = exp.start_run(params={"lr": 0.1}, tags={"t": "v"})
-            run.log_result("r", {"score": 1})
-            run.log_metric("loss", 0.5, step=0)
-            run.log_artifact("b.txt", b"bytes")
-            run.flush()
-            yield Server(port, token, vault.backend, {"exp": exp.id, "run": run.id, "done": done.id})
-            run.end()
-    finally:
-        _stop(proc)
+    with _served(tmp_path_factory.mktemp("bad-input-server")) as (port, token, vault):
+        exp = vault.experiment("valid")
+        with exp.start_run(name="target", params={"keep": 1}, tags={"team": "a"}) as done:
+            done.log_artifact("a.txt", b"artifact")  # 8 bytes
+        run = exp.start_run(params={"lr": 0.1}, tags={"t": "v"})
+        run.log_result("r", {"score": 1})
+        run.log_metric("loss", 0.5, step=0)
+        run.log_artifact("b.txt", b"bytes")
+        run.flush()
+        yield Server(port, token, vault.backend, {"exp": exp.id, "run": run.id, "done": done.id})
+        run.end()
 
 
 # -- raw requests --------------------------------------------------------------------------------------------
@@ -427,16 +403,12 @@ EVIL = ["\udcff", "\ud800", "a\udcffb", "\udc00\ud800", "\x00", "a\x00b", "\ud80
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of its own for the fuzzer (the junk it writes stays out of the table's store)."""
-    proc, port, token = _start_server(tmp_path_factory.mktemp("fuzz-server"))
-    try:
-        with labvault.open(f"http://127.0.0.1:{port}", token=token) as vault:
-            exp = vault.experiment("fuzz")
-            with exp.start_run(params={"lr": 0.1}) as run:
-                run.log_metric("loss", 1.0)
-                run.log_artifact("a.txt", b"artifact")
-            yield Server(port, token, vault.backend, {"experiment_id": exp.id, "run_id": run.id})
-    finally:
-        _stop(proc)
+    with _served(tmp_path_factory.mktemp("fuzz-server")) as (port, token, vault):
+        exp = vault.experiment("fuzz")
+        with exp.start_run(params={"lr": 0.1}) as run:
+            run.log_metric("loss", 1.0)
+            run.log_artifact("a.txt", b"artifact")
+        yield Server(port, token, vault.backend, {"experiment_id": exp.id, "run_id": run.id})
 
 
 def _poison(value: Any, draw: Any, st: Any) -> tuple[Any, int]:

@@ -7,18 +7,13 @@ SQLite tables.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from raw_media import ServedStore, SQLTables
+from server_process import add_admin, running_server
 
 import labvault
 from labvault.server.app import create_app
@@ -30,9 +25,7 @@ from labvault.testing import BackendHookTests, BackendTests
 
 @pytest.fixture(scope="module")
 def auth_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[AuthStore, str]:
-    store = AuthStore(tmp_path_factory.mktemp("auth") / "auth.db")
-    store.add_user("suite", "admin")
-    _, token = store.create_token("suite")
+    store, _, token = add_admin(tmp_path_factory.mktemp("auth") / "auth.db", "suite")
     return store, token
 
 
@@ -47,33 +40,6 @@ class TestInProcessHTTPBackend(BackendTests):
             yield uri
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, log: Path | None = None,
-                 **kw: object) -> None:
-    """Wait until the server answers its health check; show its output (pipe or ``log`` file) if it died."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            if log is not None:
-                out = log.read_text(errors="replace")
-            else:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-            raise AssertionError(f"server exited with {proc.returncode}:\n{out}")
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=1.0, **kw).status_code == 200:  # type: ignore[arg-type]
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"server at {url} did not become healthy in {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def socket_server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of the socket server's auth database, store (``store.db``) and log."""
@@ -84,32 +50,10 @@ def socket_server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def socket_server(socket_server_root: Path) -> Iterator[tuple[str, str]]:
     """``labvault server`` on a free loopback port over SQLite; yields (url, admin token)."""
     root = socket_server_root
-    auth = AuthStore(root / "auth.db")
-    auth.add_user("suite", "admin")
-    _, token = auth.create_token("suite")
+    auth, _, token = add_admin(root / "auth.db", "suite")
     auth.close()
-    port = free_port()
-    env = {**os.environ, "LABVAULT_AUTH_DB": str(root / "auth.db"), "LABVAULT_TOKEN": ""}
-    log = root / "server.log"
-    # The output goes to a file: a pipe nobody reads fills up (64 KiB of logged tracebacks) and the
-    # server then blocks on its next log line, hanging every request.
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "labvault", "server", "--backend", f"sqlite:///{root / 'store.db'}",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log=log)
+    with running_server(root, log=root / "server.log") as (url, _):
         yield url, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class TestSocketHTTPBackend(BackendTests):

@@ -24,30 +24,41 @@ ADMIN_URI = os.environ.get("LABVAULT_TEST_POSTGRES", "postgresql://postgres@127.
 START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 
 
-def _admin() -> Any:
+BASE = ADMIN_URI.rsplit("/", 1)[0]
+
+
+def connect_admin() -> Any:
+    """An autocommit connection to ``ADMIN_URI``, or the test is skipped (or fails, in CI) by
+    ``require_service`` when PostgreSQL does not answer."""
     import psycopg
 
-    return psycopg.connect(ADMIN_URI, autocommit=True, connect_timeout=3)
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    """A fresh database ``labvault_test_<hex>``; yields its URI (no options) and drops it afterwards."""
     try:
-        admin = _admin()
+        conn = psycopg.connect(ADMIN_URI, autocommit=True, connect_timeout=3)
     except Exception:
-        admin = None
-    require_service("PostgreSQL", admin is not None, START)
-    assert admin is not None
+        conn = None
+    require_service("PostgreSQL", conn is not None, START)
+    assert conn is not None
+    return conn
+
+
+def create_database(admin: Any) -> str:
+    """Create a database ``labvault_test_<hex>`` (ICU ``en-US`` collation if the server has ICU); its name."""
     name = f"labvault_test_{secrets.token_hex(6)}"
     try:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' '
                       "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'")
     except Exception:  # a server without ICU: its default collation
         admin.execute(f'CREATE DATABASE "{name}"')
-    base = ADMIN_URI.rsplit("/", 1)[0]
+    return name
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A fresh database ``labvault_test_<hex>``; yields its URI (no options) and drops it afterwards."""
+    admin = connect_admin()
+    name = create_database(admin)
     try:
-        yield f"{base}/{name}"
+        yield f"{BASE}/{name}"
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()

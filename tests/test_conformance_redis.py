@@ -3,6 +3,7 @@ server on 127.0.0.1:6379."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import uuid
 from collections.abc import Iterator
@@ -38,11 +39,8 @@ def fresh_redis_uri() -> Iterator[str]:
     yield uri
     from labvault.store.redis.backend import RedisBackend
 
-    backend = RedisBackend.from_uri(uri)
-    try:
+    with contextlib.closing(RedisBackend.from_uri(uri)) as backend:
         backend.destroy()
-    finally:
-        backend.close()
 
 
 class TestRedisBackend(BackendTests):

@@ -5,6 +5,7 @@ adds: numbers claimed with If-None-Match, documents swapped with If-Match."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -59,11 +60,8 @@ class TestBlobBackendOverMemory(BackendTests):
 def s3_vault_uri(s3_url: str) -> Iterator[str]:  # noqa: F811 - the imported fixture
     """A fresh prefix in the test bucket as a vault URI; every object under it is deleted afterwards."""
     yield s3_url
-    backend = S3Backend.from_uri(s3_url)
-    try:
+    with contextlib.closing(S3Backend.from_uri(s3_url)) as backend:
         backend.destroy()
-    finally:
-        backend.close()
 
 
 class TestS3Backend(BackendTests):

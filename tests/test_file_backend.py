@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -14,10 +13,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_query_equivalence import filters_of, orders_of, predicates
 
 import labvault
 from labvault import query
-from labvault.domain import ArtifactInfo, MetricSeries
+from labvault.domain import ArtifactInfo, ExperimentInfo, MetricSeries
 from labvault.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -29,6 +29,7 @@ from labvault.errors import (
 from labvault.store.file.backend import FORMAT_VERSION, FileBackend
 from labvault.store.file.segments import seg_name
 from labvault.store.file.upgrade import upgrade
+from labvault.testing.suite_base import run_at_once
 
 
 def _series(key: str, values: list[float], start: int = 0) -> MetricSeries:
@@ -328,13 +329,19 @@ def test_os_error_is_backend_unavailable(tmp_path: Path) -> None:
 
 
 # -- processes --
-def _race_worker(args: tuple[str, str, int]) -> list[int]:
-    root, barrier, count = args
+def _at_barrier(root: str, barrier: str) -> tuple[FileBackend, ExperimentInfo]:
+    """In a racing worker: wait (30 s at most) for the file ``barrier``, then open the store at ``root`` and
+    get-or-create its experiment ``race``."""
     deadline = time.time() + 30
     while not os.path.exists(barrier) and time.time() < deadline:
         time.sleep(0.002)
     b = FileBackend.from_uri(root)
-    exp = b.ensure_experiment("race", "default")
+    return b, b.ensure_experiment("race", "default")
+
+
+def _race_worker(args: tuple[str, str, int]) -> list[int]:
+    root, barrier, count = args
+    b, exp = _at_barrier(root, barrier)
     return [b.create_run(exp.id, name=None, parent_id=None, start_time=time.time(), params={"i": i},
                          tags={}).number for i in range(count)]
 
@@ -342,12 +349,7 @@ def _race_worker(args: tuple[str, str, int]) -> list[int]:
 def test_eight_processes_start_runs_at_once(tmp_path: Path) -> None:
     root = str(tmp_path / "store")
     barrier = str(tmp_path / "go")
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(8) as pool:
-        pending = pool.map_async(_race_worker, [(root, barrier, 10)] * 8)
-        time.sleep(1.0)
-        Path(barrier).touch()
-        results = pending.get(timeout=120)
+    results = run_at_once(_race_worker, (root, barrier, 10), 8, barrier, timeout=120)
     numbers = sorted(n for nums in results for n in nums)
     assert numbers == list(range(1, 81))
     b = FileBackend.from_uri(root)
@@ -537,11 +539,7 @@ def test_big_integers_and_nested_params_round_trip_and_are_copies(root: Path, ba
 
 def _worker_mixed(args: tuple[str, str, int]) -> list[int]:
     root, barrier, count = args
-    deadline = time.time() + 30
-    while not os.path.exists(barrier) and time.time() < deadline:
-        time.sleep(0.002)
-    b = FileBackend.from_uri(root)
-    exp = b.ensure_experiment("race", "default")
+    b, exp = _at_barrier(root, barrier)
     numbers = []
     for i in range(count):
         r = b.create_run(exp.id, name=None, parent_id=None, start_time=time.time(),
@@ -560,12 +558,7 @@ def _worker_mixed(args: tuple[str, str, int]) -> list[int]:
 def test_concurrent_writers_keep_numbers_dense_and_every_change(tmp_path: Path) -> None:
     root = str(tmp_path / "store")
     barrier = str(tmp_path / "go")
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(6) as pool:
-        pending = pool.map_async(_worker_mixed, [(root, barrier, 25)] * 6)
-        time.sleep(1.0)
-        Path(barrier).touch()
-        results = pending.get(timeout=180)
+    results = run_at_once(_worker_mixed, (root, barrier, 25), 6, barrier)
     assert sorted(n for nums in results for n in nums) == list(range(1, 151))
     for attempt in ("index", "journal only"):
         b = FileBackend.from_uri(root)
@@ -667,30 +660,9 @@ def _literals(field: str) -> st.SearchStrategy[str]:
     return _TIME_LITERALS if field.endswith("_time") else _LITERALS
 
 
-@st.composite
-def _predicates(draw: st.DrawFn) -> str:
-    field = draw(_FIELDS)
-    kind = draw(st.sampled_from(["cmp", "in", "null", "like"]))
-    if kind == "cmp":
-        return f"{field} {draw(st.sampled_from(['=', '!=', '<', '<=', '>', '>=']))} {draw(_literals(field))}"
-    if kind == "in":
-        values = draw(st.lists(_literals(field), min_size=1, max_size=3))
-        return f"{field} {draw(st.sampled_from(['IN', 'NOT IN']))} ({', '.join(values)})"
-    if kind == "null":
-        return f"{field} IS {draw(st.sampled_from(['', 'NOT ']))}NULL"
-    pattern = draw(st.sampled_from(["'a%'", "'%b'", "'_'", "'x%'", "'%'", "'r-_'", "'A%'", "'[%'"]))
-    return f"{field} {draw(st.sampled_from(['LIKE', 'NOT LIKE', 'ILIKE']))} {pattern}"
-
-
-_FILTERS = st.recursive(
-    _predicates(),
-    lambda inner: st.one_of(
-        st.tuples(inner, st.sampled_from(["AND", "OR"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
-        inner.map(lambda f: f"NOT {f}"),
-    ),
-    max_leaves=4,
-)
-_ORDERS = st.lists(st.tuples(_FIELDS, st.sampled_from(["", " asc", " desc"])).map("".join), max_size=2)
+_PATTERNS = st.sampled_from(["'a%'", "'%b'", "'_'", "'x%'", "'%'", "'r-_'", "'A%'", "'[%'"])
+_FILTERS = filters_of(predicates(_FIELDS, _literals, _PATTERNS))
+_ORDERS = orders_of(_FIELDS)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

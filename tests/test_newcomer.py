@@ -91,7 +91,7 @@ def test_server_without_backend_serves_the_default_store(tmp_path: Path) -> None
     import sys
 
     import httpx
-    from test_conformance_http import free_port, wait_healthy
+    from server_process import free_port, wait_healthy
 
     env = {**os.environ, "LABVAULT_URI": "", "LABVAULT_AUTH_DB": str(tmp_path / "auth.db")}
     made = subprocess.run([sys.executable, "-c", "import labvault\nwith labvault.open() as v:\n"

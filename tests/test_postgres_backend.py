@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import secrets
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_conformance_postgres import BASE, connect_admin, create_database
 from test_sql_backend import check_index_agrees_with_sql, check_index_follows_writes
 
 import labvault
@@ -42,38 +42,12 @@ from labvault.errors import (
 from labvault.store import sql
 from labvault.store.sql.schema import SCHEMA_VERSION, schema_metadata
 from labvault.testing.blob_suite import BlobStoreTests
-from labvault.testing.plugin import require_service
-
-ADMIN_URI = os.environ.get("LABVAULT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-BASE = ADMIN_URI.rsplit("/", 1)[0]
-
-
-def _admin() -> Any:
-    import psycopg
-
-    return psycopg.connect(ADMIN_URI, autocommit=True, connect_timeout=3)
-
-
-def _create_database(admin: Any) -> str:
-    name = f"labvault_test_{secrets.token_hex(6)}"
-    try:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' '
-                      "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'")
-    except Exception:  # a server without ICU: its default collation
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return name
 
 
 @pytest.fixture(scope="module")
 def admin() -> Iterator[Any]:
     """An autocommit admin connection; the databases it created are dropped at the end."""
-    try:
-        conn = _admin()
-    except Exception:
-        conn = None
-    require_service("PostgreSQL", conn is not None, START)
-    assert conn is not None
+    conn = connect_admin()
     conn.created = []  # type: ignore[attr-defined]
     yield conn
     for name in conn.created:  # type: ignore[attr-defined]
@@ -81,20 +55,22 @@ def admin() -> Iterator[Any]:
     conn.close()
 
 
+def _new_database(admin: Any) -> str:
+    name = create_database(admin)
+    admin.created.append(name)
+    return f"{BASE}/{name}"
+
+
 @pytest.fixture(scope="module")
 def database(admin: Any) -> str:
     """The URI of this module's database (created once)."""
-    name = _create_database(admin)
-    admin.created.append(name)
-    return f"{BASE}/{name}"
+    return _new_database(admin)
 
 
 @pytest.fixture
 def fresh_database(admin: Any) -> str:
     """The URI of a new, empty database (dropped with the module's)."""
-    name = _create_database(admin)
-    admin.created.append(name)
-    return f"{BASE}/{name}"
+    return _new_database(admin)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,28 +49,41 @@ PATTERNS = st.sampled_from(["'a%'", "'%b'", "'_'", "'x%'", "'%'", "'r-_'", "'A%'
 
 
 @st.composite
-def predicates(draw: st.DrawFn) -> str:
-    field = draw(FIELDS)
+def predicates(draw: st.DrawFn, fields: st.SearchStrategy[str] = FIELDS,
+               literals: Callable[[str], st.SearchStrategy[str]] = lambda field: LITERALS,
+               patterns: st.SearchStrategy[str] = PATTERNS) -> str:
+    """One comparison, IN list, IS NULL or LIKE on a field of ``fields`` (``literals(field)``: its values)."""
+    field = draw(fields)
     kind = draw(st.sampled_from(["cmp", "in", "null", "like"]))
     if kind == "cmp":
-        return f"{field} {draw(st.sampled_from(['=', '!=', '<', '<=', '>', '>=']))} {draw(LITERALS)}"
+        return f"{field} {draw(st.sampled_from(['=', '!=', '<', '<=', '>', '>=']))} {draw(literals(field))}"
     if kind == "in":
-        values = draw(st.lists(LITERALS, min_size=1, max_size=3))
+        values = draw(st.lists(literals(field), min_size=1, max_size=3))
         return f"{field} {draw(st.sampled_from(['IN', 'NOT IN']))} ({', '.join(values)})"
     if kind == "null":
         return f"{field} IS {draw(st.sampled_from(['', 'NOT ']))}NULL"
-    return f"{field} {draw(st.sampled_from(['LIKE', 'NOT LIKE', 'ILIKE']))} {draw(PATTERNS)}"
+    return f"{field} {draw(st.sampled_from(['LIKE', 'NOT LIKE', 'ILIKE']))} {draw(patterns)}"
 
 
-FILTERS = st.recursive(
-    predicates(),
-    lambda inner: st.one_of(
-        st.tuples(inner, st.sampled_from(["AND", "OR"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
-        inner.map(lambda f: f"NOT {f}"),
-    ),
-    max_leaves=4,
-)
-ORDERS = st.lists(st.tuples(FIELDS, st.sampled_from(["", " asc", " desc"])).map("".join), max_size=2)
+def filters_of(leaves: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Filters of up to four ``leaves`` joined by AND, OR and NOT."""
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.tuples(inner, st.sampled_from(["AND", "OR"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+            inner.map(lambda f: f"NOT {f}"),
+        ),
+        max_leaves=4,
+    )
+
+
+def orders_of(fields: st.SearchStrategy[str]) -> st.SearchStrategy[list[str]]:
+    """ORDER BY lists of up to two of ``fields``, each with no direction, asc or desc."""
+    return st.lists(st.tuples(fields, st.sampled_from(["", " asc", " desc"])).map("".join), max_size=2)
+
+
+FILTERS = filters_of(predicates())
+ORDERS = orders_of(FIELDS)
 
 
 def _fill(vault: Vault, runs: list[dict[str, Any]]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import multiprocessing
 import pickle
 import socket
 import threading
@@ -26,6 +25,7 @@ from test_sql_backend import check_index_agrees_with_sql, check_index_follows_wr
 import labvault
 from labvault import query
 from labvault.errors import BackendUnavailableError, ConflictError, InvalidArgumentError, NotFoundError
+from labvault.testing.suite_base import run_at_once, start_runs_worker
 
 redis = pytest.importorskip("redis")
 
@@ -415,21 +415,10 @@ def test_unreachable_server_raises_backend_unavailable() -> None:
 
 
 # -- many processes ------------------------------------------------------------------------------------------
-def _start_runs(args: tuple[str, str, int, str]) -> list[int]:
-    from labvault.testing._workers import start_runs
-
-    return start_runs(*args)
-
-
 @pytest.mark.multiprocess
 def test_16_processes_get_dense_run_numbers(uri: str, tmp_path: Path) -> None:
     barrier = tmp_path / "go"
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(16) as pool:
-        pending = pool.map_async(_start_runs, [(uri, "crowd", 3, str(barrier))] * 16)
-        time.sleep(1.0)
-        barrier.touch()
-        results = pending.get(timeout=180)
+    results = run_at_once(start_runs_worker, (uri, "crowd", 3, str(barrier)), 16, barrier)
     assert sorted(n for nums in results for n in nums) == list(range(1, 49))
     with labvault.open(uri) as vault:
         assert [e.name for e in vault.experiments()] == ["crowd"]

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from server_process import add_admin, free_port, stop_server
 
 import labvault
 from labvault import wire
@@ -126,13 +126,6 @@ def error_of(resp: httpx.Response) -> tuple[int, str, str]:
 
 
 # -- socket servers ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class ServerProc:
     """``labvault server`` in a subprocess; output goes to a log file read by ``log()``."""
 
@@ -164,12 +157,7 @@ class ServerProc:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_server(self.proc)
         self._fh.close()
 
 
@@ -312,9 +300,7 @@ def test_tokens_are_hashed_and_compared_in_constant_time(
 
     from argon2 import PasswordHasher
 
-    store = AuthStore(tmp_path / "auth.db")
-    store.add_user("ana", "admin")
-    token_id, token = store.create_token("ana")
+    store, token_id, token = add_admin(tmp_path / "auth.db", "ana")
     secret = token.split("_", 2)[2]
     assert token.startswith(f"lv_{token_id}_") and len(secret) >= 40
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("auth.db*"))  # the database and its WAL

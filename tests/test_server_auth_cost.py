@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from test_conformance_http import free_port, wait_healthy
+from server_process import add_admin, running_server
 
 from labvault.errors import AuthenticationError, BackendUnavailableError, InvalidArgumentError, LabvaultError
 from labvault.server.app import ServerConfig, create_app
@@ -85,28 +85,10 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    auth = AuthStore(tmp_path / "auth.db")
-    auth.add_user("ana", "admin")
-    token_id, token = auth.create_token("ana")
+    auth, token_id, token = add_admin(tmp_path / "auth.db", "ana")
     auth.close()
-    port = free_port()
-    env = {**os.environ, "LABVAULT_AUTH_DB": str(tmp_path / "auth.db"), "LABVAULT_TOKEN": ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "labvault", "server", "--backend", f"sqlite:///{tmp_path / 'store.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc)
+    with running_server(tmp_path) as (url, proc):
         yield Server(url, proc, token, token_id, tmp_path / "auth.db")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def rss_kib(pid: int) -> int:
@@ -241,9 +223,7 @@ def test_a_limited_address_costs_no_argon2_and_unknown_ids_cost_none(
 ) -> None:
     from argon2 import PasswordHasher
 
-    store = AuthStore(tmp_path / "auth.db")
-    store.add_user("ana", "admin")
-    token_id, token = store.create_token("ana")
+    store, token_id, token = add_admin(tmp_path / "auth.db", "ana")
     verifies: list[int] = []
     real_verify = PasswordHasher.verify
     monkeypatch.setattr(PasswordHasher, "verify",

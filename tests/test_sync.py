@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from s3_server import s3_server, s3_url  # noqa: F401  (fixtures)
-from test_conformance_http import free_port, wait_healthy
+from server_process import add_admin, free_port, start_server, stop_server
 from test_conformance_postgres import pg_database  # noqa: F401  (module fixture)
 from test_conformance_redis import fresh_redis_uri
 
@@ -48,9 +48,7 @@ BACKENDS = ("memory", "file", "sqlite", "postgresql", "redis", "http")
 # -- stores -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def auth_token(tmp_path_factory: pytest.TempPathFactory) -> tuple[AuthStore, str]:
-    store = AuthStore(tmp_path_factory.mktemp("auth") / "auth.db")
-    store.add_user("sync", "admin")
-    _, token = store.create_token("sync")
+    store, _, token = add_admin(tmp_path_factory.mktemp("auth") / "auth.db", "sync")
     return store, token
 
 
@@ -258,44 +256,47 @@ def test_metrics_merge_as_union_both_ways(pair: tuple[Vault, Vault]) -> None:
     assert local.last_sync is not None and not local.last_sync.changed
 
 
-def test_conflicting_tags_and_params_raise_naming_run_and_fields(pair: tuple[Vault, Vault]) -> None:
-    local, remote = pair
+def _tag_t_diverged(local: Vault, remote: Vault) -> str:
+    """A run ``r`` of experiment ``c`` (project ``proj``), pushed, then its tag ``t`` set to ``mine`` locally
+    and ``theirs`` on the remote; its id."""
     with local.experiment("c", project="proj").start_run(name="r", tags={"t": "0"}) as run:
         pass
     local.push("c")
     local.get_run(run.id).set_tag("t", "mine")
-    local.get_run(run.id).log_param("seed", 1)
     remote.get_run(run.id).set_tag("t", "theirs")
-    remote.get_run(run.id).log_param("seed", 2)
-    remote.get_run(run.id).set_tag("other", "x")  # changed on the remote only: no conflict
+    return run.id
+
+
+def test_conflicting_tags_and_params_raise_naming_run_and_fields(pair: tuple[Vault, Vault]) -> None:
+    local, remote = pair
+    run_id = _tag_t_diverged(local, remote)
+    local.get_run(run_id).log_param("seed", 1)
+    remote.get_run(run_id).log_param("seed", 2)
+    remote.get_run(run_id).set_tag("other", "x")  # changed on the remote only: no conflict
     [status] = local.sync_status("c")
     assert status.state == "diverged" and status.conflicts == ["p:seed", "t:t"]
     for op in (lambda: local.push("c"), lambda: local.pull("c")):
         with pytest.raises(ConflictError) as info:
             op()
         text = str(info.value)
-        assert run.id in text and "'seed'" in text and "'t'" in text and "mine" in text and "theirs" in text
-    assert remote.get_run(run.id).tags["t"] == "theirs"  # nothing written
+        assert run_id in text and "'seed'" in text and "'t'" in text and "mine" in text and "theirs" in text
+    assert remote.get_run(run_id).tags["t"] == "theirs"  # nothing written
     with pytest.raises(InvalidArgumentError):
         local.push("c", on_conflict="mine")  # type: ignore[arg-type]
     report = local.push("c", on_conflict="ours")
-    assert sorted(report.conflicts_resolved) == [f"{run.id}:p:seed", f"{run.id}:t:t"]
-    assert remote.get_run(run.id).tags == {"t": "mine", "other": "x"}
-    assert remote.get_run(run.id).params == {"seed": 2}  # write-once: each store keeps its param
+    assert sorted(report.conflicts_resolved) == [f"{run_id}:p:seed", f"{run_id}:t:t"]
+    assert remote.get_run(run_id).tags == {"t": "mine", "other": "x"}
+    assert remote.get_run(run_id).params == {"seed": 2}  # write-once: each store keeps its param
     local.pull("c")
-    assert local.get_run(run.id).tags == {"t": "mine", "other": "x"}
+    assert local.get_run(run_id).tags == {"t": "mine", "other": "x"}
     assert [s.state for s in local.sync_status("c")] == ["in sync"]
 
 
 def test_theirs_takes_the_remote_value_on_pull(pair: tuple[Vault, Vault]) -> None:
     local, remote = pair
-    with local.experiment("c", project="proj").start_run(name="r", tags={"t": "0"}) as run:
-        pass
-    local.push("c")
-    local.get_run(run.id).set_tag("t", "mine")
-    remote.get_run(run.id).set_tag("t", "theirs")
+    run_id = _tag_t_diverged(local, remote)
     local.pull("c", on_conflict="theirs")
-    assert local.get_run(run.id).tags["t"] == "theirs"
+    assert local.get_run(run_id).tags["t"] == "theirs"
     assert [s.state for s in local.sync_status("c")] == ["in sync"]
     assert not local.push("c").changed
 
@@ -431,32 +432,11 @@ def test_push_killed_half_way_finishes_without_duplicates(tmp_path: Path) -> Non
 
 
 # -- offline: the server stops, logging goes on, push later --------------------------------------------------
-def _start_server(root: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "labvault", "server", "--backend", f"sqlite:///{root / 'store.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--insecure",
-         "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "LABVAULT_AUTH_DB": str(root / "auth.db"), "LABVAULT_TOKEN": ""},
-    )
-    wait_healthy(f"http://127.0.0.1:{port}", proc)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABVAULT_TOKEN", "")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start_server(tmp_path, port)
+    server = start_server(tmp_path, port, "--insecure")
     try:
         with labvault.open(str(tmp_path / "local"), remote=url, flush_interval=0.05) as local:
             exp = local.experiment("offline", project="proj")
@@ -464,7 +444,7 @@ def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 first.log_metric("m", 1.0)
             local.push("offline")
             assert local.online
-            _stop(server)
+            stop_server(server)
             assert not local.online
             logged: list[tuple[int, float, float]] = []
             with exp.start_run(name="offline-run", params={"lr": 0.5}) as run:
@@ -476,7 +456,7 @@ def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 run.log_artifact("out.bin", b"x" * 100_000)
             with pytest.raises(BackendUnavailableError):
                 local.push("offline")
-            server = _start_server(tmp_path, port)
+            server = start_server(tmp_path, port, "--insecure")
             assert local.online
             report = local.push("offline")
             assert report.runs_created == 1 and report.points_sent == 2000 and report.runs_unchanged == 1
@@ -489,7 +469,7 @@ def test_offline_logging_then_push(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 assert got.get_artifact("out.bin") == b"x" * 100_000
                 assert_same(local.backend, remote.backend, "offline")
     finally:
-        _stop(server)
+        stop_server(server)
 
 
 def test_state_survives_reopen_and_is_kept_per_remote(tmp_path: Path) -> None:

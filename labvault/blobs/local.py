@@ -45,16 +45,6 @@ PACK_MAGIC = b"LVPACK1\n"
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-
-
-
 class FileBlobStore(BlobStore, scheme="file"):
     """Blobs as files under a root directory; parents created on demand, writes atomic.
 
@@ -121,7 +111,7 @@ class FileBlobStore(BlobStore, scheme="file"):
     def _exists(self, key: str) -> bool:
         if self._path(key).is_file():
             return True
-        digest = _digest_from_key(key)
+        digest = self.key_digest(key)
         return digest is not None and self._packs.stat(digest) is not None  # the pack is still there
 
     def _delete(self, key: str) -> None:
@@ -131,7 +121,7 @@ class FileBlobStore(BlobStore, scheme="file"):
         for key in keys:
             with contextlib.suppress(FileNotFoundError):
                 self._path(key).unlink()
-        digests = {d for d in map(_digest_from_key, keys) if d is not None}
+        digests = {d for d in map(self.key_digest, keys) if d is not None}
         if digests:
             self._packs.remove(digests, durable=self.durable, pending=self.pending)
 
@@ -158,7 +148,7 @@ class FileBlobStore(BlobStore, scheme="file"):
 
     def _read_packed(self, key: str) -> bytes | None:
         """The bytes of a packed content-addressed blob, or None when no pack holds ``key``."""
-        digest = _digest_from_key(key)
+        digest = self.key_digest(key)
         return None if digest is None else self._packs.read(digest)
 
     # -- conditional writes, info, scan (the public API in base.py) ------------------------------------------
@@ -227,7 +217,7 @@ class FileBlobStore(BlobStore, scheme="file"):
             return packed
         if not stat.S_ISREG(st.st_mode):
             raise NotFoundError(f"no blob {key!r} in {self.root}")
-        digest = _digest_from_key(key)
+        digest = self.key_digest(key)
         if digest is None:
             with path.open("rb") as fh:
                 digest = hashlib.file_digest(fh, "sha256").hexdigest()
@@ -235,7 +225,7 @@ class FileBlobStore(BlobStore, scheme="file"):
 
     def _packed_info(self, key: str) -> BlobInfo | None:
         """``BlobInfo`` of a packed blob (modified: its pack's mtime), or None when not packed."""
-        digest = _digest_from_key(key)
+        digest = self.key_digest(key)
         found = None if digest is None else self._packs.stat(digest)
         if found is None:
             return None
@@ -252,7 +242,7 @@ class FileBlobStore(BlobStore, scheme="file"):
                     yield packed
                 continue
             etag = self._etag(st)
-            yield BlobInfo(key, st.st_size, _digest_from_key(key) or etag, st.st_mtime, etag)
+            yield BlobInfo(key, st.st_size, self.key_digest(key) or etag, st.st_mtime, etag)
 
     def _copy(self, src: str, dst: str) -> int:
         with self._open(src) as fh:
@@ -262,7 +252,7 @@ class FileBlobStore(BlobStore, scheme="file"):
         try:
             os.utime(self._path(key))
         except FileNotFoundError:
-            digest = _digest_from_key(key)
+            digest = self.key_digest(key)
             if digest is not None:
                 self._packs.touch(digest)
 
@@ -549,15 +539,6 @@ class _PackIndex:
             return None
         finally:
             os.close(fd)
-
-
-def _digest_from_key(key: str) -> str | None:
-    """The sha256 a content-addressed key (``sha256/ab/cd/<digest>``) names, else None."""
-    parts = key.split("/")
-    if len(parts) == 4 and parts[0] == "sha256" and len(parts[3]) == 64 and parts[1] == parts[3][:2] \
-            and parts[2] == parts[3][2:4] and all(c in "0123456789abcdef" for c in parts[3]):
-        return parts[3]
-    return None
 
 
 def _same_size(path: Path, size: int) -> bool:

@@ -95,13 +95,6 @@ _BUCKET_BACKOFF = Backoff(first=0.05, cap=1.0, jitter=False)
 #: ``_abort``: 0.2 s, then 0.4 s, 3 tries.
 _ABORT_BACKOFF = Backoff(first=0.2, cap=0.4, jitter=False)
 
-def _digest_from_key(key: str) -> str | None:
-    parts = key.split("/")
-    if len(parts) == 4 and parts[0] == "sha256" and len(parts[3]) == 64 and parts[1] == parts[3][:2] \
-            and parts[2] == parts[3][2:4] and all(c in "0123456789abcdef" for c in parts[3]):
-        return parts[3]
-    return None
-
 
 def _bucket_missing(exc: NotFoundError) -> bool:
     """Whether a NotFoundError says the bucket (not an object) does not exist."""
@@ -676,7 +669,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         head = self._call("head", key, self.client.head_object, Bucket=self.bucket, Key=self._full(key),
                           ChecksumMode="ENABLED")
         etag = str(head.get("ETag", "")).strip('"')
-        digest = _digest_from_key(key)
+        digest = self.key_digest(key)
         checksum = head.get("ChecksumSHA256")
         if digest is None and checksum and "-" not in checksum:
             digest = base64.b64decode(checksum).hex()
@@ -710,7 +703,7 @@ class S3BlobStore(BlobStore, scheme="s3"):
         for obj in self._objects(prefix):
             key = self._relative(obj["Key"])
             etag = str(obj.get("ETag", "")).strip('"')
-            yield BlobInfo(key, int(obj["Size"]), _digest_from_key(key) or etag,
+            yield BlobInfo(key, int(obj["Size"]), self.key_digest(key) or etag,
                            obj["LastModified"].timestamp(), etag)
 
     def incomplete_uploads(self) -> builtins.list[tuple[str, str]]:

@@ -128,14 +128,21 @@ def escape_error_text(text: str) -> str:
     return text
 
 
-def validate_name(value: object, what: str = "name") -> str:
-    """Check an experiment, project or run name and return it."""
+def _bounded_string(value: object, what: str, max_length: int) -> str:
+    """``value`` if it is a non-empty string of at most ``max_length`` characters, else the error saying which
+    of the three it is not (the start of every name and key check)."""
     if not isinstance(value, str):
         raise InvalidArgumentError(f"{what} must be a string, got {type(value).__name__} {show(value)}")
     if not value:
         raise InvalidArgumentError(f"{what} must not be empty")
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidArgumentError(f"{what} {show(value)} is longer than {MAX_NAME_LENGTH} characters")
+    if len(value) > max_length:
+        raise InvalidArgumentError(f"{what} {show(value)} is longer than {max_length} characters")
+    return value
+
+
+def validate_name(value: object, what: str = "name") -> str:
+    """Check an experiment, project or run name and return it."""
+    value = _bounded_string(value, what, MAX_NAME_LENGTH)
     if not _NAME_RE.fullmatch(value) or value.endswith(" ") or ".." in value:
         check_text(value, what)  # NUL and lone surrogates get their own message
         raise InvalidArgumentError(
@@ -147,12 +154,7 @@ def validate_name(value: object, what: str = "name") -> str:
 
 def validate_key(value: object, what: str = "key") -> str:
     """Check a param, metric, tag or result key and return it."""
-    if not isinstance(value, str):
-        raise InvalidArgumentError(f"{what} must be a string, got {type(value).__name__} {show(value)}")
-    if not value:
-        raise InvalidArgumentError(f"{what} must not be empty")
-    if len(value) > MAX_KEY_LENGTH:
-        raise InvalidArgumentError(f"{what} {show(value)} is longer than {MAX_KEY_LENGTH} characters")
+    value = _bounded_string(value, what, MAX_KEY_LENGTH)
     if (
         not _KEY_RE.fullmatch(value)
         or ".." in value

@@ -104,26 +104,25 @@ def _compare_value(run: Any, field: Field, op: str, value: Value) -> bool | None
     return None if text is None else _compare(op, text, value)
 
 
-def _eval_and(expr: And, run: Any) -> bool | None:
-    result: bool | None = True
-    for item in expr.items:
+def _eval_junction(items: Sequence[Expr], run: Any, decisive: bool) -> bool | None:
+    """Three-valued AND (``decisive=False``) or OR (``decisive=True``) of ``items``: the first item that
+    evaluates to ``decisive`` decides; else None (unknown) if any item was unknown, else ``not decisive``."""
+    result: bool | None = not decisive
+    for item in items:
         value = _eval(item, run)
-        if value is False:
-            return False
+        if value is decisive:
+            return decisive
         if value is None:
             result = None
     return result
+
+
+def _eval_and(expr: And, run: Any) -> bool | None:
+    return _eval_junction(expr.items, run, False)
 
 
 def _eval_or(expr: Or, run: Any) -> bool | None:
-    result: bool | None = False
-    for item in expr.items:
-        value = _eval(item, run)
-        if value is True:
-            return True
-        if value is None:
-            result = None
-    return result
+    return _eval_junction(expr.items, run, True)
 
 
 def _eval_not(expr: Not, run: Any) -> bool | None:

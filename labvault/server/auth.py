@@ -288,18 +288,16 @@ class AuthStore:
 
     def verify_login(self, pending: PendingVerification) -> Principal:
         """The argon2 verification of a password ``check_login`` left to do: the user, or refused."""
-        from argon2.exceptions import (  # lazy: optional driver (extra [server]), ~15 ms
-            VerificationError,
-            VerifyMismatchError,
-        )
+        self._argon2_verify(pending, BAD_LOGIN)
+        return pending.principal
 
+    def _argon2_verify(self, pending: PendingVerification, refusal: str) -> None:
+        """Check ``pending``'s secret against its argon2 hash (blocking, 64 MiB); ``AuthenticationError``
+        saying only ``refusal`` on a mismatch, and on a damaged hash in the store too (never a 500)."""
         try:
             self._ph().verify(pending.secret_hash, pending.secret)
-        except (VerifyMismatchError, VerificationError) as exc:
-            raise AuthenticationError(BAD_LOGIN) from exc
-        except Exception as exc:  # a damaged hash in the store: still a refusal, not a 500
-            raise AuthenticationError(BAD_LOGIN) from exc
-        return pending.principal
+        except Exception as exc:  # VerifyMismatchError, VerificationError, InvalidHashError, ...
+            raise AuthenticationError(refusal) from exc
 
     def users(self) -> list[tuple[str, str, float]]:
         """(name, role, created_at) of every user, by name."""
@@ -394,17 +392,7 @@ class AuthStore:
 
     def verify(self, pending: PendingVerification) -> Principal:
         """The argon2 verification ``check`` left to do (blocking, 64 MiB): the principal, or refused."""
-        from argon2.exceptions import (  # lazy: optional driver (extra [server]), ~15 ms
-            VerificationError,
-            VerifyMismatchError,
-        )
-
-        try:
-            self._ph().verify(pending.secret_hash, pending.secret)
-        except (VerifyMismatchError, VerificationError) as exc:
-            raise AuthenticationError(BAD_TOKEN) from exc
-        except Exception as exc:  # a damaged hash in the store: still a refusal, not a 500
-            raise AuthenticationError(BAD_TOKEN) from exc
+        self._argon2_verify(pending, BAD_TOKEN)
         assert pending.principal.token_id is not None
         with self._verified_lock:
             self._verified[pending.principal.token_id] = pending.fingerprint

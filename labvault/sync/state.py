@@ -16,8 +16,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from labvault._uri import redact
 from labvault.blobs.abc import BlobStore
@@ -26,6 +26,7 @@ from labvault.sync.summary import revision_of
 
 STATE_PREFIX = "labvault-sync/"
 _STATE_VERSION = 1
+_T = TypeVar("_T")
 #: A transfer's lock is refreshed this often (seconds) and taken over when older than ``LOCK_STALE``.
 LOCK_REFRESH = 5.0
 LOCK_STALE = 60.0
@@ -171,37 +172,40 @@ class SyncLock:
         self.release()
 
 
-def remotes_of(blobs: BlobStore, run_ids: Iterable[str]) -> list[str]:
-    """The remotes (URIs without their password) holding any of these runs after a push or pull, most
-    recently synced first: where an experiment's runs have gone (``Experiment.remote_urls``)."""
-    wanted = set(run_ids)
-    found: list[tuple[float, str]] = []
+def _each_state(blobs: BlobStore, describe: Callable[[str, dict[str, Any]], _T | None]) -> Iterator[_T]:
+    """``describe(remote, runs)`` of every sync-state document in ``blobs`` (the remote's URI without its
+    password, and its ``runs`` map), where it is not None; a document that is unreadable, deleted meanwhile
+    or that ``describe`` cannot make sense of is passed over."""
     for key in blobs.list(STATE_PREFIX):
         if not key.endswith(".json"):
             continue
         try:
             doc = json.loads(blobs.get(key))
-            runs = doc.get("runs") or {}
-            mine = [r for run_id, r in runs.items() if run_id in wanted]
-            if mine:
-                found.append((max(float(r.get("time") or 0) for r in mine), str(doc.get("remote"))))
+            item = describe(str(doc.get("remote")), doc.get("runs") or {})
         except (ValueError, AttributeError, TypeError, NotFoundError):
             continue  # unreadable or deleted meanwhile
-    return [remote for _, remote in sorted(found, reverse=True)]
+        if item is not None:
+            yield item
+
+
+def remotes_of(blobs: BlobStore, run_ids: Iterable[str]) -> list[str]:
+    """The remotes (URIs without their password) holding any of these runs after a push or pull, most
+    recently synced first: where an experiment's runs have gone (``Experiment.remote_urls``)."""
+    wanted = set(run_ids)
+
+    def latest(remote: str, runs: dict[str, Any]) -> tuple[float, str] | None:
+        mine = [r for run_id, r in runs.items() if run_id in wanted]
+        return (max(float(r.get("time") or 0) for r in mine), remote) if mine else None
+
+    return [remote for _, remote in sorted(_each_state(blobs, latest), reverse=True)]
 
 
 def known_remotes(blobs: BlobStore) -> list[dict[str, Any]]:
     """The remotes a local store has synced with: ``{"remote", "runs", "last_sync"}`` each (the URI without
     its password), most recent first."""
-    out: list[dict[str, Any]] = []
-    for key in blobs.list(STATE_PREFIX):
-        if not key.endswith(".json"):
-            continue
-        try:
-            doc = json.loads(blobs.get(key))
-            runs = doc.get("runs") or {}
-            last = max((float(r.get("time") or 0) for r in runs.values()), default=None)
-            out.append({"remote": str(doc.get("remote")), "runs": len(runs), "last_sync": last})
-        except (ValueError, AttributeError, TypeError, NotFoundError):
-            continue  # unreadable or deleted meanwhile: not a remote we can describe
-    return sorted(out, key=lambda r: -(r["last_sync"] or 0))
+
+    def describe(remote: str, runs: dict[str, Any]) -> dict[str, Any]:
+        last = max((float(r.get("time") or 0) for r in runs.values()), default=None)
+        return {"remote": remote, "runs": len(runs), "last_sync": last}
+
+    return sorted(_each_state(blobs, describe), key=lambda r: -(r["last_sync"] or 0))

@@ -9,11 +9,13 @@ fixtures, the capability check, the change-feed drain and the worker-process hel
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,7 +23,10 @@ import labvault
 from labvault.client.vault import Vault
 from labvault.testing._workers import create_models, start_runs
 
-__all__ = ["SuiteBase", "create_models_worker", "run_worker", "start_runs_worker"]
+__all__ = ["SuiteBase", "create_models_worker", "run_at_once", "run_worker", "start_runs_worker"]
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 
 def run_worker(func: str, *args: Any, timeout: float = 60) -> str:
@@ -43,6 +48,18 @@ def create_models_worker(args: tuple[str, int, str]) -> list[int]:
 def start_runs_worker(args: tuple[str, str, int, str]) -> list[int]:
     """``_workers.start_runs`` for a ``multiprocessing`` pool (one tuple argument, importable by name)."""
     return start_runs(*args)
+
+
+def run_at_once(worker: Callable[[_A], _R], args: _A, processes: int, barrier: str | Path,
+                timeout: float = 180) -> list[_R]:
+    """``worker(args)`` in ``processes`` spawned processes at once: each waits for the file ``barrier``
+    (named in ``args``), which appears a second after the pool starts; their results, in order."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        pending = pool.map_async(worker, [args] * processes)
+        time.sleep(1.0)
+        Path(barrier).touch()
+        return pending.get(timeout=timeout)
 
 
 class SuiteBase:

@@ -3,8 +3,6 @@ versions, names, aliases, serializers by type, safe loading, runs linked both wa
 
 from __future__ import annotations
 
-import multiprocessing
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from labvault import serializers
 from labvault.client.models import MODEL_PROJECT
 from labvault.client.vault import Vault
 from labvault.errors import ConflictError, InvalidArgumentError, NotFoundError, PermissionDeniedError
-from labvault.testing.suite_base import SuiteBase, create_models_worker
+from labvault.testing.suite_base import SuiteBase, create_models_worker, run_at_once
 
 __all__ = ["ModelTests"]
 
@@ -124,12 +122,8 @@ class ModelTests(SuiteBase):
             if not self._capability(vault, "multiprocess"):
                 pytest.skip("backend is not shared between processes")
         barrier = tmp_path / "go"
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(4) as pool:
-            pending = pool.map_async(create_models_worker, [(uri, 3, str(barrier))] * 4)
-            time.sleep(1.0)
-            barrier.touch()
-            ids = sorted(i for got in pending.get(timeout=180) for i in got)
+        results = run_at_once(create_models_worker, (uri, 3, str(barrier)), 4, barrier)
+        ids = sorted(i for got in results for i in got)
         assert ids == list(range(1, 13))
         with labvault.open(uri) as vault:
             assert [m.instance_id for m in vault.get_models()] == list(range(1, 13))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 import labvault
-from labvault.testing.suite_base import SuiteBase, start_runs_worker
+from labvault.testing.suite_base import SuiteBase, run_at_once, start_runs_worker
 
 __all__ = ["ProcessTests"]
 
@@ -57,12 +56,7 @@ class ProcessTests(SuiteBase):
                 pytest.skip("backend is not shared between processes")
             vault.experiment("race")  # the experiment exists; creation races are tested separately
         barrier = tmp_path / "go"
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(8) as pool:
-            pending = pool.map_async(start_runs_worker, [(uri, "race", 5, str(barrier))] * 8)
-            time.sleep(1.0)
-            barrier.touch()
-            results = pending.get(timeout=180)
+        results = run_at_once(start_runs_worker, (uri, "race", 5, str(barrier)), 8, barrier)
         numbers = sorted(n for nums in results for n in nums)
         assert numbers == list(range(1, 41))
         with labvault.open(uri) as vault:
@@ -74,12 +68,7 @@ class ProcessTests(SuiteBase):
             if not self._capability(vault, "multiprocess"):
                 pytest.skip("backend is not shared between processes")
         barrier = tmp_path / "go"
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(4) as pool:
-            pending = pool.map_async(start_runs_worker, [(uri, "fresh", 2, str(barrier))] * 4)
-            time.sleep(1.0)
-            barrier.touch()
-            results = pending.get(timeout=180)
+        results = run_at_once(start_runs_worker, (uri, "fresh", 2, str(barrier)), 4, barrier)
         assert sorted(n for nums in results for n in nums) == list(range(1, 9))
         with labvault.open(uri) as vault:
             assert [e.name for e in vault.experiments()] == ["fresh"]
