@@ -129,3 +129,12 @@ def test_runs_left_active_are_ended_at_exit(tmp_path: Path, tail: str, status: s
         assert run.status == status and run.metrics == {"loss": 0.5}, proc.stderr
         if status == "failed":
             assert run.error == "SystemError: crashed here"
+
+
+def test_every_module_level_name_is_exported_lazily() -> None:
+    """``labvault/__init__.py`` names the fluent functions itself (importing the module would cost every
+    ``import labvault``); this keeps the two lists one."""
+    from labvault.client import fluent
+
+    assert set(fluent.__all__) <= set(labvault.__all__)
+    assert {k for k, mod in labvault._LAZY.items() if mod == "labvault.client.fluent"} == set(fluent.__all__)
