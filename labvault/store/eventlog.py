@@ -123,7 +123,7 @@ class BlobEventLog:
             n = 0
         except (ValueError, KeyError, TypeError):  # a torn or foreign hint: probe from the start
             n = 0
-        if n and not self.store.exists(self._key(n)):  # trimmed past the hint (cannot happen but cheaply)
+        if not n or not self.store.exists(self._key(n)):  # no hint yet, or a hint older than the log
             n = self.oldest() - 1
         while self.store.exists(self._key(n + 1)):
             n += 1
