@@ -45,3 +45,30 @@ def test_models_commands(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "no model 'nope'" in missing.output
     bad = invoke("models", "alias", "weights", "production", "9", "--uri", uri)
     assert bad.exit_code == 1 and "no version 9" in bad.output
+
+
+def test_watch_replays_after_an_id_filters_and_names_a_bad_kind(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'w.db'}"
+    with labvault.open(uri) as vault:
+        exp = vault.experiment("watched")
+        with vault.watch(kinds="run.finished") as feed:
+            with exp.start_run():
+                pass
+            first = feed.get(timeout=20)
+        assert first is not None and first.id
+        later = []
+        for _ in range(2):
+            with exp.start_run() as run:
+                run.set_tag("t", "v")
+            later.append(run.id)
+        vault.experiment("other").start_run().end()
+    got = invoke("watch", "--uri", uri, "--after", first.id, "-k", "run.finished", "-e", "watched",
+                 "--json", "--count", "2", "--timeout", "20")
+    assert got.exit_code == 0, got.output
+    rows = [json.loads(line) for line in got.stdout.splitlines()]
+    assert [(r["kind"], r["run_id"]) for r in rows] == [("run.finished", rid) for rid in later]
+    table = invoke("watch", "--uri", uri, "--after", first.id, "-k", "tags", "--count", "1",
+                   "--timeout", "20")
+    assert table.exit_code == 0 and "tags.set" in table.output and later[0][:8] in table.output
+    bad = invoke("watch", "--uri", uri, "-k", "run.finishd", "--timeout", "1")
+    assert bad.exit_code == 1 and "run.finishd" in bad.output

@@ -69,7 +69,7 @@ def test_a_writer_batches_and_a_feed_resumes_in_the_middle_of_a_batch() -> None:
         got = _drain(feed, 1)
     assert [(e.id, e.data["i"]) for e in got] == [("1.2", 2)]
     writer.close()
-    with pytest.raises(InvalidArgumentError, match="12.3"):
+    with pytest.raises(InvalidArgumentError, match=r"12\.3"):
         parse_event_id("not-an-id")
 
 
@@ -100,7 +100,7 @@ def test_own_writes_before_watch_are_not_delivered_but_later_ones_are(tmp_path: 
         assert [(e.kind, e.run_id) for e in got] == [("run.created", later.id), ("run.finished", later.id)]
 
 
-# -- the server's event stream ---------------------------------------------------------------------------------
+# -- the server's event stream -------------------------------------------------------------------------------
 def test_a_server_stream_resumes_after_the_server_restarts(tmp_path: Path) -> None:
     """The client's SSE feed reconnects with Last-Event-ID; the restarted server replays from the store's
     change log what was written while it was down, then goes on live."""

@@ -2,7 +2,7 @@
 command and command group, registered here in the order ``labvault --help`` lists them) and :func:`main`.
 
 Each command lives in the module of its group: ``demo``, ``browse`` (experiments, runs, show), ``runs``
-(the runs group: list, delete, restore, rename), ``metrics``, ``models``,
+(the runs group: list, delete, restore, rename), ``metrics``, ``watch``, ``models``,
 ``artifacts``, ``blobs``, ``maintenance`` (gc, db), ``server``, ``admin`` (users, tokens, login, logout)
 and ``sync`` (push, pull, status, copy); ``common`` and ``format`` hold what they share.
 """
@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 import labvault
-from labvault.cli import admin, browse, demo, maintenance, metrics, server, sync
+from labvault.cli import admin, browse, demo, maintenance, metrics, server, sync, watch
 from labvault.cli.artifacts import artifacts_app
 from labvault.cli.blobs import blobs_app
 from labvault.cli.common import UriOption
@@ -64,6 +64,7 @@ _TREE: tuple[tuple[str, Callable[..., None] | typer.Typer], ...] = (
     ("runs", runs_app),
     ("show", browse.show),
     ("metrics", metrics.metrics),
+    ("watch", watch.watch),
     ("gc", maintenance.gc_command),
     ("server", server.server),
     ("login", admin.login),
