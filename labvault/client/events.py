@@ -186,6 +186,7 @@ class FilteredFeed(ChangeFeed):
         self._ready: deque[ChangeEvent] = deque()
 
     def get(self, timeout: float | None = None) -> ChangeEvent | None:
+        """The next event the view lets through, waiting up to ``timeout`` seconds; None on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -203,6 +204,7 @@ class FilteredFeed(ChangeFeed):
         return bool(getattr(self.inner, "closed", False))
 
     def close(self) -> None:
+        """Close the backend feed underneath. Safe to call twice."""
         self.inner.close()
 
 

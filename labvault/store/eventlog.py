@@ -254,6 +254,7 @@ class PolledFeed(LocalChangeFeed):
         self.thread.start()
 
     def close(self) -> None:
+        """Stop polling and end the feed. Safe to call twice."""
         self._stopping.set()
         super().close()
 

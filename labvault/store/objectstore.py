@@ -260,9 +260,7 @@ class BlobBackend(Backend):
     def _default_blobs(self) -> BlobStore:
         return self.store
 
-    supports_events = True
-    event_log = True
-    _event_prefix = "meta/events/"
+    supports_events, event_log, _event_prefix = True, True, "meta/events/"
 
     def _event_store(self) -> BlobStore:
         """The change log is the objects under ``meta/events/`` (``labvault.store.eventlog``)."""
