@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from labvault import open_backend, query
 from labvault._version import version
 from labvault.client.buffer import _check_heartbeat, _flush_failure, _flush_loop, _open_vaults
+from labvault.client.events import EventView, FilteredFeed, Subscription, check_kinds
 from labvault.client.hints import names_store, warn_unknown_keys
 from labvault.client.models import Model, Registry, without_model_project
 from labvault.client.run import Experiment, Run, RunList
-from labvault.domain import DELETED_TAG, ExperimentInfo
+from labvault.domain import DELETED_TAG, ChangeEvent, ExperimentInfo
 from labvault.domain import validation as v
 from labvault.errors import InvalidArgumentError, LabvaultError, NotFoundError, UnsupportedOperationError
 from labvault.store.search.columns import no_gc
@@ -411,16 +412,41 @@ class Vault:
                                project or "default")
 
     # -- change feed ----------------------------------------------------------------------------------------
-    def watch(self) -> ChangeFeed:
+    def watch(self, kinds: str | Iterable[str] | None = None, experiment: Experiment | str | None = None,
+              *, after: str | None = None) -> ChangeFeed:
         """A live feed of the store's changes from now on: ``for event in vault.watch(): ...``.
 
         Each item is a ``labvault.domain.ChangeEvent`` (``kind`` such as ``"run.created"``,
-        ``"metric.logged"``, ``"run.finished"``; ``run_id``; a small ``data`` summary). On PostgreSQL and
-        Redis the feed carries every process's changes; elsewhere, this vault's own. Buffered metrics
-        appear when they are flushed. Close the feed (or use ``with``) when done.
+        ``"metric.logged"``, ``"run.finished"``, ``"model.created"``; ``run_id``; a small ``data``
+        summary). ``kinds`` keeps only those kinds (families too: ``"run"``, ``"model"``);
+        ``experiment`` (an ``Experiment`` or a name) only that experiment's changes. Every persistent
+        store carries every process's changes (file, SQLite and S3 through their change log, PostgreSQL
+        by LISTEN/NOTIFY, Redis by its stream, a server by server-sent events). ``after`` (an event's
+        ``id``) resumes right after that event where the store keeps a log. Buffered metrics appear when
+        they are flushed. Close the feed (or use ``with``) when done.
         """
         self._check_open()
-        return self.backend.watch()
+        view = EventView(self.backend, check_kinds(kinds), experiment)
+        return FilteredFeed(self.backend.watch(after=after), view)
+
+    def subscribe(self, callback: Callable[[ChangeEvent], Any], kinds: str | Iterable[str] | None = None,
+                  experiment: Experiment | str | None = None, *, after: str | None = None) -> Subscription:
+        """Call ``callback(event)`` on a background thread for every change ``watch(kinds, experiment)``
+        would deliver, from any process; returns the ``Subscription`` (``.close()``, or ``with``)."""
+        if not callable(callback):
+            raise InvalidArgumentError(f"callback must be callable, got {v.show(callback)}")
+        return Subscription(self.watch(kinds, experiment, after=after), callback)
+
+    def register_model_change_cb(self, cb: Callable[[Model], Any]) -> Subscription:
+        """aimm's name: call ``cb(model)`` with each new model or model version (any process) as a
+        ``Model`` whose ``.instance`` loads on first access."""
+        if not callable(cb):
+            raise InvalidArgumentError(f"cb must be callable, got {v.show(cb)}")
+
+        def deliver(event: ChangeEvent) -> None:
+            cb(self.get_model(int(event.data["instance_id"]), int(event.data["version"])))
+
+        return self.subscribe(deliver, kinds=("model.created", "model.updated"))
 
     # -- runs -----------------------------------------------------------------------------------------------
     @names_store

@@ -3,6 +3,7 @@
 from labvault.domain.model import (
     DELETED_TAG,
     EVENT_KINDS,
+    MODEL_EVENT_KINDS,
     RUN_STATUSES,
     TERMINAL_STATUSES,
     ArtifactInfo,
@@ -17,6 +18,7 @@ from labvault.domain.model import (
 __all__ = [
     "DELETED_TAG",
     "EVENT_KINDS",
+    "MODEL_EVENT_KINDS",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "ArtifactInfo",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -131,6 +131,9 @@ EVENT_KINDS: tuple[str, ...] = (
     "run.failed", "run.killed", "params.logged", "tags.set", "results.logged", "metric.logged",
     "artifact.logged",
 )
+#: Kinds derived by the client from the records of ``labvault.client.models`` (``vault.watch()``,
+#: ``vault.subscribe()``): a model or a version was created, an alias moved.
+MODEL_EVENT_KINDS: tuple[str, ...] = ("model.created", "model.updated", "model.alias_set")
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ class ChangeEvent:
     ``data`` is a small JSON-able summary (the param names, the metric keys and point count, the
     artifact key and digest); read the store for the values themselves. Delivery is at least once: a
     consumer may see an event twice (e.g. two processes racing to create one experiment).
+
+    ``id`` is the event's place in the store's change log where the store keeps one (file, SQLite, S3:
+    ``"<batch>.<index>"``; Redis: the stream entry id), else None: ``vault.watch(after=id)`` resumes
+    right after it. It is not part of what the event says (``==`` ignores it).
     """
 
     kind: str
@@ -147,14 +154,24 @@ class ChangeEvent:
     run_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=now)
+    id: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for transports (NOTIFY payloads, Redis streams, server-sent events)."""
-        return {"kind": self.kind, "experiment_id": self.experiment_id, "run_id": self.run_id,
-                "data": self.data, "time": self.time}
+        doc = {"kind": self.kind, "experiment_id": self.experiment_id, "run_id": self.run_id,
+               "data": self.data, "time": self.time}
+        if self.id is not None:
+            doc["id"] = self.id
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ChangeEvent:
         """Inverse of ``to_json``."""
+        ident = doc.get("id")
         return cls(str(doc["kind"]), doc.get("experiment_id"), doc.get("run_id"),
-                   dict(doc.get("data") or {}), float(doc.get("time") or 0.0))
+                   dict(doc.get("data") or {}), float(doc.get("time") or 0.0),
+                   ident if isinstance(ident, str) else None)
+
+    def with_id(self, ident: str | None) -> ChangeEvent:
+        """The same event with ``id`` set (the log that delivers it knows its place)."""
+        return replace(self, id=ident)

@@ -37,7 +37,14 @@ from labvault.domain import (
     now,
 )
 from labvault.domain import validation as v
-from labvault.errors import AlreadyExistsError, ConflictError, InvalidArgumentError, NotFoundError
+from labvault.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnsupportedOperationError,
+)
+from labvault.store.eventlog import BlobEventLog, LogWriter, PolledFeed, parse_event_id
 from labvault.store.feed import ChangeFeed, LocalChangeFeed
 
 if TYPE_CHECKING:
@@ -49,24 +56,6 @@ if TYPE_CHECKING:
 #: batch id after ``labvault.store.redis.backend.BATCH_MEMORY`` seconds.
 BATCH_MEMORY = 256
 _BATCH_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 class Backend(ABC):
@@ -86,6 +75,10 @@ class Backend(ABC):
     #: ``watch()`` feeds see changes made by other processes too (LISTEN/NOTIFY, pub/sub, streams).
     supports_events: ClassVar[bool] = False
     supports_branches: ClassVar[bool] = False
+    #: ``watch(after=event_id)`` resumes from the store's change log (what a subscriber missed).
+    event_log: ClassVar[bool] = False
+    #: Where in ``_event_store()`` the change log lives.
+    _event_prefix: ClassVar[str] = "events/"
 
     def __init_subclass__(cls, scheme: str | None = None, replace: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -98,6 +91,8 @@ class Backend(ABC):
         self._blobs = blobs
         self._feeds: list[LocalChangeFeed] = []
         self._feeds_lock = threading.Lock()
+        self._log: BlobEventLog | None = None
+        self._log_writer: LogWriter | None = None
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -138,25 +133,87 @@ class Backend(ABC):
         """Make every acknowledged write survive a power loss now (group commit).
 
         The vault calls this from its background flusher every ``flush_interval`` seconds, when a run
-        ends and on close. The default syncs the blob store.
+        ends and on close. The default syncs the blob store and appends the buffered change events.
         """
         if self._blobs is not None:
             self._blobs.sync()
+        if self._log_writer is not None:
+            self._log_writer.flush(quiet=True)
 
     def close(self) -> None:
         """Release connections and file handles. Safe to call twice."""
+        if self._log_writer is not None:
+            self._log_writer.close()
+        with self._feeds_lock:
+            feeds = list(self._feeds)
+        for feed in feeds:
+            if isinstance(feed, PolledFeed):
+                feed.close()
         if self._blobs is not None:
             self._blobs.sync()
             self._blobs.close()
 
     # -- change feed --------------------------------------------------------------------------------------
-    def watch(self) -> ChangeFeed:
-        """Open a feed of the changes made to this store from now on (see ``ChangeFeed``)."""
-        return self._watch()
+    def watch(self, after: str | None = None) -> ChangeFeed:
+        """Open a feed of the changes made to this store from now on (see ``ChangeFeed``).
 
-    def _watch(self) -> ChangeFeed:
-        """In-process feed; cross-process backends override this (and ``_publish``)."""
-        feed = LocalChangeFeed(on_close=self._drop_feed)
+        ``after`` (an event's ``id``) starts right after that event instead, replaying what is still in
+        the store's change log; stores without a log (memory, PostgreSQL) raise
+        ``UnsupportedOperationError``.
+        """
+        if after is not None and (not isinstance(after, str) or not 0 < len(after) <= 64):
+            raise InvalidArgumentError(f"after must be an event id (a short string), got {v.show(after)}")
+        return self._watch(after)
+
+    def _event_store(self) -> BlobStore | None:
+        """Where this store keeps its change log (``labvault.store.eventlog``), or None for no log.
+
+        Stores that return a blob store here (file, SQLite, S3) get a cross-process feed from the base
+        class: events are appended to the log in batches and every feed polls it."""
+        return None
+
+    def _event_log(self) -> BlobEventLog | None:
+        if self._log is None:
+            store = self._event_store()
+            if store is None:
+                return None
+            with self._feeds_lock:
+                if self._log is None:
+                    self._log = BlobEventLog(store, self._event_prefix)
+                    self._log_writer = LogWriter(self._log)
+        return self._log
+
+    def log_position(self) -> int | None:
+        """The number of the newest batch in this store's change log, after appending the events this
+        process buffered (``labvault.store.eventlog``); None when the store keeps no such log. A server
+        uses it so that a stream opened "from now on" starts exactly there."""
+        events = self._event_log()
+        if events is None:
+            return None
+        assert self._log_writer is not None
+        self._log_writer.flush(quiet=True)
+        return events.head()
+
+    def _watch(self, after: str | None) -> ChangeFeed:
+        """A feed of the change log when the store keeps one, else of this object's own writes.
+
+        Cross-process backends with their own transport (LISTEN/NOTIFY, streams, SSE) override this and
+        ``_publish``."""
+        events = self._event_log()
+        if events is None:
+            if after is not None:
+                raise UnsupportedOperationError(
+                    f"{type(self).__name__} keeps no change log, so a feed cannot resume after an event")
+            feed: LocalChangeFeed = LocalChangeFeed(on_close=self._drop_feed)
+        else:
+            assert self._log_writer is not None
+            if after is None:
+                self._log_writer.flush(quiet=True)  # "from now on" includes what this process wrote
+                start, skip = events.head() + 1, 0
+            else:
+                batch, index = parse_event_id(after)
+                start, skip = batch, index + 1
+            feed = PolledFeed(events, start, skip, on_close=self._drop_feed)
         with self._feeds_lock:
             self._feeds.append(feed)
         return feed
@@ -175,8 +232,13 @@ class Backend(ABC):
                 feed.put(event)
 
     def _publish(self, event: ChangeEvent) -> None:
-        """Send an event to the feed after a successful write. Cross-process backends override this."""
-        self._deliver_local(event)
+        """Send an event to the feeds after a successful write: to the change log when the store keeps
+        one, else to this object's own feeds. Cross-process backends override this."""
+        self._event_log()
+        if self._log_writer is not None:
+            self._log_writer.append(event)
+        else:
+            self._deliver_local(event)
 
     def _emit(self, kind: str, experiment_id: str | None = None, run_id: str | None = None,
               **data: Any) -> None:
@@ -538,14 +600,6 @@ def _check_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 64 or not (value.isalnum() and value.isascii()):
         raise InvalidArgumentError(f"{what} {v.show(value)} is not a valid labvault id")
     return value
-
-
-
-
-
-
-
-
 
 
 def check_params_conflict(run_id: str, stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:

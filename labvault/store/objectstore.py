@@ -57,8 +57,8 @@ Concurrency guarantee (several processes or machines writing the same bucket, no
 Writes answer from a small in-process cache of the documents this object wrote last (the expected
 ETag is computed from the bytes, so an uncontended update is one PUT); reads always go to the store,
 so other processes' writes are seen at once. Listings (``list_runs``, ``search_runs``) fetch the run
-documents concurrently (``BlobStore.get_many``). The change feed is in-process
-(``supports_events = False``).
+documents concurrently (``BlobStore.get_many``). The change feed is the log under ``meta/events/``
+(``labvault.store.eventlog``), shared by every process and machine using the bucket.
 """
 
 from __future__ import annotations
@@ -258,6 +258,14 @@ class BlobBackend(Backend):
         return cls(uri, labvault.blobs.open(uri, **options), artifacts)
 
     def _default_blobs(self) -> BlobStore:
+        return self.store
+
+    supports_events = True
+    event_log = True
+    _event_prefix = "meta/events/"
+
+    def _event_store(self) -> BlobStore:
+        """The change log is the objects under ``meta/events/`` (``labvault.store.eventlog``)."""
         return self.store
 
     def close(self) -> None:

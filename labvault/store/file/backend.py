@@ -209,6 +209,14 @@ class FileBackend(Backend, scheme="file"):
     def _default_blobs(self) -> BlobStore:
         return FileBlobStore(self.root / "blobs", durable=self.durable)
 
+    supports_events = True
+    event_log = True
+    _event_prefix = ""
+
+    def _event_store(self) -> BlobStore:
+        """The change log lives in ``<root>/events/`` (``labvault.store.eventlog``; not fsynced)."""
+        return FileBlobStore(self.root / "events", durable=False)
+
     # -- store format ---------------------------------------------------------------------------------------
     def _check_format(self, raw: bytes, path: Path) -> None:
         version = store_version(raw, path)

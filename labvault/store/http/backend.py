@@ -67,6 +67,7 @@ class HTTPBackend(Backend):
     #: Clients of one server see each other's changes through its event stream. (Across several server
     #: processes, only when the server's backend has cross-process events itself, e.g. PostgreSQL.)
     supports_events: ClassVar[bool] = True
+    event_log: ClassVar[bool] = True  # the server replays from its event hub or its store's log
 
     def __init__(
         self,
@@ -170,8 +171,8 @@ class HTTPBackend(Backend):
               **data: Any) -> None:
         """The server emits every event; the client has nothing to add."""
 
-    def _watch(self) -> SSEFeed:
-        feed = SSEFeed(self.api, on_close=self._sse_closed)
+    def _watch(self, after: str | None) -> SSEFeed:
+        feed = SSEFeed(self.api, on_close=self._sse_closed, after=after)
         self._sse.append(feed)
         return feed
 

@@ -118,7 +118,7 @@ from labvault.errors import (
 )
 from labvault.store.abc import Backend, check_params_conflict, run_exists_error
 from labvault.store.feed import ChangeFeed, LocalChangeFeed
-from labvault.store.redis.events import StreamPump, make_event, payload, same_event
+from labvault.store.redis.events import StreamPump, check_stream_id, make_event, payload, same_event
 from labvault.store.redis.scripts import BATCH_MEMORY, EVENTS_MAXLEN, RUN_SCRIPTS, pack
 from labvault.store.search.runindex import Record, RunIndex, make_record
 
@@ -142,6 +142,7 @@ class RedisBackend(Backend, scheme="redis"):
     persistent: ClassVar[bool] = True
     multiprocess: ClassVar[bool] = True
     supports_events: ClassVar[bool] = True
+    event_log: ClassVar[bool] = True  # the events stream (about EVENTS_MAXLEN entries)
     config_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "properties": {
@@ -303,14 +304,16 @@ class RedisBackend(Backend, scheme="redis"):
             warnings.warn(f"labvault: change event {event.kind!r} not published: {exc}", RuntimeWarning,
                           stacklevel=3)
 
-    def _watch(self) -> ChangeFeed:
+    def _watch(self, after: str | None) -> ChangeFeed:
+        """A feed from the stream's newest entry, or from right after the entry ``after`` (replay of what
+        the stream still holds: about the last ``EVENTS_MAXLEN`` events)."""
         stream = self._events_key
 
         def last_id(client: Any) -> bytes:
             newest = client.xrevrange(stream, count=1)
             return bytes(newest[0][0]) if newest else b"0-0"
 
-        start = self._conn.call(last_id, "watch")
+        start = check_stream_id(after) if after is not None else self._conn.call(last_id, "watch")
         feed = LocalChangeFeed(on_close=self._drop_feed)
         with self._feeds_lock:
             self._feeds.append(feed)

@@ -17,14 +17,24 @@ from redis import exceptions as rexc
 from labvault._retry import Backoff, Retry
 from labvault.blobs.redis_connection import RedisConnection
 from labvault.domain import ChangeEvent
+from labvault.errors import InvalidArgumentError
 from labvault.store.feed import LocalChangeFeed
 
-__all__ = ["StreamPump", "make_event", "payload", "same_event"]
+__all__ = ["StreamPump", "check_stream_id", "make_event", "payload", "same_event"]
 
 _BLOCK_MS = 250  # how long a feed's XREAD blocks before checking whether the feed was closed
 #: The pump's reconnect schedule: 0.1 s, doubling up to 1 s, without jitter (as it was before
 #: ``labvault._retry``; the default is 0.05 s to 2 s with jitter). It retries until the feed is closed.
 _RECONNECT = Backoff(first=0.1, cap=1.0, jitter=False)
+
+
+def check_stream_id(value: str) -> bytes:
+    """An event id of this feed (a stream entry id such as ``1733562000000-0``) as XREAD takes it."""
+    ms, dash, seq = value.partition("-")
+    if not (dash and ms.isdigit() and seq.isdigit() and ms.isascii() and seq.isascii() and len(value) <= 41):
+        raise InvalidArgumentError(f"event id {value[:80]!r} is not an id of this Redis store's event "
+                                   "stream (it looks like '1733562000000-0')")
+    return value.encode()
 
 
 def make_event(kind: str, experiment_id: str | None, run_id: str | None, **data: Any) -> ChangeEvent:
@@ -82,4 +92,5 @@ class StreamPump:
                     event = ChangeEvent.from_json(orjson.loads(data))
                 except (ValueError, KeyError, TypeError):
                     continue
-                self._feed.put(event)
+                ident = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                self._feed.put(event.with_id(ident))

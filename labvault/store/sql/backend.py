@@ -185,6 +185,15 @@ class SQLBackend(SchemaVersions, Backend, scheme="sqlite"):
         folder = FileBlobStore(self.path.with_name(f"{self.path.stem}-blobs"))
         return TieredBlobStore(SQLBlobStore(self), folder, SMALL_BLOB_LIMIT)
 
+    supports_events = True
+    event_log = True
+    _event_prefix = ""
+
+    def _event_store(self) -> BlobStore | None:
+        """The change log lives in the sibling folder ``<stem>-events`` (``labvault.store.eventlog``), so
+        it costs the database no transaction."""
+        return FileBlobStore(self.path.with_name(f"{self.path.stem}-events"), durable=False)
+
     def close(self) -> None:
         """Dispose of the connection pool and close the blob store. Safe to call twice."""
         self._dispose_engines()

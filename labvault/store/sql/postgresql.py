@@ -270,6 +270,7 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
     #: Index refreshes need no snapshot across statements (the horizon is read first): no BEGIN/ROLLBACK.
     _index_read_mode: ClassVar[Mode] = "autocommit"
     supports_events: ClassVar[bool] = True
+    event_log: ClassVar[bool] = False  # LISTEN/NOTIFY keeps nothing
 
     def __init__(self, uri: str, url: sa.URL, *, blobs: BlobStore | None = None, schema: str | None = None,
                  connect_timeout: float = 10.0, retry_timeout: float = 30.0, pool_size: int = 5,
@@ -532,7 +533,15 @@ class PostgresBackend(SQLBackend, scheme="postgresql"):
             log.warning("labvault: could not notify %s of %d change(s): %s", self.location, len(payloads),
                         exc)
 
-    def _watch(self) -> ChangeFeed:
+    def _event_store(self) -> None:
+        """LISTEN/NOTIFY carries PostgreSQL's changes; it keeps no log (``watch(after=)`` is refused)."""
+        return None
+
+    def _watch(self, after: str | None) -> ChangeFeed:
+        if after is not None:
+            raise UnsupportedOperationError(
+                "PostgreSQL's change feed is LISTEN/NOTIFY, which keeps no log: a feed cannot resume after "
+                "an event (events sent while no feed listens are not kept)")
         listener = _Listener(self)
         with self._listeners_lock:
             self._listeners.add(listener)
