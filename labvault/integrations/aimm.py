@@ -26,9 +26,11 @@ aimm                                        labvault
                                             version). An unknown id raises ``NotFoundError``
 ``get_models()``                            ``vault.get_models()``: the latest version of every
                                             model whose type aimm's plugins can (de)serialize
-``register_model_change_cb(cb)``            ``cb(aimm Model)`` on the event loop for every model
-                                            created or updated (see below)
-``Model(instance, model_type, instance_id)``  the labvault ``Model``'s fields of the same names
+``register_model_change_cb(cb)``            ``vault.register_model_change_cb``: ``cb(aimm Model)``
+                                            on the event loop for every model created or updated
+                                            by any process (see below)
+``Model`` (``instance``, ``model_type``,     the labvault ``Model``'s fields of the same names
+``instance_id``)
 ==========================================  =====================================================
 
 **Instance bytes.** As aimm's SQLite and event backends do, an instance is stored as the bytes of aimm's
@@ -42,10 +44,13 @@ labvault's ``UnsupportedOperationError`` names the model type. A model type no l
 serialize is refused by ``create_model`` (``UnsupportedOperationError``), as aimm's own backends fail;
 models written by labvault itself whose type aimm cannot handle are left out of ``get_models``.
 
-**Change callbacks.** labvault has no cross-process model-change callback yet (``vault.subscribe`` for
-models is coming), so ``register_model_change_cb`` hears of the changes made through this backend object;
-``_watch_model_changes`` is the one place that switches to ``vault.register_model_change_cb`` (every
-process's changes) as soon as the vault has it.
+**Change callbacks.** ``register_model_change_cb(cb)`` rides on labvault's
+``vault.register_model_change_cb`` (``vault.subscribe`` to ``model.created``/``model.updated``): ``cb``
+hears of every model and version any process stores, this backend's own included, at least once, on the
+event loop, once labvault's feed delivers it (at once on PostgreSQL and Redis, by polling elsewhere).
+Models aimm cannot handle or load are left out (a warning in the log). ``_watch_model_changes`` is the one
+place that picks the source: on a labvault without that call it falls back to reporting this backend's
+own writes.
 
 **Hat.** The store is labvault's, so the backend needs no Hat events: ``create_subscription`` returns no
 event types, and a server configured with ``hat:`` loads this module unchanged.
@@ -69,7 +74,7 @@ import labvault
 from labvault import serializers
 from labvault.client.models import Model as LabvaultModel
 from labvault.client.vault import Vault
-from labvault.errors import InvalidArgumentError, UnsupportedOperationError
+from labvault.errors import InvalidArgumentError, LabvaultError, UnsupportedOperationError
 
 __all__ = ["CONFIG_SCHEMA", "LabvaultBackend", "create", "create_subscription", "register_serializers",
            "validate_config"]
@@ -298,7 +303,12 @@ class LabvaultBackend(common.Backend):  # type: ignore[misc]  # aimm ships no ty
 
     def _on_store_change(self, stored: LabvaultModel) -> None:
         """A model changed in the store (called from labvault's thread): tell aimm on the event loop."""
-        model = self._to_aimm(stored)
+        try:
+            model = self._to_aimm(stored)
+        except LabvaultError as exc:  # one model aimm cannot load must not stop the others' news
+            mlog.warning("model %s version %s changed but does not load: %s", stored.instance_id,
+                         stored.version, exc)
+            return
         if model is None or self._loop is None or self._loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody listens any more
