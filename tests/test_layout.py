@@ -34,7 +34,7 @@ HEAVY_AT_IMPORT_ALLOWED: dict[str, str] = {}
 #: What ``import labvault`` must not load (the drivers and the big libraries load on first use).
 HEAVY = ("pandas", "sqlalchemy", "redis", "boto3", "botocore", "httpx", "fastapi", "starlette", "uvicorn",
          "typer", "rich", "numpy", "argon2", "psycopg", "obstore", "jsonschema", "filelock", "pyarrow",
-         "dulwich")
+         "dulwich", "aimm", "hat")
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
