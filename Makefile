@@ -23,6 +23,7 @@ $(RUNTIME): pyproject.toml | $(BIN)/python
 
 $(DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps 'aimm==1.2.dev1'  # see the aimm extra in pyproject.toml
 	touch $(RUNTIME) $(DEV)
 
 demo: $(RUNTIME)
