@@ -61,8 +61,9 @@ def server_command() -> list[str]:
 class HatServer:
     """One ``hat-event-server`` process on a free loopback port, its data in ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, conf: str = CONF) -> None:
         self.root = root
+        self.conf = conf
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "hat-event.log"
@@ -75,7 +76,7 @@ class HatServer:
     def start(self, timeout: float = 30.0) -> None:
         """Write the configuration, start the server and wait until it accepts connections."""
         conf = self.root / "event.yaml"
-        conf.write_text(CONF.format(db=self.root / "events.db", port=self.port))
+        conf.write_text(self.conf.format(db=self.root / "events.db", port=self.port))
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([*server_command(), "--conf", str(conf)], stdout=out,
                                          stderr=subprocess.STDOUT, cwd=self.root)

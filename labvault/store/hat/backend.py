@@ -114,6 +114,7 @@ class HatBackend(Backend, scheme="hat"):
                  model_prefix: tuple[str, ...] | None = None, blobs: BlobStore | None = None,
                  timeout: float = 10.0, client_name: str = "labvault") -> None:
         super().__init__(uri, blobs)
+        self._given_blobs = blobs is not None
         self.host, self.port, self.namespace = host, port, namespace
         self.model_prefix = model_prefix
         self._conn = HatConnection(host, port, client_name, timeout)
@@ -154,6 +155,16 @@ class HatBackend(Backend, scheme="hat"):
         return cls(uri, parts.hostname, port, namespace=namespace, model_prefix=model_prefix, blobs=store,
                    timeout=timeout, client_name=str(merged.get("client_name", "labvault")))
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, artifacts: BlobStore | None = None) -> Backend:
+        """``{"backend": "hat", "uri": "hat://...", ...}``; the options as in the URI (``artifacts`` as a
+        blob store URL, ``model_prefix`` also as a list of segments)."""
+        rest = dict(config)
+        url = rest.pop("artifacts", None)
+        if artifacts is None and isinstance(url, str):
+            artifacts = blob_stores.open(url)
+        return super().from_config(rest, artifacts=artifacts)
+
     def _default_blobs(self) -> BlobStore:
         return FileBlobStore(default_artifacts_dir(self.host, self.port))
 
@@ -161,11 +172,21 @@ class HatBackend(Backend, scheme="hat"):
         return f"HatBackend('hat://{self._conn.where}', namespace={self.namespace!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "blobs": self._blobs}
+        """The settings (no connection, no replica): a pickled backend reconnects and replays on first use.
+        A blob store that has a URL travels as its URL."""
+        blobs: Any = self._blobs if self._given_blobs else None
+        if blobs is not None and isinstance(getattr(blobs, "url", None), str):
+            blobs = blobs.url
+        return {"uri": self.uri, "host": self.host, "port": self.port, "namespace": self.namespace,
+                "model_prefix": self.model_prefix, "blobs": blobs, "timeout": self._conn.timeout,
+                "client_name": self._conn.client_name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        other = HatBackend.from_uri(state["uri"], artifacts=state["blobs"])
-        self.__dict__.update(other.__dict__)
+        blobs = state["blobs"]
+        self.__init__(  # type: ignore[misc]
+            state["uri"], state["host"], state["port"], namespace=state["namespace"],
+            model_prefix=state["model_prefix"], timeout=state["timeout"], client_name=state["client_name"],
+            blobs=blob_stores.open(blobs) if isinstance(blobs, str) else blobs)
 
     def close(self) -> None:
         """Close the feeds, the eventer connections and the loop thread. Safe to call twice."""
