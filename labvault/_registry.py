@@ -44,6 +44,7 @@ _BUILTIN_BACKENDS: dict[str, str] = {
     "http": "labvault.store.http.backend:HTTPBackend",
     "https": "labvault.store.http.backend:HTTPBackend",
     "s3": "labvault.store.objectstore:S3Backend",
+    "hat": "labvault.store.hat.backend:HatBackend",
 }
 
 
@@ -59,7 +60,7 @@ _BUILTIN_BLOB_STORES: dict[str, str] = {
 SCHEME_EXTRAS: dict[str, str] = {
     "postgresql": "postgres", "postgres": "postgres", "postgresql+psycopg": "postgres",
     "postgres+psycopg": "postgres", "redis": "redis", "rediss": "redis", "unix": "redis",
-    "http": "client", "https": "client", "s3": "s3",
+    "http": "client", "https": "client", "s3": "s3", "hat": "hat",
 }
 
 

@@ -44,6 +44,7 @@ def without(module: str, code: str) -> subprocess.CompletedProcess[str]:
     ("redis", "rediss://127.0.0.1:9/0", "redis"),
     ("redis", "unix:///tmp/redis.sock", "redis"),
     ("psycopg", "postgresql://postgres@127.0.0.1:9/x?retry_timeout=0", "postgres"),
+    ("hat", "hat://127.0.0.1:9?timeout=1", "hat"),
 ])
 def test_a_missing_driver_names_its_extra(module: str, uri: str, extra: str) -> None:
     code = ("import labvault\n"

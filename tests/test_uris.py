@@ -61,7 +61,7 @@ def test_cli_refuses_a_server_url_with_a_token(tmp_path: Path) -> None:
 
 
 # -- unknown schemes -----------------------------------------------------------------------------------------
-UNKNOWN = ["git+file:///{tmp}/store", "git://host/repo", "hat://x", "file+memory://", "sqlite+git:///{tmp}/x.db",
+UNKNOWN = ["git+file:///{tmp}/store", "git://host/repo", "hat+x://x", "file+memory://", "sqlite+git:///{tmp}/x.db",
            "nosuch://{tmp}/y"]
 
 

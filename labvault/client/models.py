@@ -14,10 +14,20 @@ of its own (the run numbering is that guarantee, on every store):
   logged it (``run.log_model``), which in turn gets the tag ``model:<name>`` = ``<id>:<version>``.
 
 So models sync, copy, serve over HTTP and garbage-collect like runs, with no new endpoint or table.
+
+A store that also keeps models in a form of its own (the Hat backend: aimm's model events) gets each
+stored version through ``Backend.model_saved`` and reports that form through ``Backend.foreign_models``
+(the latest payload of each instance id). The registry then shows, besides its own models, a model
+present only in that form (version 1, no name, payload format ``registered``: it loads through the
+serializer registered for its type) and, for one of its own models, a payload in that form that matches
+none of its versions, as the version after its latest (written by aimm after labvault's last version).
+A new model never takes an instance id present in that form: the registry run that drew such a number is
+marked deleted and the next one is drawn. Other stores report no foreign models, at no cost.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -29,7 +39,7 @@ from labvault.errors import ConflictError, InvalidArgumentError, NotFoundError
 
 if TYPE_CHECKING:
     from labvault.client.vault import Vault
-    from labvault.store.abc import Backend
+    from labvault.store.abc import Backend, ForeignModel
 
 __all__ = ["MODEL_PROJECT", "Model", "Registry"]
 
@@ -80,6 +90,7 @@ class Registry:
 
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
+        self._payloads: dict[str, bytes] = {}  # digest -> bytes of the foreign models seen by this registry
 
     @property
     def backend(self) -> Backend:
@@ -139,9 +150,14 @@ class Registry:
         payload = self._serialize(instance, model_type)  # before anything is written
         registry = self._experiment_id(REGISTRY, create=True)
         assert registry is not None
-        entry = self.backend.create_run(registry, name=name, parent_id=None, start_time=now(),
-                                        params={"model_type": payload.model_type}, tags={})
-        self.backend.update_run(entry.id, status="finished", end_time=now())
+        taken = {m.instance_id for m in self.backend.foreign_models()}
+        while True:
+            entry = self.backend.create_run(registry, name=name, parent_id=None, start_time=now(),
+                                            params={"model_type": payload.model_type}, tags={})
+            self.backend.update_run(entry.id, status="finished", end_time=now())
+            if entry.number not in taken:
+                break
+            self._skip_taken(entry)
         if name is not None:
             first = self._entry(name)
             if first.id != entry.id:  # another process took the name at the same moment: it keeps it
@@ -154,8 +170,11 @@ class Registry:
         """A new version of ``model`` (same instance id) holding ``model.instance``."""
         if not isinstance(model, Model):
             raise InvalidArgumentError(f"update_model takes a Model, got {type(model).__name__}")
-        entry = self._entry(model.instance_id)
+        foreign = self._foreign_only(model.instance_id)
         payload = self._serialize(model.instance, model.model_type)
+        if foreign is not None:
+            return self._update_foreign(foreign, payload, model.instance)
+        entry = self._entry(model.instance_id)
         return self._add_version(entry, payload, model.instance, source_run)
 
     def _serialize(self, instance: Any, model_type: str | None) -> serializers.Serialized:
@@ -174,6 +193,7 @@ class Registry:
                                       tags=tags)
         self.backend.add_artifact(run.id, ArtifactInfo(PAYLOAD_KEY, size, digest, now()))
         self.backend.update_run(run.id, status="finished", end_time=now())
+        self.backend.model_saved(entry.number, payload.model_type, payload.data)
         model = self._model(entry, self.backend.get_run(run.id))
         model.instance = instance
         return model
@@ -190,16 +210,29 @@ class Registry:
     def latest(self) -> list[Model]:
         """The latest version of every model, by instance id."""
         out = []
+        foreign = self._foreign()
         for entry in sorted(self._registry_runs(), key=lambda r: r.number):
             versions = self._versions(entry)
-            if versions:
+            newer = self._newer_foreign(entry, versions, foreign.pop(entry.number, None))
+            if newer is not None:
+                out.append(newer)
+            elif versions:
                 out.append(self._model(entry, versions[-1]))
-        return out
+        out += [self._foreign_model(m, 1, None) for m in foreign.values()]
+        return sorted(out, key=lambda m: m.instance_id)
 
     def get(self, id_or_name: int | str, version: int | str | None = None) -> Model:
         """One version (the latest when None; an int, or an alias such as ``"production"``)."""
+        foreign = self._foreign_only(id_or_name)
+        if foreign is not None:
+            if version not in (None, 1):
+                raise NotFoundError(f"model {id_or_name!r} has no version {version!r}")
+            return foreign
         entry = self._entry(id_or_name)
         versions = self._versions(entry)
+        newer = self._newer_foreign(entry, versions, self._foreign().get(entry.number))
+        if newer is not None and (version is None or version == newer.version):
+            return newer
         if isinstance(version, str):
             number = entry.tags.get(_ALIAS + version)
             if number is None:
@@ -214,15 +247,69 @@ class Registry:
 
     def versions(self, id_or_name: int | str) -> list[Model]:
         """Every version of a model, oldest first."""
+        foreign = self._foreign_only(id_or_name)
+        if foreign is not None:
+            return [foreign]
         entry = self._entry(id_or_name)
-        return [self._model(entry, r) for r in self._versions(entry)]
+        versions = self._versions(entry)
+        newer = self._newer_foreign(entry, versions, self._foreign().get(entry.number))
+        return [self._model(entry, r) for r in versions] + ([newer] if newer is not None else [])
 
     def load(self, id_or_name: int | str, version: int | str | None = None, *, trusted: bool = False) -> Any:
         """The instance of a model version (see ``labvault.serializers`` for what needs ``trusted``)."""
         model = self.get(id_or_name, version)
-        data = self.backend.blobs.get_content(model.digest)
+        data = self._payloads.get(model.digest) or self.backend.blobs.get_content(model.digest)
         return serializers.deserialize(serializers.Serialized(data, model.format, model.model_type),
                                        trusted=trusted)
+
+
+    # -- models in the store's own form (Backend.foreign_models; see the module doc) ----------------------
+    def _foreign(self) -> dict[int, ForeignModel]:
+        return {m.instance_id: m for m in self.backend.foreign_models()}
+
+    def _foreign_model(self, found: ForeignModel, version: int, entry: RunInfo | None) -> Model:
+        digest = hashlib.sha256(found.data).hexdigest()
+        self._payloads[digest] = found.data
+        return Model(model_type=found.model_type, instance_id=found.instance_id, version=version,
+                     name=None if entry is None else entry.name, created_at=found.time,
+                     format=serializers.REGISTERED, digest=digest, size=len(found.data), _vault=self.vault)
+
+    def _foreign_only(self, id_or_name: int | str) -> Model | None:
+        """The model of an instance id present only in the store's own form, or None."""
+        if not isinstance(id_or_name, int) or isinstance(id_or_name, bool):
+            return None
+        found = self._foreign().get(id_or_name)
+        if found is None or any(r.number == id_or_name for r in self._registry_runs()):
+            return None
+        return self._foreign_model(found, 1, None)
+
+    def _newer_foreign(self, entry: RunInfo, versions: list[RunInfo],
+                       found: ForeignModel | None) -> Model | None:
+        """The store's own form of a model as the version after the latest, when it matches no version."""
+        if found is None:
+            return None
+        digest = hashlib.sha256(found.data).hexdigest()
+        stored = (self.backend.get_artifact_info(r.id, PAYLOAD_KEY).digest for r in reversed(versions))
+        if digest in stored:
+            return None
+        return self._foreign_model(found, len(versions) + 1, entry)
+
+    def _skip_taken(self, entry: RunInfo) -> None:
+        """Retire a registry run whose number is an instance id the store's own form holds already."""
+        self.backend.set_tags(entry.id, {DELETED_TAG: f"instance id {entry.number} is taken in the "
+                                                       "store's own model form"})
+
+    def _update_foreign(self, model: Model, payload: serializers.Serialized, instance: Any) -> Model:
+        """A model present only in the store's own form keeps its one version there (aimm's form holds
+        the latest instance only): the new payload replaces it."""
+        self.backend.model_saved(model.instance_id, payload.model_type, payload.data)
+        digest = hashlib.sha256(payload.data).hexdigest()
+        self._payloads[digest] = payload.data
+        updated = Model(model_type=payload.model_type, instance_id=model.instance_id, version=1,
+                        created_at=now(), format=payload.format, digest=digest, size=len(payload.data),
+                        _vault=self.vault)
+        updated.instance = instance
+        return updated
 
 
 class _HasProject(Protocol):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,16 @@ if TYPE_CHECKING:
 #: batch id after ``labvault.store.redis.backend.BATCH_MEMORY`` seconds.
 BATCH_MEMORY = 256
 _BATCH_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
+
+
+class ForeignModel(NamedTuple):
+    """A model as a store keeps it in a form of its own (Hat: aimm's model event): its instance id, model
+    type, payload bytes and when it was written (epoch seconds)."""
+
+    instance_id: int
+    model_type: str
+    data: bytes
+    time: float
 
 
 class Backend(ABC):
@@ -473,6 +483,15 @@ class Backend(ABC):
             if info.key == key:
                 return info
         return None
+
+    # -- models in a store's own form (``labvault.client.models`` calls these) ----------------------------
+    def model_saved(self, instance_id: int, model_type: str, data: bytes) -> None:
+        """Called after the model registry stored a version; a store that also keeps models in a form of
+        its own (Hat: aimm's model events) writes it there. The default does nothing."""
+
+    def foreign_models(self) -> list[ForeignModel]:
+        """The models present in the store's own form (the latest of each instance id); default none."""
+        return []
 
     # -- hooks (implemented by each backend) --------------------------------------------------------------
     @abstractmethod
