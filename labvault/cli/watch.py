@@ -4,14 +4,16 @@ per event, filtered by kind and experiment; ``--after ID`` first replays what wa
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
 
 from labvault.cli.common import UriOption, open_vault, out
 from labvault.cli.format import dumps, iso_utc
-from labvault.domain import ChangeEvent
+
+if TYPE_CHECKING:
+    from labvault.domain import ChangeEvent
 
 __all__ = ["watch"]
 

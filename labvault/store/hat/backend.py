@@ -259,8 +259,10 @@ class HatBackend(Backend, scheme="hat"):
                                       common.EventPayloadJson(event.to_json()))
         self._conn.send([notice], "a change notice")
 
-    def _watch(self) -> ChangeFeed:
-        feed = super()._watch()
+    def _watch(self, after: str | None) -> ChangeFeed:
+        """Feeds from a subscription to the namespace's change notices (not kept by the server, so
+        ``after=`` is refused: the records themselves are the replayable log)."""
+        feed = super()._watch(after)
         with self._lock:
             if self._subscriber is None:
                 try:
