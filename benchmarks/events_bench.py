@@ -64,6 +64,10 @@ MECHANISM = {
     "s3": "change log under `meta/events/`, one HEAD per 0.2 s (50 ms write batching)",
     "http": "SSE from the server; the server's SQLite change log polled every 0.2 s",
 }
+PEER_MECHANISM = {
+    "postgresql": "raw `SELECT pg_notify` -> psycopg `LISTEN`, `conn.notifies()`",
+    "redis": "raw `XADD` -> `XREAD BLOCK 250`",
+}
 
 
 # -- the writer processes ------------------------------------------------------------------------------------
@@ -78,7 +82,7 @@ def _schedule(n: int, interval: float) -> Iterator[int]:
 
 
 def writer(uri: str, n: int, interval: float) -> None:
-    """Set ``n`` tags on one run of ``uri``; print JSON ``{"k00000": [call start, call end], ...}``."""
+    """Set ``n`` tags on a new run of ``uri``; print JSON ``{"k00000": [call start, call end], ...}``."""
     import labvault
 
     out: dict[str, list[float]] = {}
@@ -164,13 +168,13 @@ class Received:
             return len(self.got)
 
 
-def summarize(name: str, received: Received, sent: dict[str, list[float]]) -> dict[str, Any]:
+def summarize(received: Received, sent: dict[str, list[float]]) -> dict[str, Any]:
     """Latency figures (ms) of one measurement."""
     keys = [k for k in sent if k in received.got]
     lat = np.array([received.got[k][0] - received.got[k][1] for k in keys]) * 1000
     e2e = np.array([received.got[k][0] - sent[k][0] for k in keys]) * 1000
     call = np.array([sent[k][1] - sent[k][0] for k in sent]) * 1000
-    row: dict[str, Any] = {"name": name, "sent": len(sent), "received": len(keys),
+    row: dict[str, Any] = {"sent": len(sent), "received": len(keys),
                            "duplicates": received.duplicates,
                            "missing": sorted(set(sent) - set(received.got))[:10]}
     if len(lat):
@@ -187,7 +191,21 @@ def wait_for(received: Received, expected: int, proc_done: float) -> None:
         time.sleep(0.02)
 
 
-def measure_labvault(name: str, uri: str, n: int, interval: float) -> dict[str, Any]:
+#: One measurement: what the listener received, and what the writer sent (key -> [call start, call end]).
+Sample = tuple[Received, dict[str, list[float]]]
+
+
+def pooled(samples: list[Sample]) -> Sample:
+    """Several rounds as one sample (keys prefixed with the round)."""
+    out, sent = Received(), {}
+    for r, (got, wrote) in enumerate(samples):
+        out.got.update({f"{r}:{k}": v for k, v in got.got.items()})
+        out.duplicates += got.duplicates
+        sent.update({f"{r}:{k}": v for k, v in wrote.items()})
+    return out, sent
+
+
+def measure_labvault(name: str, uri: str, n: int, interval: float) -> Sample:
     """Subscribe to ``uri`` here, write from another process, time every event."""
     import labvault
 
@@ -202,10 +220,9 @@ def measure_labvault(name: str, uri: str, n: int, interval: float) -> dict[str, 
         proc = _spawn(["--writer", uri, str(n), str(interval)])
         sent = _finish(proc, name, timeout=120 + n * interval * 5)
         wait_for(received, len(sent), time.monotonic())
-        errors = sub.errors
-    row = summarize(name, received, sent)
-    row["callback_errors"] = errors
-    return row
+        if sub.errors:
+            raise SystemExit(f"{name}: the callback failed {sub.errors} times (see the log)")
+    return received, sent
 
 
 def _listen_thread(target: Callable[[threading.Event], None]) -> tuple[threading.Thread, threading.Event]:
@@ -214,7 +231,7 @@ def _listen_thread(target: Callable[[threading.Event], None]) -> tuple[threading
     return thread, stop
 
 
-def measure_raw_pg(dsn: str, n: int, interval: float) -> dict[str, Any]:
+def measure_raw_pg(dsn: str, n: int, interval: float) -> Sample:
     """Raw psycopg: ``pg_notify`` from a writer process -> ``LISTEN`` here (``conn.notifies(timeout=)``)."""
     import psycopg
 
@@ -240,10 +257,10 @@ def measure_raw_pg(dsn: str, n: int, interval: float) -> dict[str, Any]:
         stop.set()
         thread.join(5)
         conn.close()
-    return summarize("raw psycopg NOTIFY -> LISTEN", received, sent)
+    return received, sent
 
 
-def measure_raw_redis(stream: str, n: int, interval: float) -> dict[str, Any]:
+def measure_raw_redis(stream: str, n: int, interval: float) -> Sample:
     """Raw redis-py: ``XADD`` from a writer process -> ``XREAD BLOCK`` here (250 ms blocks, as labvault's
     pump)."""
     import redis
@@ -274,7 +291,7 @@ def measure_raw_redis(stream: str, n: int, interval: float) -> dict[str, Any]:
         thread.join(5)
         client.delete(stream)
         client.close()
-    return summarize("raw redis-py XADD -> XREAD BLOCK", received, sent)
+    return received, sent
 
 
 # -- the stores ----------------------------------------------------------------------------------------------
@@ -364,39 +381,44 @@ def labvault_server(root: Path) -> Iterator[str]:
             os.environ["LABVAULT_TOKEN"] = saved
 
 
-def bench_store(kind: str, root: Path, n: int, interval: float) -> list[dict[str, Any]]:
-    """The labvault row of one store kind (and its raw peer's, for PostgreSQL and Redis)."""
-    rows: list[dict[str, Any]] = []
+def bench_store(kind: str, root: Path, n: int, interval: float, repeat: int = 1) -> list[dict[str, Any]]:
+    """The labvault row of one store kind (and its raw peer's, for PostgreSQL and Redis): ``repeat``
+    rounds of ``n`` writes each on one fresh store (a new writer run per round), labvault and the peer
+    taking turns, pooled."""
+    if kind not in STORES:
+        raise SystemExit(f"unknown store {kind!r} (known: {', '.join(STORES)})")
+    ours: list[Sample] = []
+    peers: list[Sample] = []
 
-    def labvault_row(uri: str) -> None:
-        row = measure_labvault(kind, uri, n, interval)
-        row.update(store=kind, mechanism=MECHANISM[kind])
-        rows.append(row)
-        print(f"  {kind}: p50 {_ms(row, 'p50')} ms, p99 {_ms(row, 'p99')} ms, "
-              f"{row['received']}/{row['sent']}", flush=True)
+    def rounds(uri: str, peer: Callable[[int], Sample] | None = None) -> None:
+        for r in range(repeat):
+            ours.append(measure_labvault(kind, uri, n, interval))
+            if peer is not None:
+                peers.append(peer(r))
 
     if kind == "file":
-        labvault_row(str(root / "file-store"))
+        rounds(str(root / "file-store"))
     elif kind == "sqlite":
-        labvault_row(f"sqlite:///{root / 'store.db'}")
+        rounds(f"sqlite:///{root / 'store.db'}")
     elif kind == "postgresql":
         with pg_database() as url:
-            labvault_row(url)
-            rows.append({**measure_raw_pg(url, n, interval), "store": "postgresql (peer)",
-                         "mechanism": "raw `SELECT pg_notify` -> psycopg `LISTEN`, `conn.notifies()`"})
+            rounds(url, lambda _r: measure_raw_pg(url, n, interval))
     elif kind == "redis":
         with redis_prefix() as (uri, stream):
-            labvault_row(uri)
-            rows.append({**measure_raw_redis(stream, n, interval), "store": "redis (peer)",
-                         "mechanism": "raw `XADD` -> `XREAD BLOCK 250`"})
+            rounds(uri, lambda r: measure_raw_redis(f"{stream}-{r}", n, interval))
     elif kind == "s3":
         with seaweed(root) as uri:
-            labvault_row(uri)
-    elif kind == "http":
-        with labvault_server(root) as url:
-            labvault_row(url)
+            rounds(uri)
     else:
-        raise SystemExit(f"unknown store {kind!r} (known: {', '.join(STORES)})")
+        with labvault_server(root) as url:
+            rounds(url)
+    rows = [{**summarize(*pooled(ours)), "store": kind, "mechanism": MECHANISM[kind]}]
+    if peers:
+        rows.append({**summarize(*pooled(peers)), "store": f"{kind} (peer)",
+                     "mechanism": PEER_MECHANISM[kind]})
+    for row in rows:
+        print(f"  {row['store']}: p50 {_ms(row, 'p50')} ms, p99 {_ms(row, 'p99')} ms, "
+              f"{row['received']}/{row['sent']}", flush=True)
     return rows
 
 
@@ -439,7 +461,10 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, notes: list[str
         f"- machine: {machine()}",
         f"- labvault git {git_revision()}, python {sys.version.split()[0]}",
         f"- workload: a writer process sets {args.events} tags on one run, one every "
-        f"{args.interval * 1000:.0f} ms (fixed rate); this process has "
+        f"{args.interval * 1000:.0f} ms (fixed rate)"
+        + (f", {args.repeat} rounds per store (a new writer process and run each; labvault and the peer "
+           "take turns; the figures pool the rounds)" if args.repeat > 1 else "")
+        + "; this process has "
         "`vault.subscribe(callback, kinds=\"tags.set\")` open on the same store; latency = the time the "
         "callback is called - `event.time` (stamped by the process that made the event: the writer, or for "
         "`http` the server; one machine, one clock)",
@@ -500,6 +525,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=200, help="writes per store (default 200)")
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between writes (default 0.02)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds per store, pooled (labvault and the peer take turns; default 1)")
     parser.add_argument("--stores", default=",".join(STORES), help=f"comma-separated: {', '.join(STORES)}")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--no-write", action="store_true")
@@ -514,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
         for kind in [s.strip() for s in args.stores.split(",") if s.strip()]:
             print(f"{kind} ...", flush=True)
             try:
-                rows += bench_store(kind, root, args.events, args.interval)
+                rows += bench_store(kind, root, args.events, args.interval, args.repeat)
             except SystemExit:
                 raise
             except Exception as exc:  # a service that is not there: report it and go on
