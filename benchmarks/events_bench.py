@@ -492,6 +492,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, notes: list[str
         "write, so an event waits on average about half of each (~25 ms + ~100 ms, plus the I/O of the "
         "append and of the read); the worst case is about 50 ms + 200 ms plus that I/O. The design budget "
         "is \"seen within 1 s\"; the ratio column is the measured p99 (and max) as a fraction of it.",
+        "- **S3** adds its requests to that: the writer's batch is a conditional `PUT` (`If-None-Match: *`) "
+        "and the reader's look a `GET` (a miss while there is nothing new), a few ms each on a local "
+        "SeaweedFS, and `weed mini` shares the CPUs with both processes.",
         "- **PostgreSQL** and **Redis** push: LISTEN/NOTIFY (sent by a notifier thread right after the "
         "write's transaction commits) and a blocking `XREAD` on the store's `events` stream. Their peers "
         "are the same transport with no labvault in between (raw `pg_notify` / `XADD` from a writer "
@@ -502,6 +505,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, notes: list[str
         "- \"from the `set_tag` call\" starts the clock when the writer called `set_tag`, so it adds the "
         "write itself (its commit, and for the server the HTTP request) to the delivery.",
     ]
+    lines.append("- The machine may be shared (the load average is below): a scheduling stall of tens to "
+                 "hundreds of ms now and then lands in the p99 or max of whichever row was running, the raw "
+                 "peers' as much as labvault's, so compare p50 first and read one-off tails as the machine.")
     lines += [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
 
