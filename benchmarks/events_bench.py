@@ -61,7 +61,7 @@ MECHANISM = {
     "sqlite": "change log next to the file, polled every 0.2 s (50 ms write batching)",
     "postgresql": "LISTEN/NOTIFY (NOTIFY sent after commit by a notifier thread)",
     "redis": "`events` stream, blocking XREAD",
-    "s3": "change log under `meta/events/`, one HEAD per 0.2 s (50 ms write batching)",
+    "s3": "change log under `meta/events/`, one GET per 0.2 s (50 ms write batching)",
     "http": "SSE from the server; the server's SQLite change log polled every 0.2 s",
 }
 PEER_MECHANISM = {
