@@ -17,7 +17,7 @@ whole or not at all. The writer of batch ``n`` with ``n % TRIM_EVERY == 0`` dele
 ``n - KEEP``: the log keeps the last ``KEEP`` batches (at least that many events).
 
 **Reading.** A feed (``PolledFeed``) remembers the number of the last batch it delivered and asks whether
-the next one exists every ``poll_interval`` seconds (a ``stat`` on a folder, a ``HEAD`` on S3), so a change
+the next one exists every ``poll_interval`` seconds (a file open on a folder, a ``GET`` answered 404 until it exists on S3), so a change
 reaches every subscriber within ``FLUSH_INTERVAL + poll_interval`` (0.05 s + 0.2 s by default). Events
 carry ids ``"<batch>.<index>"``; ``watch(after=id)`` starts right after that event, so a subscriber that
 went away and comes back gets everything it missed that is still in the log (at least once). Older
