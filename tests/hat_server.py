@@ -45,6 +45,9 @@ backend:
   timeseries:
     - order_by: TIMESTAMP
       subscriptions: [['labvault', '*']]
+    - order_by: TIMESTAMP
+      subscriptions: [['labvault-feed', '*']]
+      limit: {{max_entries: 100000}}
 modules: []
 eventer_server:
   host: 127.0.0.1

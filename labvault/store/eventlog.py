@@ -16,12 +16,13 @@ tries the next one. So the log is one total order over every process, dense, and
 whole or not at all. The writer of batch ``n`` with ``n % TRIM_EVERY == 0`` deletes the batches older than
 ``n - KEEP``: the log keeps the last ``KEEP`` batches (at least that many events).
 
-**Reading.** A feed (``PolledFeed``) remembers the number of the last batch it delivered and asks whether
-the next one exists every ``poll_interval`` seconds (a file open on a folder, a ``GET`` answered 404 until it exists on S3), so a change
-reaches every subscriber within ``FLUSH_INTERVAL + poll_interval`` (0.05 s + 0.2 s by default). Events
-carry ids ``"<batch>.<index>"``; ``watch(after=id)`` starts right after that event, so a subscriber that
-went away and comes back gets everything it missed that is still in the log (at least once). Older
-events were trimmed: the feed then resumes at the oldest batch kept and logs a warning naming the gap.
+**Reading.** A feed (``PolledFeed``) remembers the number of the last batch it delivered and looks for the
+next one every ``poll_interval`` seconds (a file open on a folder, a ``GET`` answered 404 until it exists
+on S3), so a change reaches every subscriber within ``FLUSH_INTERVAL + poll_interval`` (0.05 s + 0.2 s by
+default). Events carry ids ``"<batch>.<index>"``; ``watch(after=id)`` starts right after that event, so a
+subscriber that went away and comes back gets everything it missed that is still in the log (at least
+once). Older events were trimmed: the feed then resumes at the oldest batch kept and logs a warning
+naming the gap.
 
 **What can be lost.** An event lives in its process's buffer for up to ``FLUSH_INTERVAL``: a process
 killed in that window loses those events (never the writes themselves). The log is not fsynced, so a

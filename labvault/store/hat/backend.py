@@ -32,8 +32,10 @@ Decisions:
   connection of a backend checks with a probe event that labvault events are kept, and raises
   ``BackendUnavailableError`` saying what to add when they are not.
 * **Change feed.** After each write a notice (the ``ChangeEvent`` as JSON) is registered, without
-  waiting, as an event of type ``('labvault-feed', namespace)``; it need not be stored. ``watch()``
-  opens a subscription to that type (a second eventer connection), so feeds see every process's changes.
+  waiting, as an event of type ``('labvault-feed', namespace)``. ``watch()`` opens a subscription to
+  that type (a second eventer connection), so feeds see every process's changes; when the server keeps
+  the notices (a timeseries partition for ``[labvault-feed, '*']``, with a limit), ``watch(after=id)``
+  replays those after ``id`` first (``labvault.store.hat.feed``).
 * **Artifacts** go to a paired blob store: ``artifacts=`` (a ``BlobStore`` or the URI option), else a
   content-addressed ``FileBlobStore`` in ``<user data dir>/labvault/hat/<host>-<port>/blobs`` (on Linux
   ``~/.local/share/labvault/hat/...``); every vault on that server shares it from one machine. Several
@@ -76,6 +78,7 @@ from labvault.errors import (
 from labvault.store.abc import Backend, ForeignModel
 from labvault.store.feed import ChangeFeed
 from labvault.store.hat.connection import HatConnection
+from labvault.store.hat.feed import ResumingFeed, notice_event, parse_notice_id
 from labvault.store.hat.records import METRICS_TYPE, ROOT, Outcome, Replica, pack_metrics
 
 __all__ = ["DEFAULT_PORT", "FEED_ROOT", "HatBackend"]
@@ -93,6 +96,8 @@ class HatBackend(Backend, scheme="hat"):
 
     persistent: ClassVar[bool] = True
     multiprocess: ClassVar[bool] = True
+    #: ``watch(after=)`` replays the change notices the server keeps (docs/backends.md: a partition for them)
+    event_log: ClassVar[bool] = True
     supports_events: ClassVar[bool] = True
     config_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
@@ -260,9 +265,15 @@ class HatBackend(Backend, scheme="hat"):
         self._conn.send([notice], "a change notice")
 
     def _watch(self, after: str | None) -> ChangeFeed:
-        """Feeds from a subscription to the namespace's change notices (not kept by the server, so
-        ``after=`` is refused: the records themselves are the replayable log)."""
-        feed = super()._watch(after)
+        """A feed from a subscription to the namespace's change notices; with ``after``, first the notices
+        after that one which the server keeps (``labvault.store.hat.feed``)."""
+        if after is None:
+            feed = super()._watch(None)
+        else:
+            position = parse_notice_id(after)
+            feed = ResumingFeed(on_close=self._drop_feed)
+            with self._feeds_lock:
+                self._feeds.append(feed)
         with self._lock:
             if self._subscriber is None:
                 try:
@@ -270,16 +281,35 @@ class HatBackend(Backend, scheme="hat"):
                 except BaseException:
                     feed.close()
                     raise
+        if isinstance(feed, ResumingFeed):
+            try:
+                feed.finish(self._notices_after(*position))
+            except BaseException:
+                feed.close()
+                raise
         return feed
+
+    def _notices_after(self, t_from: Any, last: Any) -> list[ChangeEvent]:
+        """The change notices the server keeps after the one at (``t_from``, ``last``), oldest first."""
+        out: list[ChangeEvent] = []
+        more = True
+        while more:
+            result = self._conn.query(common.QueryTimeseriesParams(
+                event_types=[(FEED_ROOT, self.namespace)], t_from=t_from, last_event_id=last,
+                order=common.Order.ASCENDING, order_by=common.OrderBy.TIMESTAMP), "a change-feed replay")
+            for event in result.events:
+                change = notice_event(event)
+                if change is not None:
+                    out.append(change)
+                t_from, last = event.timestamp, event.id
+            more = bool(result.more_follows) and bool(result.events)
+        return out
 
     def _notified(self, events: list[Any]) -> None:
         for event in events:
-            doc = getattr(event.payload, "data", None)
-            if isinstance(doc, dict):
-                try:
-                    self._deliver_local(ChangeEvent.from_json(doc))
-                except (KeyError, TypeError, ValueError):
-                    continue
+            change = notice_event(event)
+            if change is not None:
+                self._deliver_local(change)
 
     # -- experiments ----------------------------------------------------------------------------------------
     def _ensure_experiment(self, name: str, project: str) -> ExperimentInfo:
