@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from labvault.client import frames
 from labvault.client.buffer import (
     BUFFERED_ARTIFACT_SIZE,
     RunBuffer,
@@ -179,6 +180,18 @@ class Experiment:
     def runs(self) -> RunList:
         """Every run of the experiment, by run number."""
         return self.vault.search_runs([self])
+
+    def history(self) -> pd.DataFrame:
+        """One row per run, indexed by run number: name, status, duration (s), seed, ``params.*`` and
+        ``results.*`` (daskperiment's ``get_history``). Needs pandas."""
+        self.vault.flush()
+        return frames.history_frame([run._snapshot for run in self.runs()])
+
+    def metric_frame(self, key: str) -> pd.DataFrame:
+        """The metric ``key`` of every run as a table: index ``step``, one column per run number
+        (daskperiment's ``load_metric``). Points still buffered in this process are flushed first."""
+        self.vault.flush()
+        return frames.metric_frame(self.vault.backend, [run._snapshot for run in self.runs()], key)
 
     @names_store
     def get_run(self, number: int) -> Run:
@@ -587,7 +600,8 @@ class RunList(list[Run]):
         super().__init__(runs)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per run: id, experiment, number, name, status, times, then params.*, metrics.*, tags.*."""
+        """One row per run: id, experiment, number, name, status, times, then params.*, metrics.*,
+        results.*, tags.*."""
         try:
             import pandas as pd  # lazy: pandas (extra [pandas]) costs ~250 ms at import
         except ImportError as exc:
@@ -612,7 +626,8 @@ class RunList(list[Run]):
         }
         # Columns are built whole (one list per key) rather than row by row: 10,000 runs in tens of ms.
         extra: dict[str, list[Any]] = {}
-        for prefix, attr in (("params", "params"), ("metrics", "metrics"), ("tags", "tags")):
+        for prefix, attr in (("params", "params"), ("metrics", "metrics"), ("results", "results"),
+                             ("tags", "tags")):
             for row, info in enumerate(infos):
                 for key, value in getattr(info, attr).items():
                     column = extra.get(f"{prefix}.{key}")

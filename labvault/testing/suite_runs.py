@@ -199,3 +199,34 @@ class RunTests(SuiteBase):
             run.log_result("summary", {"best_epoch": 3, "notes": "ok"})
         assert vault.get_run(run.id).results == {
             "confusion": [[1, 0], [0, 1]], "score": 0.75, "summary": {"best_epoch": 3, "notes": "ok"}}
+
+    # ----------------------------------------------------------------------------------------------
+    # the experiment as tables (daskperiment's get_history and load_metric)
+    def test_history_and_metric_frame(self, vault: Vault) -> None:
+        exp = vault.experiment("tables")
+        for lr, seed in ((0.1, 1), (0.01, 2)):
+            with exp.start_run(params={"lr": lr, "seed": seed}) as run:
+                run.log_result("acc", 1 - lr)
+                for step in range(3):
+                    run.log_metric("loss", lr * (3 - step), step=step * 2)
+        with exp.start_run(params={"lr": 1.0}) as other:  # logs another metric only
+            other.log_metric("acc", 0.5, step=0)
+        running = exp.start_run(params={"lr": 0.5})
+        running.log_metric("loss", 9.0, step=1)  # buffered: the table flushes it
+        history = exp.history()
+        assert list(history.index) == [1, 2, 3, 4] and history.index.name == "run"
+        assert list(history["status"]) == ["finished", "finished", "finished", "running"]
+        assert list(history["params.lr"]) == [0.1, 0.01, 1.0, 0.5]
+        assert history["seed"].tolist()[:2] == [1, 2] and history["seed"].isna().tolist()[2:] == [True, True]
+        assert history["results.acc"].tolist()[:2] == [0.9, 0.99]
+        assert (history["duration"].iloc[:3] >= 0).all() and np.isnan(history["duration"].iloc[3])
+        frame = exp.metric_frame("loss")
+        assert list(frame.columns) == [1, 2, 4] and frame.index.name == "step"
+        assert list(frame.index) == [0, 1, 2, 4]
+        assert frame[1].tolist()[0] == pytest.approx(0.3) and np.isnan(frame[1][1])
+        assert frame[4][1] == 9.0 and frame[4].isna().sum() == 3
+        assert exp.metric_frame("never").empty
+        assert exp.runs().to_frame()["results.acc"].tolist()[:2] == [0.9, 0.99]
+        running.end()
+        with pytest.raises(InvalidArgumentError):
+            exp.metric_frame("")
