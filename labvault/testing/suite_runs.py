@@ -221,7 +221,7 @@ class RunTests(SuiteBase):
         assert history["results.acc"].tolist()[:2] == [0.9, 0.99]
         assert (history["duration"].iloc[:3] >= 0).all() and np.isnan(history["duration"].iloc[3])
         frame = exp.metric_frame("loss")
-        assert list(frame.columns) == [1, 2, 4] and frame.index.name == "step"
+        assert [int(c) for c in frame.columns] == [1, 2, 4] and frame.index.name == "step"
         assert list(frame.index) == [0, 1, 2, 4]
         assert frame[1].tolist()[0] == pytest.approx(0.3) and np.isnan(frame[1][1])
         assert frame[4][1] == 9.0 and frame[4].isna().sum() == 3
