@@ -31,7 +31,7 @@ from typing import Any
 import jsonschema
 import pytest
 from server_process import free_port, stop_server
-from test_conformance_postgres import BASE, connect_admin, create_database
+from test_conformance_postgres import fresh_database
 
 import labvault
 from labvault import serializers
@@ -72,13 +72,8 @@ def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    admin = connect_admin()
-    name = create_database(admin)
-    try:
-        yield f"{BASE}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database() as uri:
+        yield uri
 
 
 def _conf(uri: str, port: int) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -52,9 +53,9 @@ def create_database(admin: Any) -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    """A fresh database ``labvault_test_<hex>``; yields its URI (no options) and drops it afterwards."""
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A fresh database ``labvault_test_<hex>`` for the ``with`` block: its URI; dropped afterwards."""
     admin = connect_admin()
     name = create_database(admin)
     try:
@@ -62,6 +63,13 @@ def pg_database() -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A fresh database ``labvault_test_<hex>``; yields its URI (no options) and drops it afterwards."""
+    with fresh_database() as uri:
+        yield uri
 
 
 class TestPostgresBackend(BackendTests):
